@@ -1,0 +1,101 @@
+"""The dataset interface every loader implements, and the dataset registry.
+
+A re-ID dataset is three lists of :class:`ImageItem` (train / query / gallery). Train pids are relabelled
+to ``0..N-1`` (sorted by raw pid); query and gallery keep the raw pids, as in torchreid and fast-reid.
+``protocol`` names the evaluation protocol in ``esreid.evaluation.protocols.PROTOCOLS``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+
+from esreid.registry import Registry
+
+DATASETS = Registry("dataset")
+
+
+class ImageItem(NamedTuple):
+    path: str  # absolute path of the image file
+    pid: int  # identity (relabelled 0..N-1 in train; raw in query/gallery; 0 = Market distractor)
+    camid: int  # 0-based camera id
+
+
+class DatasetError(ValueError):
+    """A dataset could not be read; the message names the path, what was expected and where it looked."""
+
+
+class ReIDDataset:
+    """Base class. Subclasses fill ``train``, ``query`` and ``gallery`` in ``__init__``.
+
+    Attributes:
+        name: registry name.
+        protocol: evaluation protocol name ("market" unless the dataset says otherwise).
+        published: the canonical counts ``{split: (ids, images)}`` used by :meth:`check_counts`.
+    """
+
+    name: str = ""
+    protocol: str = "market"
+    published: Dict[str, tuple] = {}
+
+    def __init__(self, train: Sequence[ImageItem], query: Sequence[ImageItem], gallery: Sequence[ImageItem]):
+        self.train: List[ImageItem] = list(train)
+        self.query: List[ImageItem] = list(query)
+        self.gallery: List[ImageItem] = list(gallery)
+
+    # --- summary -------------------------------------------------------------------------------------------
+    @staticmethod
+    def split_stats(items: Sequence[ImageItem]) -> tuple:
+        """(number of ids, number of images, number of cameras) of a split."""
+        return len({it.pid for it in items}), len(items), len({it.camid for it in items})
+
+    @property
+    def num_train_pids(self) -> int:
+        return self.split_stats(self.train)[0]
+
+    @property
+    def num_train_cams(self) -> int:
+        return self.split_stats(self.train)[2]
+
+    def summary(self) -> str:
+        """The canonical table torchreid prints: ids / images / cameras per split."""
+        rows = [("train", self.train), ("query", self.query), ("gallery", self.gallery)]
+        lines = [
+            f"=> {self.name or type(self).__name__} loaded",
+            "  ----------------------------------------",
+            "  subset   | # ids | # images | # cameras",
+            "  ----------------------------------------",
+        ]
+        for split, items in rows:
+            ids, imgs, cams = self.split_stats(items)
+            lines.append(f"  {split:<8} | {ids:5d} | {imgs:8d} | {cams:9d}")
+        lines.append("  ----------------------------------------")
+        return "\n".join(lines)
+
+    def check_counts(self, expected: Optional[Dict[str, tuple]] = None) -> List[str]:
+        """Compare (ids, images) per split with the published counts; returns the mismatches (empty = ok)."""
+        expected = self.published if expected is None else expected
+        problems = []
+        for split, (ids, imgs) in expected.items():
+            got_ids, got_imgs, _ = self.split_stats(getattr(self, split))
+            if (got_ids, got_imgs) != (ids, imgs):
+                problems.append(f"{split}: expected {ids} ids / {imgs} images, found {got_ids} / {got_imgs}")
+        return problems
+
+
+def relabel(items: Sequence[ImageItem]) -> List[ImageItem]:
+    """Map raw train pids to 0..N-1 in sorted order (deterministic, unlike relabelling over a set)."""
+    mapping = {pid: i for i, pid in enumerate(sorted({it.pid for it in items}))}
+    return [it._replace(pid=mapping[it.pid]) for it in items]
+
+
+def build_dataset(name: str, root: str, **kwargs: Any) -> ReIDDataset:
+    """Instantiate a registered dataset: ``DATASETS.get(name)(root, **kwargs)``."""
+    import esreid.data.datasets  # noqa: F401  (registers the loaders)
+
+    cls = DATASETS.get(name)
+    try:
+        return cls(root, **kwargs)
+    except TypeError as e:
+        if "argument" in str(e):
+            raise DatasetError(f"dataset {name!r}: bad option in data.args: {e}") from None
+        raise
