@@ -1,0 +1,77 @@
+"""PKSampler against its definition: J distinct ids x K images per batch, one pass over the ids per epoch."""
+
+from collections import Counter
+
+import pytest
+
+from esreid.data.sampler import PKSampler
+
+# identity -> number of images; ids 3 and 7 have fewer than K=4 images
+SIZES = {0: 6, 1: 4, 2: 9, 3: 2, 4: 5, 5: 4, 6: 12, 7: 1, 8: 4, 9: 7, 10: 4}
+
+
+def make_pids():
+    pids = []
+    for pid, n in SIZES.items():
+        pids += [pid] * n
+    # interleave so that indices of one id are not contiguous
+    return [p for _, p in sorted(enumerate(pids), key=lambda t: (t[0] * 7919) % len(pids))]
+
+
+def epoch_batches(sampler, epoch):
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_batch_structure_and_replacement():
+    pids = make_pids()
+    j, k = 3, 4
+    sampler = PKSampler(pids, ids_per_batch=j, instances=k, seed=1)
+    assert len(sampler) == len(SIZES) // j
+    seen_ids = Counter()
+    for epoch in range(30):
+        batches = epoch_batches(sampler, epoch)
+        assert len(batches) == len(sampler)
+        ids_this_epoch = []
+        for batch in batches:
+            assert len(batch) == j * k
+            per_id = Counter(pids[i] for i in batch)
+            assert len(per_id) == j and set(per_id.values()) == {k}
+            ids_this_epoch += per_id.keys()
+            for pid in per_id:
+                chosen = [i for i in batch if pids[i] == pid]
+                if SIZES[pid] >= k:  # without replacement
+                    assert len(set(chosen)) == k
+                else:  # all images used, the rest repeated
+                    assert set(chosen) == {i for i, p in enumerate(pids) if p == pid}
+        assert len(ids_this_epoch) == len(set(ids_this_epoch)), "an id appears twice in one epoch"
+        seen_ids.update(ids_this_epoch)
+    assert seen_ids[3] > 0 and seen_ids[7] > 0  # ids with < K images still appear
+    assert set(seen_ids) == set(SIZES)
+
+
+def test_deterministic_per_seed_and_epoch():
+    pids = make_pids()
+    a = PKSampler(pids, 2, 4, seed=5)
+    b = PKSampler(pids, 2, 4, seed=5)
+    assert epoch_batches(a, 3) == epoch_batches(b, 3)
+    assert epoch_batches(a, 3) == epoch_batches(a, 3)  # re-iterating the same epoch repeats it
+    assert epoch_batches(a, 3) != epoch_batches(a, 4)
+    assert epoch_batches(a, 3) != epoch_batches(PKSampler(pids, 2, 4, seed=6), 3)
+
+
+def test_every_image_of_large_id_is_eventually_drawn():
+    pids = make_pids()
+    sampler = PKSampler(pids, 2, 4, seed=0)
+    drawn = set()
+    for epoch in range(60):
+        for batch in epoch_batches(sampler, epoch):
+            drawn.update(batch)
+    assert drawn == set(range(len(pids)))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="only 2 identities"):
+        PKSampler([0, 0, 1, 1], ids_per_batch=3, instances=2)
+    with pytest.raises(ValueError, match="positive"):
+        PKSampler([0, 1], ids_per_batch=1, instances=0)
