@@ -1,0 +1,94 @@
+"""BESM: Batch Erasing Salient Method (ES-Net §III-C-2, Algorithm 1), batched, plus the Fig. 3 motivation probe.
+
+Per image, with probability P (Algorithm 1 lines 1-2): upsample its CG-RAM map M to the image size (M*, line 4) and
+set the round(R*H*W) pixels with the largest M* to 0 in every channel (lines 5-10). Choices (spec §7 #6):
+    * the erase value 0 is written on the normalised tensor (= the mean colour);
+    * M* = bilinear upsampling, align_corners=False; ties among equal M* values are broken by ``torch.topk``;
+    * an image whose map is identically 0 (no positive evidence) is left unchanged even if drawn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Dict, Iterator, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from esreid.erasing.cgram import cgram_batch
+
+
+def erase_count(ratio: float, height: int, width: int) -> int:
+    """round(R*H*W), rounding halves up (Python's ``round`` would round 0.5 to even)."""
+    return int(math.floor(ratio * height * width + 0.5))
+
+
+def salient_mask(maps: Tensor, size: Tuple[int, int], ratio: float) -> Tensor:
+    """The top-R pixels of the upsampled maps. maps: (B, h, w) -> bool (B, H, W) with round(R*H*W) True per image."""
+    height, width = size
+    upsampled = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)  # M*, line 4
+    flat = upsampled.flatten(1)  # (B, H*W)
+    k = erase_count(ratio, height, width)
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    if k > 0:
+        mask.scatter_(1, flat.topk(k, dim=1).indices, True)  # lines 5-7: top R of M*
+    return mask.view(-1, height, width)
+
+
+def besm(
+    images: Tensor, maps: Tensor, ratio: float, prob: float, generator: Optional[torch.Generator] = None
+) -> Tuple[Tensor, Tensor]:
+    """Algorithm 1 on a batch.
+
+    images: (B, 3, H, W) normalised; maps: (B, h, w) CG-RAM maps (>= 0). Returns the erased copy (B, 3, H, W) and the
+    bool (B,) of images that were erased. ``generator`` (CPU) draws the per-image coin flips.
+    """
+    if not 0.0 <= ratio <= 1.0 or not 0.0 <= prob <= 1.0:
+        raise ValueError(f"BESM: erase_ratio and erase_prob must lie in [0, 1], got R={ratio}, P={prob}")
+    if maps.shape[0] != images.shape[0]:
+        raise ValueError(f"BESM: {maps.shape[0]} maps for {images.shape[0]} images")
+    coin = torch.rand(images.shape[0], generator=generator).to(images.device)  # line 1: P' = rand(0, 1)
+    chosen = (coin < prob) & (maps.flatten(1).amax(dim=1) > 0)  # line 2 (+ skip all-zero maps)
+    mask = salient_mask(maps, images.shape[-2:], ratio) & chosen[:, None, None]  # (B, H, W)
+    return images.masked_fill(mask[:, None], 0.0), chosen  # line 8: I(x, y) <- 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fig. 3 "verification of motivation": the loss of a model on BESM-erased copies of the batch it trains on
+# ----------------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def frozen_buffers(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore every buffer (BatchNorm running statistics, counters) on exit, so a train-mode probe leaves no trace."""
+    saved = {name: buf.detach().clone() for name, buf in model.named_buffers()}
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, buf in model.named_buffers():
+                buf.copy_(saved[name])
+
+
+def erased_loss_probe(
+    model: nn.Module,
+    layer: Union[str, nn.Module],
+    images: Tensor,
+    pids: Tensor,
+    ratio: float,
+    prob: float,
+    generator: Optional[torch.Generator] = None,
+    loss_fn: Optional[Callable[[Dict[str, Tensor]], Tensor]] = None,
+) -> float:
+    """The loss ``model`` would have on BESM-erased copies of ``images`` (ES-Net Fig. 3); changes nothing in the model.
+
+    CG-RAM runs at ``layer`` with the batch's easiest positives (eq. 5), the batch is erased with Algorithm 1, and the
+    train-mode loss dict of ``model(erased, pids)`` is summed (or reduced by ``loss_fn``) without gradients; buffers
+    are restored afterwards. The trainer calls it on each batch before the ordinary step on the full images.
+    """
+    maps = cgram_batch(model, layer, images, pids)
+    erased, _ = besm(images, maps, ratio, prob, generator)
+    with torch.no_grad(), frozen_buffers(model):
+        losses = model(erased, pids)
+    total = loss_fn(losses) if loss_fn else sum(losses.values())
+    return float(total)

@@ -1,0 +1,94 @@
+"""BESM (Algorithm 1): erased pixel count, erasing probability, location of the erased pixels, the Fig. 3 probe."""
+
+import pytest
+import torch
+from torch import nn
+
+from esreid.erasing.besm import besm, erase_count, erased_loss_probe, salient_mask
+
+
+def test_erase_count_rounds_half_up():
+    assert erase_count(0.2, 384, 128) == 9830  # 9830.4
+    assert erase_count(0.1, 384, 128) == 4915  # 4915.2
+    assert erase_count(0.5, 1, 5) == 3  # 2.5 -> 3 (Python's round would give 2)
+    assert erase_count(0.0, 8, 8) == 0
+
+
+def test_erased_pixels_are_the_top_of_the_upsampled_map():
+    torch.manual_seed(0)
+    maps = torch.rand(3, 4, 2)
+    images = torch.randn(3, 3, 16, 8) + 5.0  # no natural zeros
+    erased, chosen = besm(images, maps, ratio=0.25, prob=1.0)
+    assert chosen.all()
+    k = erase_count(0.25, 16, 8)
+    up = torch.nn.functional.interpolate(maps[:, None], size=(16, 8), mode="bilinear", align_corners=False)[:, 0]
+    for n in range(3):
+        zero = erased[n] == 0
+        assert torch.equal(zero[0], zero[1]) and torch.equal(zero[0], zero[2])  # all channels together
+        assert int(zero[0].sum()) == k
+        # every erased pixel is at least as salient as every kept one
+        assert up[n][zero[0]].min() >= up[n][~zero[0]].max()
+        assert torch.equal(erased[n][:, ~zero[0]], images[n][:, ~zero[0]])
+
+
+def test_hand_worked_location():
+    # a 2x2 map whose most salient cell is bottom-left; upsampled to 4x4, R = 1/4 erases the 4 pixels nearest it
+    maps = torch.tensor([[[0.0, 0.0], [1.0, 0.0]]])
+    mask = salient_mask(maps, (4, 4), 0.25)
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[2:, :2] = True
+    assert torch.equal(mask[0], expected)
+
+
+def test_probability_and_zero_maps():
+    gen = torch.Generator().manual_seed(1)
+    n = 4000
+    maps = torch.rand(n, 2, 2) + 0.1
+    maps[:10] = 0.0  # no positive evidence: never erased
+    images = torch.ones(n, 3, 4, 4)
+    erased, chosen = besm(images, maps, ratio=0.5, prob=0.3, generator=gen)
+    assert not chosen[:10].any()
+    frac = chosen[10:].float().mean().item()
+    assert abs(frac - 0.3) < 4 * (0.3 * 0.7 / n) ** 0.5
+    zeros = (erased[:, 0] == 0).flatten(1).sum(1)
+    assert torch.equal(zeros, chosen.long() * 8)  # exactly round(R*H*W) pixels on the chosen images, 0 elsewhere
+    gen.manual_seed(1)
+    assert torch.equal(besm(images, maps, 0.5, 0.3, generator=gen)[1], chosen)  # the generator makes it repeatable
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="erase_ratio"):
+        besm(torch.zeros(1, 3, 4, 4), torch.ones(1, 2, 2), ratio=1.5, prob=0.5)
+    with pytest.raises(ValueError, match="2 maps for 1 images"):
+        besm(torch.zeros(1, 3, 4, 4), torch.ones(2, 2, 2), ratio=0.1, prob=0.5)
+
+
+class LossNet(nn.Module):
+    """Train mode: dict of losses; eval mode: features (the model contract)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x, pids=None):
+        f = self.layer(x).mean(dim=(2, 3))
+        if not self.training:
+            return [f]
+        return {"ce": nn.functional.cross_entropy(self.fc(f), pids)}
+
+
+def test_erased_loss_probe_leaves_the_model_unchanged():
+    torch.manual_seed(0)
+    net = LossNet().train()
+    images, pids = torch.randn(4, 3, 8, 4), torch.tensor([0, 0, 1, 1])
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        full = float(net(images, pids)["ce"])
+    net.load_state_dict(state)
+    probe = erased_loss_probe(net, "layer", images, pids, ratio=0.5, prob=1.0)
+    assert probe != pytest.approx(full)  # erasing half of every image changes the loss
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert net.training and all(p.grad is None for p in net.parameters())
+    assert erased_loss_probe(net, "layer", images, pids, ratio=0.5, prob=0.0) == pytest.approx(full)
