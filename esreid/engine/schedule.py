@@ -1,0 +1,56 @@
+"""Learning-rate schedule: linear warm-up per iteration, then multi-step decay per epoch (ES-Net §IV-A, spec §1.6)."""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from typing import Sequence
+
+import torch
+
+
+def lr_factor(iteration: int, iters_per_epoch: int, warmup_epochs: int, warmup_factor: float,
+              milestones: Sequence[int], gamma: float) -> float:
+    """Multiplier of the base lr at a 0-based global ``iteration``.
+
+    Warm-up: linear from ``warmup_factor`` to 1 over ``warmup_epochs`` epochs, evaluated at the end of each iteration
+    (so the very first step already moves: ES-Net says "from 0"; BoT starts at 0.01). Afterwards the factor is
+    ``gamma ** (number of milestones <= epoch)`` with 0-based epochs: with milestones [40, 70], epochs 0..39 use 1,
+    40..69 use 0.1, 70.. use 0.01 (ES-Net: 3.5e-4 until epoch 40, 3.5e-5 from 40, 3.5e-6 from 70).
+    """
+    epoch = iteration // iters_per_epoch
+    decay = gamma ** bisect_right(sorted(milestones), epoch)
+    warmup_iters = warmup_epochs * iters_per_epoch
+    if iteration < warmup_iters:
+        alpha = (iteration + 1) / warmup_iters
+        return decay * (warmup_factor + (1.0 - warmup_factor) * alpha)
+    return decay
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, solver_cfg, iters_per_epoch: int):
+    """A per-iteration ``LambdaLR`` implementing :func:`lr_factor` (call ``step()`` after every optimiser step)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda it: lr_factor(it, iters_per_epoch, solver_cfg.warmup_epochs, solver_cfg.warmup_factor,
+                             solver_cfg.milestones, solver_cfg.gamma),
+    )
+
+
+def build_optimizer(model: torch.nn.Module, solver_cfg) -> torch.optim.Optimizer:
+    """Adam/AdamW/SGD; parameters named by ``model.no_weight_decay()`` (e.g. the P-pooling exponent) get no decay."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name in skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": solver_cfg.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    opt = OPTIMIZERS[solver_cfg.optimizer]
+    return opt(groups, solver_cfg)
+
+
+OPTIMIZERS = {
+    "adam": lambda groups, c: torch.optim.Adam(groups, lr=c.lr),
+    "adamw": lambda groups, c: torch.optim.AdamW(groups, lr=c.lr),
+    "sgd": lambda groups, c: torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=True),
+}

@@ -1,0 +1,89 @@
+"""Config loading: _base_ inheritance, overrides, and errors that name the key and the file."""
+
+import pytest
+
+from esreid.config import Config, ConfigError, load_config, parse_override
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_without_file():
+    cfg = load_config(None)
+    assert isinstance(cfg, Config)
+    assert cfg.solver.milestones == [40, 70] and cfg.model.name == "baseline"
+
+
+def test_base_inheritance_and_deep_merge(tmp_path):
+    write(tmp_path, "_base_/a.yaml", "solver:\n  lr: 0.1\n  epochs: 5\ndata:\n  height: 32\n")
+    child = write(tmp_path, "x/child.yaml", "_base_: ../_base_/a.yaml\nsolver:\n  epochs: 7\n")
+    cfg = load_config(child)
+    assert cfg.solver.lr == 0.1 and cfg.solver.epochs == 7 and cfg.data.height == 32
+    assert cfg.data.width == 128  # untouched default
+
+
+def test_overrides_parse_yaml_values(tmp_path):
+    cfg = load_config(None, ["solver.lr=1e-3", "solver.milestones=[2,4]", "test.flip=false", "data.args={a: 1}"])
+    assert cfg.solver.lr == pytest.approx(1e-3) and cfg.solver.milestones == [2, 4]
+    assert cfg.test.flip is False and cfg.data.args == {"a": 1}
+    assert parse_override("output_dir=out/x") == ("output_dir", "out/x")
+
+
+def test_int_accepted_for_float_but_not_reverse():
+    assert load_config(None, ["solver.lr=1"]).solver.lr == 1.0
+    with pytest.raises(ConfigError, match=r"command line: key 'solver.epochs': expected an integer, got 1.5"):
+        load_config(None, ["solver.epochs=1.5"])
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    base = write(tmp_path, "base.yaml", "solver:\n  lrr: 0.1\n")
+    child = write(tmp_path, "child.yaml", "_base_: base.yaml\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(child)
+    assert "solver.lrr" in str(e.value) and base in str(e.value)
+
+
+def test_wrong_type_names_key_and_file(tmp_path):
+    path = write(tmp_path, "c.yaml", "data:\n  height: tall\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: key 'data.height': expected an integer, got 'tall'"):
+        load_config(path)
+    path = write(tmp_path, "d.yaml", "test:\n  flip: 1\n")
+    with pytest.raises(ConfigError, match=r"d.yaml: key 'test.flip': expected true/false"):
+        load_config(path)
+    path = write(tmp_path, "e.yaml", "solver:\n  milestones: [1, x]\n")
+    with pytest.raises(ConfigError, match=r"key 'solver.milestones\[1\]'"):
+        load_config(path)
+
+
+def test_choices_and_model_name_are_checked(tmp_path):
+    path = write(tmp_path, "c.yaml", "solver:\n  amp: fp8\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: key 'solver.amp': expected one of"):
+        load_config(path)
+    path = write(tmp_path, "m.yaml", "model:\n  name: nosuchnet\n")
+    with pytest.raises(ConfigError, match=r"m.yaml: key 'model.name': unknown model 'nosuchnet'"):
+        load_config(path)
+
+
+def test_model_section_validated_against_the_models_own_schema(tmp_path):
+    path = write(tmp_path, "m.yaml", "model:\n  name: baseline\n  erase_ratio: 0.2\n")
+    with pytest.raises(ConfigError, match=r"m.yaml: unknown key 'model.erase_ratio'"):
+        load_config(path)
+
+
+def test_missing_file_and_cycle(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    write(tmp_path, "a.yaml", "_base_: b.yaml\n")
+    write(tmp_path, "b.yaml", "_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match="_base_ cycle"):
+        load_config(str(tmp_path / "a.yaml"))
+
+
+def test_triplet_needs_two_instances():
+    with pytest.raises(ConfigError, match="data.instances"):
+        load_config(None, ["data.instances=1"])
+    assert load_config(None, ["data.instances=1", "model.loss.triplet_weight=0"]).data.instances == 1
