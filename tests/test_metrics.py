@@ -1,0 +1,139 @@
+"""The chunked evaluator against a literal per-query computation of the anchors' definitions (float64)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from esreid.evaluation.distance import pairwise_distance, smallest_k
+from esreid.evaluation.metrics import evaluate_rank
+
+
+def brute_force(dist, q_pids, g_pids, q_cams, g_cams, max_rank, official=False):
+    """One query at a time, straight from anchors §3.1/§3.2: stable argsort, drop junk, read the hit ranks."""
+    cmc_sum, aps, inps, skipped = np.zeros(max_rank), [], [], 0
+    for q in range(len(q_pids)):
+        order = sorted(range(len(g_pids)), key=lambda g: (float(dist[q, g]), g))
+        kept = [g for g in order if not (g_pids[g] == q_pids[q] and g_cams[g] == q_cams[q])]
+        ks = [r + 1 for r, g in enumerate(kept) if g_pids[g] == q_pids[q]]
+        if not ks:
+            skipped += 1
+            continue
+        cmc_sum += np.arange(1, max_rank + 1) >= ks[0]
+        if official:
+            aps.append(np.mean([((i - 1) / (k - 1) if k > 1 else 1.0) / 2 + i / k / 2 for i, k in enumerate(ks, 1)]))
+        else:
+            aps.append(np.mean([i / k for i, k in enumerate(ks, 1)]))
+        inps.append(len(ks) / ks[-1])
+    n = len(aps)
+    if n == 0:
+        return None
+    return cmc_sum / n, float(np.mean(aps)), float(np.mean(inps)), n, skipped
+
+
+@st.composite
+def problems(draw):
+    nq, ng = draw(st.integers(1, 12)), draw(st.integers(1, 40))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n_ids, n_cams = draw(st.integers(1, 6)), draw(st.integers(1, 3))
+    g_pids = rng.integers(0, n_ids, ng)  # pid 0 plays the Market distractors: an ordinary id for the protocol
+    q_pids = rng.integers(0, n_ids + 1, nq)  # pid n_ids is never in the gallery: queries without positives
+    g_cams, q_cams = rng.integers(0, n_cams, ng), rng.integers(0, n_cams, nq)
+    levels = draw(st.integers(1, 6))  # few distinct distance values -> many ties
+    dist = rng.integers(0, levels, (nq, ng)).astype(np.float64) / levels
+    if draw(st.booleans()):
+        dist += rng.random((nq, ng))
+    chunk = draw(st.integers(1, nq + 2))
+    return dist, q_pids, g_pids, q_cams, g_cams, chunk
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(), st.sampled_from(["anchor", "official"]))
+def test_matches_brute_force(problem, ap_mode):
+    dist, q_pids, g_pids, q_cams, g_cams, chunk = problem
+    want = brute_force(dist, q_pids, g_pids, q_cams, g_cams, 8, official=ap_mode == "official")
+    if want is None:  # every query skipped
+        with pytest.raises(ValueError, match="no query has a matching"):
+            evaluate_rank(q_pids, g_pids, q_cams, g_cams, distmat=dist, max_rank=8, ap_mode=ap_mode, chunk_size=chunk)
+        return
+    got = evaluate_rank(q_pids, g_pids, q_cams, g_cams, distmat=dist, max_rank=8, ap_mode=ap_mode, chunk_size=chunk)
+    np.testing.assert_allclose(got.cmc, want[0], atol=1e-12)
+    assert got.mAP == pytest.approx(want[1], abs=1e-12)
+    assert got.mINP == pytest.approx(want[2], abs=1e-12)
+    assert (got.num_valid_q, got.num_skipped_q) == (want[3], want[4])
+
+
+def test_hand_worked_example():
+    # kept ranking for the query (pid 1, cam 0): g3 (neg), g1 (pos), g0 is junk (pid 1, cam 0), g2 (neg), g4 (pos)
+    dist = np.array([[0.0, 0.2, 0.3, 0.1, 0.4]])
+    g_pids, g_cams = np.array([1, 1, 2, 0, 1]), np.array([0, 1, 0, 0, 2])
+    r = evaluate_rank([1], g_pids, [0], g_cams, distmat=dist, max_rank=4)
+    np.testing.assert_allclose(r.cmc, [0, 1, 1, 1])
+    assert r.mAP == pytest.approx((1 / 2 + 2 / 4) / 2)  # hits at kept ranks 2 and 4
+    assert r.mINP == pytest.approx(2 / 4)
+    off = evaluate_rank([1], g_pids, [0], g_cams, distmat=dist, max_rank=4, ap_mode="official")
+    assert off.mAP == pytest.approx(((0 / 1 + 1 / 2) / 2 + (1 / 3 + 2 / 4) / 2) / 2)
+    assert r.as_dict((1, 2)) == {"mAP": r.mAP, "mINP": r.mINP, "R1": 0.0, "R2": 1.0}
+
+
+def test_ties_break_by_gallery_index():
+    dist = np.zeros((1, 3))  # all tied: kept order is g0, g1, g2
+    r = evaluate_rank([5], [7, 5, 5], [0], [1, 1, 1], distmat=dist, max_rank=3)
+    assert r.mAP == pytest.approx((1 / 2 + 2 / 3) / 2)
+    np.testing.assert_allclose(r.cmc, [0, 1, 1])
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_features_path_equals_distmat_path(metric, dtype):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(10, 16))
+    g_pids, q_pids = rng.integers(0, 10, 60), rng.integers(0, 10, 23)
+    gf = torch.tensor(centres[g_pids] + rng.normal(size=(60, 16)), dtype=dtype)
+    qf = torch.tensor(centres[q_pids] + rng.normal(size=(23, 16)), dtype=dtype)
+    q_cams, g_cams = rng.integers(0, 3, 23), rng.integers(0, 3, 60)
+    dist = pairwise_distance(qf, gf, metric)
+    assert dist.dtype == torch.float32
+    q64, g64 = qf.double().numpy(), gf.double().numpy()
+    if metric == "cosine":
+        ref = 1 - (q64 / np.linalg.norm(q64, axis=1, keepdims=True)) @ (g64 / np.linalg.norm(g64, axis=1)[:, None]).T
+    else:
+        ref = ((q64[:, None, :] - g64[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(dist.numpy(), ref, rtol=1e-4, atol=1e-4)
+    a = evaluate_rank(q_pids, g_pids, q_cams, g_cams, qf=qf, gf=gf, metric=metric, chunk_size=5)
+    b = evaluate_rank(q_pids, g_pids, q_cams, g_cams, distmat=dist, max_rank=50)
+    want = brute_force(dist.numpy(), q_pids, g_pids, q_cams, g_cams, 50)
+    np.testing.assert_array_equal(a.cmc, b.cmc)
+    assert (a.mAP, a.mINP) == (b.mAP, b.mINP)
+    assert a.mAP == pytest.approx(want[1], abs=1e-12) and a.mINP == pytest.approx(want[2], abs=1e-12)
+
+
+def test_memory_budget_sets_chunking_without_changing_results():
+    rng = np.random.default_rng(1)
+    dist = rng.random((50, 300)).astype(np.float32)
+    args = (rng.integers(0, 20, 50), rng.integers(0, 20, 300), rng.integers(0, 2, 50), rng.integers(0, 2, 300))
+    tiny = evaluate_rank(*args, distmat=dist, memory_budget_mb=0.01)  # ~2 queries per chunk
+    whole = evaluate_rank(*args, distmat=dist, chunk_size=50)
+    np.testing.assert_array_equal(tiny.cmc, whole.cmc)
+    assert tiny.mAP == whole.mAP
+
+
+def test_bad_input_errors():
+    with pytest.raises(ValueError, match="g_pids"):
+        evaluate_rank([1], [1, 2], [0], [0], distmat=np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="either distmat"):
+        evaluate_rank([1], [1], [0], [0])
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate_rank([1], [1], [0], [1], distmat=np.full((1, 1), np.nan))
+    with pytest.raises(KeyError, match="ap_mode"):
+        evaluate_rank([1], [1], [0], [1], distmat=np.zeros((1, 1)), ap_mode="trapz")
+    with pytest.raises(ValueError, match="rank 20"):
+        evaluate_rank([1], [1], [0], [1], distmat=np.zeros((1, 1)), max_rank=10).as_dict()
+
+
+def test_smallest_k_ties_by_index():
+    d = torch.tensor([[0.5, 0.1, 0.5, 0.1, 0.9], [1.0, 1.0, 1.0, 1.0, 1.0]])
+    assert smallest_k(d, 3).tolist() == [[1, 3, 0], [0, 1, 2]]
