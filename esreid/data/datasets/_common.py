@@ -69,7 +69,7 @@ def locate(title: str, root: str, candidates: Sequence[str], required: Sequence[
     """
     if not os.path.isdir(root):
         raise DatasetError(f"{title}: dataset root {root} does not exist (expected a folder holding {required[0]!r})")
-    looked = [os.path.normpath(os.path.join(root, c)) for c in candidates]
+    looked = [os.path.abspath(os.path.join(root, c)) for c in candidates]
     for folder in looked:
         if _has_all(folder, required):
             return folder
