@@ -1,0 +1,10 @@
+"""Losses shared by every method: cross-entropy with label smoothing, batch-hard triplet, and
+:func:`branch_losses`, which turns one branch's (logits, feature) into the named, weighted terms of a
+``config.LossConfig``.
+"""
+
+from esreid.losses.branch import branch_losses
+from esreid.losses.cross_entropy import cross_entropy
+from esreid.losses.triplet import batch_hard_triplet, pairwise_euclidean
+
+__all__ = ["batch_hard_triplet", "branch_losses", "cross_entropy", "pairwise_euclidean"]

@@ -1,0 +1,140 @@
+"""Global pooling of a feature map ``(B, C, H, W) -> (B, C)``: GAP, GMP, GeM and ES-Net's P-pooling.
+
+Chosen by name through the ``POOLING`` registry (:func:`build_pooling`). Poolings with a learnable exponent are
+registered with ``exponent=True`` and take ``init``; they implement ``no_weight_decay()`` (names of the exponent
+parameters, relative to the module) and ``stats()`` (the current exponent, for logging).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Set, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from esreid.registry import Registry
+
+POOLING = Registry("pooling")
+
+
+def _check_map(x: torch.Tensor) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"pooling expects a feature map (B, C, H, W), got shape {tuple(x.shape)}")
+
+
+def lehmer_pool(x: torch.Tensor, l: Union[torch.Tensor, float], eps: float = 1e-6) -> torch.Tensor:
+    """P-pooling / Lehmer mean of order ``l`` over the spatial positions (ES-Net eq. 6).
+
+    ``F^k = Σ_a a^l / Σ_a a^(l-1)`` per channel, evaluated as ``m · Σ r^l / Σ r^(l-1)`` with ``r = a / m`` and
+    ``m = max(a)`` so that no power exceeds 1 (finite in float32 for any ``l >= 1``). Runs in float32 with autocast
+    disabled; inputs are clamped at ``eps`` (no ``0^(l-1)`` / ``ln 0``; spec §1.5).
+
+    Args:
+        x: ``(B, C, H, W)`` non-negative map (post-ReLU).
+        l: order, a scalar (tensor, for a learnable order) ``>= 1``.
+    Returns:
+        ``(B, C)`` float32.
+    """
+    _check_map(x)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        a = x.float().clamp(min=eps).flatten(2)  # (B, C, HW)
+        l = torch.as_tensor(l, dtype=torch.float32, device=a.device)
+        # F is 1-homogeneous, F(a) = m·F(a/m) for any constant m > 0, so m may be detached: the gradient is exact.
+        m = a.amax(dim=2, keepdim=True).detach()  # (B, C, 1)
+        r = a / m  # in (0, 1]
+        num = r.pow(l).sum(dim=2)  # Σ r^l        (eq. 6 numerator / m^l)
+        den = r.pow(l - 1).sum(dim=2)  # Σ r^(l-1)  (eq. 6 denominator / m^(l-1)), >= 1 since max r = 1
+        return m.squeeze(2) * num / den  # eq. 6
+
+
+@POOLING.register("gap")
+class GAP(nn.Module):
+    """Global average pooling: ``mean_{h,w} x``. ``(B, C, H, W) -> (B, C)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_map(x)
+        return x.mean(dim=(2, 3))
+
+
+@POOLING.register("gmp")
+class GMP(nn.Module):
+    """Global max pooling: ``max_{h,w} x``. ``(B, C, H, W) -> (B, C)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_map(x)
+        return x.amax(dim=(2, 3))
+
+
+def _inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))  # log(exp(y) - 1), stable for large y
+
+
+class _ExponentPool(nn.Module):
+    """Shared parametrisation of a learnable exponent kept above a floor: ``value = floor + softplus(raw)``.
+
+    Softplus rather than clamping: a clamped exponent that crosses the floor gets zero gradient and stays stuck
+    (spec §7 #7 allows either). The raw parameter is excluded from weight decay, which would otherwise pull the
+    exponent towards the floor.
+    """
+
+    floor = 1.0
+    symbol = "p"
+
+    def __init__(self, init: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        if not init > self.floor:
+            raise ValueError(f"{type(self).__name__}: init must be > {self.floor}, got {init!r}")
+        self.eps = eps
+        self.raw = nn.Parameter(torch.tensor(_inverse_softplus(init - self.floor)))
+
+    @property
+    def exponent(self) -> torch.Tensor:
+        """The current exponent (0-dim tensor, differentiable)."""
+        return self.floor + F.softplus(self.raw)
+
+    def no_weight_decay(self) -> Set[str]:
+        return {"raw"}
+
+    def stats(self) -> Dict[str, float]:
+        return {self.symbol: float(self.exponent.detach())}
+
+    def extra_repr(self) -> str:
+        return f"{self.symbol}={float(self.exponent.detach()):.4g}, eps={self.eps}"
+
+
+@POOLING.register("gem", exponent=True)
+class GeM(_ExponentPool):
+    """Generalised mean: ``(mean_{h,w} clamp(x, eps)^p)^(1/p)``, one learnable scalar ``p = 1 + softplus(raw)``
+    (init 3, AGW convention). Float32, autocast disabled. ``(B, C, H, W) -> (B, C)``.
+
+    The floor p >= 1 (GeM is defined for any p > 0) keeps it between GAP and GMP like P-pooling.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_map(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            p = self.exponent.float()
+            return x.float().clamp(min=self.eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
+@POOLING.register("ppool", exponent=True)
+class PPool(_ExponentPool):
+    """ES-Net P-pooling (eq. 6-7): Lehmer mean of order ``l = 1 + softplus(raw)``, ONE scalar for all channels
+    (the paper writes a single l). ``l = 1`` is GAP, ``l -> inf`` is GMP. Default init 3 (spec §7 #7; the
+    P-pooling code's near-max start corresponds to init 31). ``(B, C, H, W) -> (B, C)`` float32.
+    """
+
+    symbol = "l"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lehmer_pool(x, self.exponent, self.eps)
+
+
+def build_pooling(name: str, **kwargs: Any) -> nn.Module:
+    """Instantiate pooling ``name`` (``gap | gmp | gem | ppool``); ``init=`` is accepted by ``gem`` and ``ppool``."""
+    cls = POOLING.get(name)
+    if kwargs and not POOLING.meta(name).get("exponent"):
+        raise ValueError(f"pooling {name!r} takes no options, got {sorted(kwargs)}")
+    return cls(**kwargs)
