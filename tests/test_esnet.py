@@ -1,0 +1,145 @@
+"""ES-Net model: losses of eq. 1, the saliency pass against the generic CG-RAM, reuse of the AIB pass, BESM inside
+the step, eval features, variants, configs."""
+
+import glob
+import os
+
+import pytest
+import torch
+
+from esreid.config import load_config
+from esreid.erasing.besm import erase_count
+from esreid.erasing.cgram import cgram_batch
+from esreid.models import MODELS, build_model
+from esreid.models.esnet import ESNetConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+H, W = 32, 16
+PIDS = torch.tensor([0, 0, 1, 1, 2, 2])
+
+
+def make(**kw):
+    torch.manual_seed(0)
+    cfg = ESNetConfig(backbone="resnet_tiny", **kw)
+    return build_model(cfg, num_classes=3)
+
+
+def images():
+    torch.manual_seed(1)
+    return torch.randn(len(PIDS), 3, H, W) + 3.0  # no natural zeros
+
+
+def count_calls(module):
+    calls = []
+    module.register_forward_hook(lambda m, i, o: calls.append(i[0]))
+    return calls
+
+
+@pytest.mark.parametrize("shared_until", ["layer2", "layer3", "layer4"])
+def test_train_step_terms_and_gradients(shared_until):
+    model = make(shared_until=shared_until).train()
+    terms = model(images(), PIDS)
+    assert set(terms) == {"aib_ce", "aib_triplet", "esb_ce", "esb_triplet"}  # eq. 1
+    sum(terms.values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    assert set(model.stats()) == {"erased_fraction", "saliency_mean", "esb_l"}
+
+
+@pytest.mark.parametrize("shared_until", ["layer2", "layer4"])
+def test_saliency_pass_matches_generic_cgram(shared_until):
+    model = make(shared_until=shared_until).train()  # float32: P-pooling computes in float32 by design
+    x = images()
+    inline = model.saliency(x, PIDS)
+    generic = cgram_batch(model, model.cgram_layer, x, PIDS, feature_fn=lambda feats: feats[-1])
+    assert inline.shape == (len(PIDS), H // 16, W // 16)
+    torch.testing.assert_close(inline, generic)
+    assert (inline > 0).any()
+
+
+def test_saliency_reuses_the_aib_pass_and_changes_nothing():
+    for shared_until, esb_runs in (("layer2", 2), ("layer4", 1)):
+        model = make(shared_until=shared_until).train()
+        shared_calls = count_calls(model.shared)
+        esb_calls = count_calls(model.esb.layers)
+        model(images(), PIDS)
+        assert len(shared_calls) == 2  # on I (AIB pass, reused by the saliency pass) and on I*
+        assert len(esb_calls) == esb_runs  # layer2: saliency + I*; layer4: I* only (empty stages)
+    model = make().train()
+    t = model.shared(images())
+    a = model.aib.layers(t)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.saliency(images(), PIDS, t, a)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert model.esb.training and model.esb.neck.bn.training
+
+
+@pytest.mark.parametrize("prob", [0.0, 1.0])
+def test_esb_trains_on_besm_erased_images(prob):
+    model = make(erase_ratio=0.25, erase_prob=prob).train()
+    inputs = count_calls(model.shared)
+    x = images()
+    model(x, PIDS)
+    aib_in, esb_in = inputs
+    assert torch.equal(aib_in, x)
+    zeros = (esb_in == 0).all(dim=1).flatten(1).sum(dim=1)
+    if prob == 0.0:
+        assert torch.equal(esb_in, x)
+    else:
+        assert zeros.tolist() == [erase_count(0.25, H, W)] * len(PIDS)
+    assert model.stats()["erased_fraction"] == prob
+
+
+def test_eval_features_and_variants():
+    model = make().eval()
+    feats = model(images())
+    assert [f.shape for f in feats] == [(len(PIDS), 128)] * 2
+    esb_only = make(aib=False).eval()
+    assert len(esb_only(images())) == 1
+    base_besm = make(aib=False, esb_pooling="gap", erase_ratio=0.1, erase_prob=0.3).train()
+    base_besm.cfg.loss.triplet_weight = 0.0
+    assert set(base_besm(images(), PIDS)) == {"esb_ce"}
+    assert base_besm.no_weight_decay() == set()
+    assert set(make(aib_pooling="ppool").no_weight_decay()) == {"aib.pool.raw", "esb.pool.raw"}
+
+
+def test_no_weight_decay_names_and_branch_copies():
+    model = make()
+    names = dict(model.named_parameters())
+    assert model.no_weight_decay() == {"esb.pool.raw"} and "esb.pool.raw" in names
+    # reading A: both branches own a layer3/layer4 initialised from the same weights, not shared tensors
+    a, e = names["aib.layers.layer3.0.conv1.weight"], names["esb.layers.layer3.0.conv1.weight"]
+    assert torch.equal(a, e) and a.data_ptr() != e.data_ptr()
+    assert "shared.layer2.0.conv1.weight" in names and "aib.layers.layer2.0.conv1.weight" not in names
+
+
+def test_bad_config_values():
+    with pytest.raises(ValueError, match="model.shared_until"):
+        make(shared_until="layer1")
+    with pytest.raises(ValueError, match="model.esb_pooling"):
+        make(esb_pooling="median")
+    with pytest.raises(ValueError, match="model.erase_ratio"):
+        make(erase_ratio=1.5)
+    with pytest.raises(ValueError, match="model.aib"):
+        make(aib=False, esb=False)
+
+
+def test_configs_load_with_the_paper_values():
+    paths = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.yaml")))
+    mine = [p for p in paths if "esnet" in os.path.basename(p) or "besm" in os.path.basename(p)]
+    assert len(mine) >= 8
+    for p in mine:
+        cfg = load_config(p)
+        assert cfg.model.name == "esnet" and isinstance(cfg.model, MODELS.meta("esnet")["config"])
+        assert cfg.model.last_stride == 1 and cfg.solver.optimizer == "adam" and cfg.data.instances == 4
+    market = load_config(os.path.join(ROOT, "configs/market1501/esnet.yaml"))
+    m, d, s = market.model, market.data, market.solver
+    assert (m.erase_ratio, m.erase_prob, m.shared_until, m.esb_pooling) == (0.2, 0.5, "layer2", "ppool")
+    assert (d.height, d.width, d.ids_per_batch, d.instances) == (384, 128, 16, 4)
+    assert (s.lr, s.warmup_epochs, s.milestones, s.epochs) == (3.5e-4, 10, [40, 70], 120)
+    vid = load_config(os.path.join(ROOT, "configs/vehicleid/esnet.yaml"))
+    assert (vid.data.height, vid.data.width, vid.solver.epochs, vid.solver.milestones) == (256, 256, 60, [20, 40])
+    bb = load_config(os.path.join(ROOT, "configs/market1501/base_besm.yaml")).model
+    assert (bb.aib, bb.esb_pooling, bb.erase_ratio, bb.erase_prob) == (False, "gap", 0.1, 0.3)
+    assert bb.loss.triplet_weight == 0
