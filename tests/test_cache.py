@@ -1,0 +1,89 @@
+"""Decoded-image cache: contents equal direct decoding, reuse, invalidation, atomic builds, pickling."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import esreid.data.cache as cache
+from esreid.data.base import DatasetError, ImageItem
+from esreid.data.transforms import decode_resize
+
+
+def make_items(folder, n=4):
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(n):
+        path = os.path.join(folder, f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (10 + i, 6, 3), dtype=np.uint8)).save(path)
+        items.append(ImageItem(path, i % 2, i))
+    return items
+
+
+@pytest.fixture
+def count_decodes(monkeypatch):
+    calls = []
+
+    def counting(path, height, width):
+        calls.append(path)
+        return decode_resize(path, height, width)
+
+    monkeypatch.setattr(cache, "decode_resize", counting)
+    return calls
+
+
+def test_cache_matches_decoding_and_is_reused(tmp_path, count_decodes):
+    items = make_items(str(tmp_path / "img"))
+    src = cache.build_cache_source(items, 8, 4, str(tmp_path / "c"))
+    assert len(src) == 4 and len(count_decodes) == 4
+    for i, it in enumerate(items):
+        got = src[i]
+        assert got.dtype == torch.uint8 and got.shape == (3, 8, 4)
+        assert torch.equal(got, decode_resize(it.path, 8, 4))
+    assert sorted(os.listdir(tmp_path / "c")) == sorted(
+        [f"{cache.cache_key([it.path for it in items], 8, 4)}.{ext}" for ext in ("u8", "json")])
+    again = cache.build_cache_source(items, 8, 4, str(tmp_path / "c"))
+    assert len(count_decodes) == 4 and torch.equal(again[3], src[3])
+    # a new size is a new cache
+    assert cache.build_cache_source(items, 6, 4, str(tmp_path / "c"))[0].shape == (3, 6, 4)
+    assert len(count_decodes) == 8
+
+
+def test_cache_rebuilt_when_a_source_changes(tmp_path, count_decodes):
+    items = make_items(str(tmp_path / "img"))
+    cache.build_cache_source(items, 8, 4, str(tmp_path / "c"))
+    Image.new("RGB", (6, 12), (255, 0, 0)).save(items[2].path)
+    os.utime(items[2].path, ns=(1, 1))  # even an older mtime counts as a change
+    src = cache.build_cache_source(items, 8, 4, str(tmp_path / "c"))
+    assert len(count_decodes) == 8
+    assert torch.equal(src[2][0], torch.full((8, 4), 255, dtype=torch.uint8))
+    os.remove(items[1].path)
+    with pytest.raises(DatasetError, match=f"source image {items[1].path} does not exist"):
+        cache.build_cache_source(items, 8, 4, str(tmp_path / "c"))
+
+
+def test_interrupted_build_leaves_no_cache(tmp_path):
+    items = make_items(str(tmp_path / "img"))
+    with open(items[3].path, "r+b") as f:  # truncate: a corrupt image late in the split
+        f.truncate(20)
+    with pytest.raises(DatasetError, match=items[3].path):
+        cache.build_cache_source(items, 8, 4, str(tmp_path / "c"))
+    assert os.listdir(tmp_path / "c") == []
+
+
+def test_truncated_array_is_rebuilt_and_source_pickles(tmp_path, count_decodes):
+    items = make_items(str(tmp_path / "img"))
+    src = cache.build_cache_source(items, 8, 4, str(tmp_path / "c"))
+    expected = src[1].clone()
+    with open(src.array_path, "r+b") as f:
+        f.truncate(10)
+    src = cache.build_cache_source(items, 8, 4, str(tmp_path / "c"))
+    assert len(count_decodes) == 8
+    clone = pickle.loads(pickle.dumps(src))
+    assert clone._array is None and torch.equal(clone[1], expected)
+    with pytest.raises(DatasetError, match="split is empty"):
+        cache.build_cache_source([], 8, 4, str(tmp_path / "c"))
