@@ -154,3 +154,25 @@ def test_layer_errors():
     twice = nn.Sequential(net.stem, net.layer[1], net.layer[1], nn.Flatten())
     with pytest.raises(RuntimeError, match="2 times"):
         cgram_pair(twice, twice[1], x, x)
+
+
+def test_visualize_main_writes_a_png(tmp_path):
+    from PIL import Image
+
+    from esreid.models import build_model
+    from esreid.models.esnet import ESNetConfig
+    from esreid.viz.saliency import visualize_main
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text("model: {name: esnet, backbone: resnet_tiny}\ndata: {height: 32, width: 16}\n")
+    torch.manual_seed(0)
+    model = build_model(ESNetConfig(backbone="resnet_tiny"), num_classes=5)
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    for name in ("q.png", "g.png"):
+        Image.fromarray((torch.rand(40, 20, 3) * 255).byte().numpy()).save(tmp_path / name)
+    out = tmp_path / "out" / "pair.png"
+    args = ["--config", str(cfg_path), "--weights", str(tmp_path / "w.pth"), "--query", str(tmp_path / "q.png"),
+            "--gallery", str(tmp_path / "g.png"), "--out", str(out)]
+    assert visualize_main(args) == 0
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.width > img.height

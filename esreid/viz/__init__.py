@@ -1,0 +1,1 @@
+"""Visualisation: CG-RAM overlays of (query, gallery) pairs (saliency.py)."""
