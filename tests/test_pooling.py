@@ -90,6 +90,9 @@ def test_large_order_is_finite_in_float32():
 def test_large_order_under_bf16_autocast():
     pool = build_pooling("ppool", init=60.0)
     conv = torch.nn.Conv2d(4, 4, 1)
+    with torch.no_grad():  # identity 1x1 conv: no dead channel (whose float64 reference would be 0/0)
+        conv.weight.copy_(torch.eye(4)[:, :, None, None])
+        conv.bias.zero_()
     x = _large_map().float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = torch.relu(conv(x)) * 10  # bf16 map, like a backbone output under autocast
