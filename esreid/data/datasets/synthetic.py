@@ -239,8 +239,9 @@ def _finish(img: np.ndarray, cam: Camera, rng: np.random.Generator) -> np.ndarra
                 img[:, :w] = colour
             else:
                 img[:, width - w :] = colour
-    gain = cam.gain * rng.uniform(0.9, 1.1) * (1 + rng.uniform(-0.15, 0.15) * np.linspace(-1, 1, height))[:, None, None]
-    img = img * cam.cast * gain + rng.normal(0, 4, img.shape)
+    ramp = np.linspace(-1, 1, height, dtype=np.float32) * np.float32(rng.uniform(-0.15, 0.15))  # vertical light falloff
+    gain = np.float32(cam.gain * rng.uniform(0.9, 1.1)) * (1 + ramp)[:, None, None] * cam.cast
+    img = img * gain + 4 * rng.standard_normal(img.shape, dtype=np.float32)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
