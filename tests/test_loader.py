@@ -152,3 +152,12 @@ def test_cache_source_is_used_when_configured(items, monkeypatch, tmp_path):
     build_image_source(cfg(cache=True, cache_dir="/somewhere"), items)
     assert calls == [(len(items), H, W, str(tmp_path / ".esreid_cache")), (len(items), H, W, "/somewhere")]
     assert isinstance(build_image_source(cfg(), items), FileImageSource)
+
+
+def test_cached_batches_equal_file_batches(items, tmp_path):
+    pytest.importorskip("esreid.data.cache")
+    files = build_train_loader(cfg(), items, seed=3)
+    cached = build_train_loader(cfg(cache=True, cache_dir=str(tmp_path / "cache")), items, seed=3)
+    for a, b in zip(files, cached):
+        for key in ("images", "pids", "camids", "index"):
+            assert torch.equal(a[key], b[key])

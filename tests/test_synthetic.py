@@ -145,3 +145,18 @@ def test_identity_signal_nearest_neighbour_beats_chance(tmp_path):
     rank1 = float(np.mean(gp[dist.argmin(1)] == qp))
     chance = 1 / 40
     assert rank1 > 8 * chance, f"rank-1 {rank1:.3f} vs chance {chance:.3f}"
+
+
+def test_pk_batches_from_synthetic_data(tmp_path):
+    from esreid.config import DataConfig
+    from esreid.data.loader import build_train_loader
+    from esreid.data.transforms import TrainAugment
+
+    ds = SyntheticMarket(str(tmp_path), verbose=False, seed=3, **SMALL)
+    cfg = DataConfig(height=32, width=16, ids_per_batch=3, instances=4, workers=0, random_erasing=0.5, pad=2)
+    loader = build_train_loader(cfg, ds.train, seed=0)
+    augment = TrainAugment(cfg, seed=0)
+    batch = next(iter(loader))
+    x = augment(batch["images"])
+    assert x.shape == (12, 3, 32, 16) and x.dtype.is_floating_point
+    assert sorted(batch["pids"].bincount().tolist())[-3:] == [4, 4, 4]
