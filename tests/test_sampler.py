@@ -1,4 +1,4 @@
-"""PKSampler against its definition: J distinct ids x K images per batch, one pass over the ids per epoch."""
+"""PKSampler against its definition: J distinct ids x K images per batch, one pass over the images per epoch."""
 
 from collections import Counter
 
@@ -27,7 +27,8 @@ def test_batch_structure_and_replacement():
     pids = make_pids()
     j, k = 3, 4
     sampler = PKSampler(pids, ids_per_batch=j, instances=k, seed=1)
-    assert len(sampler) == len(SIZES) // j
+    groups = {pid: max(1, n // k) for pid, n in SIZES.items()}
+    assert len(sampler) == sum(groups.values()) // j
     seen_ids = Counter()
     for epoch in range(30):
         batches = epoch_batches(sampler, epoch)
@@ -44,7 +45,13 @@ def test_batch_structure_and_replacement():
                     assert len(set(chosen)) == k
                 else:  # all images used, the rest repeated
                     assert set(chosen) == {i for i, p in enumerate(pids) if p == pid}
-        assert len(ids_this_epoch) == len(set(ids_this_epoch)), "an id appears twice in one epoch"
+        # one pass over the images: an id with n >= K images gives disjoint groups until its groups are used up
+        for pid, n in SIZES.items():
+            drawn = [i for batch in batches for i in batch if pids[i] == pid]
+            assert len(drawn) <= k * (groups[pid] + 1)
+            if n >= k:
+                first = drawn[: k * groups[pid]]
+                assert len(set(first)) == len(first)
         seen_ids.update(ids_this_epoch)
     assert seen_ids[3] > 0 and seen_ids[7] > 0  # ids with < K images still appear
     assert set(seen_ids) == set(SIZES)

@@ -1,10 +1,12 @@
 """PK sampling: every training batch holds J identities x K images (ES-Net §IV "Training Strategy", J=16, K=4).
 
-One epoch is one pass over the identities: they are shuffled, each contributes one group of K images, and J groups
-make a batch (the last incomplete batch is dropped). This is the open-reid / BDB ``RandomIdentitySampler`` reading
-of the spec (methods.md "PK sampler"). Note: BoT's sampler instead walks every image of every identity once per epoch
-(about ``sum_i floor(n_i / K) / J`` batches), so an "epoch" here is shorter by roughly the mean number of images per
-identity divided by K (about 4x on Market-1501) - keep that in mind when reusing epoch-based schedules.
+One epoch is one pass over the *images*, as in BoT's ``RandomIdentitySampler`` (the code base whose 120-epoch
+schedule with decays at 40/70 ES-Net adopts): each identity's images are shuffled and cut into groups of K (an
+identity with fewer than K images is completed with replacement; a remainder of fewer than K images waits for a
+later epoch), and each batch takes one group from each of J distinct identities. An epoch has
+``floor(sum_i max(1, floor(n_i / K)) / J)`` batches (about 200 on Market-1501 at 16x4). Identities are drawn with
+probability proportional to their remaining groups, so the epoch length is exact; if fewer than J identities still
+have groups, identities whose groups are used up contribute a fresh group.
 """
 
 from __future__ import annotations
@@ -53,21 +55,30 @@ class PKSampler(Sampler[List[int]]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        """Batches per epoch: ``floor(num_ids / J)``."""
-        return len(self._indices) // self.ids_per_batch
+        """Batches per epoch: ``floor(sum_i max(1, floor(n_i / K)) / J)``."""
+        groups = sum(max(1, len(ix) // self.instances) for ix in self._indices)
+        return groups // self.ids_per_batch
 
-    def _draw(self, rng: np.random.Generator, indices: np.ndarray) -> np.ndarray:
-        """K indices of one identity: without replacement when it has >= K images."""
+    def _groups(self, rng: np.random.Generator, indices: np.ndarray) -> List[np.ndarray]:
+        """One identity's images in shuffled groups of K (without replacement when it has >= K images)."""
         k = self.instances
-        if len(indices) >= k:
-            return rng.choice(indices, size=k, replace=False)
-        extra = rng.choice(indices, size=k - len(indices), replace=True)
-        return np.concatenate([rng.permutation(indices), extra])
+        order = rng.permutation(indices)
+        if len(order) < k:
+            order = np.concatenate([order, rng.choice(indices, size=k - len(order), replace=True)])
+        return [order[i * k : (i + 1) * k] for i in range(len(order) // k)]
 
     def __iter__(self) -> Iterator[List[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(len(self._indices))
+        groups = [self._groups(rng, ix) for ix in self._indices]
         j = self.ids_per_batch
-        for start in range(0, len(self) * j, j):
-            batch = np.concatenate([self._draw(rng, self._indices[i]) for i in order[start : start + j]])
-            yield batch.tolist()
+        for _ in range(len(self)):
+            remaining = np.array([len(g) for g in groups], dtype=np.float64)
+            available = np.flatnonzero(remaining)
+            if len(available) >= j:
+                chosen = rng.choice(available, size=j, replace=False, p=remaining[available] / remaining.sum())
+            else:  # top up with identities whose groups are used up
+                extra = rng.choice(np.flatnonzero(remaining == 0), size=j - len(available), replace=False)
+                for i in extra:
+                    groups[i] = self._groups(rng, self._indices[i])[:1]
+                chosen = rng.permutation(np.concatenate([available, extra]))
+            yield np.concatenate([groups[i].pop() for i in chosen]).tolist()
