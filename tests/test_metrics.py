@@ -46,6 +46,9 @@ def problems(draw):
     dist = rng.integers(0, levels, (nq, ng)).astype(np.float64) / levels
     if draw(st.booleans()):
         dist += rng.random((nq, ng))
+    dist -= draw(st.sampled_from([0.0, 0.5]))  # negative values exercise the float-bits sort key
+    dist[dist == 0] = draw(st.sampled_from([0.0, -0.0]))  # -0.0 ties with +0.0
+    dist = dist.astype(draw(st.sampled_from([np.float64, np.float32])))
     chunk = draw(st.integers(1, nq + 2))
     return dist, q_pids, g_pids, q_cams, g_cams, chunk
 

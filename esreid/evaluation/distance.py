@@ -9,7 +9,7 @@ Conventions (the ones torchreid uses):
 Half-precision features (float16 / bfloat16) are promoted to float32 before any arithmetic; float64 stays float64.
 
 Tie rule: items at exactly the same distance are ordered by their index (what a *stable* argsort gives, and what the
-anchors get with ``np.argsort(kind="stable")``). :func:`lexsort` and :func:`smallest_k` implement it.
+anchors get with ``np.argsort(kind="stable")``). :func:`order_within_rows` and :func:`smallest_k` implement it.
 """
 
 from __future__ import annotations
@@ -87,18 +87,27 @@ def pairwise_distance(q: ArrayLike, g: ArrayLike, metric: str = "cosine") -> tor
     return m.distance(m.prepare(qt), m.prepare(gt))
 
 
-def lexsort(keys: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Indices sorting by ``keys[-1]``, then ``keys[-2]``, ... (like ``np.lexsort``), by successive stable sorts."""
-    order = torch.arange(keys[0].numel(), device=keys[0].device)
-    for k in keys:
-        order = order[torch.sort(k[order], stable=True).indices]
-    return order
+def order_within_rows(rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Permutation sorting entries by ``rows`` (non-decreasing on input) then ``values``; ties keep the input order.
+
+    Given entries listed in (row, column) order -- what ``nonzero`` returns -- this yields (row, value, column) order:
+    the stable, ties-by-index ranking of each row. Up to 32-bit floats it is one stable sort of an int64 key
+    ``row << 32 | u32(value)`` (``u32`` an order-preserving map of the float bits; -0.0 is folded onto +0.0 first, as
+    it compares equal); float64 values take two stable sorts (by value, then by row).
+    """
+    if values.dtype == torch.float64:
+        order = torch.sort(values, stable=True).indices
+        return order[torch.sort(rows[order], stable=True).indices]
+    bits = (values.float() + 0.0).view(torch.int32).long()  # + 0.0 turns -0.0 into +0.0
+    u32 = torch.where(bits < 0, -1 - bits, bits + 2**31)  # negative floats: larger magnitude -> smaller key
+    return torch.sort((rows << 32) | u32, stable=True).indices
 
 
 def smallest_k(d: torch.Tensor, k: int) -> torch.Tensor:
     """Indices ``(N, k)`` of the ``k`` smallest entries of each row of ``d`` ``(N, M)``, ascending, ties by index.
 
-    ``torch.topk`` finds the k-th value; every entry not larger than it is then ordered exactly with :func:`lexsort`
+    ``torch.topk`` finds the k-th value; every entry not larger than it is then ordered exactly with
+    :func:`order_within_rows`
     (there are at least ``k`` per row, more only when there are ties at the k-th value).
     """
     if not 0 < k <= d.shape[1]:
@@ -107,7 +116,7 @@ def smallest_k(d: torch.Tensor, k: int) -> torch.Tensor:
         raise ValueError("distance matrix contains NaN")
     kth = torch.topk(d, k, dim=1, largest=False, sorted=True).values[:, -1:]
     rows, cols = (d <= kth).nonzero(as_tuple=True)  # row-major, so cols ascend within a row
-    order = lexsort([d[rows, cols], rows])
+    order = order_within_rows(rows, d[rows, cols])
     rows, cols = rows[order], cols[order]
     counts = torch.bincount(rows, minlength=d.shape[0])
     start = torch.cumsum(counts, 0) - counts

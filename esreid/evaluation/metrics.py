@@ -24,7 +24,7 @@ from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from esreid.evaluation.distance import METRICS, ArrayLike, lexsort, prepare
+from esreid.evaluation.distance import METRICS, ArrayLike, order_within_rows, prepare
 from esreid.registry import Registry
 
 AP_MODES = Registry("ap_mode")
@@ -118,7 +118,7 @@ class DistanceChunks:
                 d = self.distmat[s:e].to(self.device)
             else:
                 d = self.metric.distance(self.q.rows(s, e), self.g)
-            if torch.isnan(d).any():
+            if not torch.isfinite(d.sum()) and torch.isnan(d).any():  # the sum is NaN whenever an entry is
                 raise ValueError(f"distances for queries {s}..{e - 1} contain NaN")
             yield s, e, d
 
@@ -143,21 +143,21 @@ def rank_chunk(dist: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor, g
         same_pid: ``(c, M)`` gallery indices with the query's pid (-1 padding), from :func:`same_pid_index`.
         ap_term: ``(i, k) -> contribution`` of the i-th hit at rank k (float64 tensors), an :data:`AP_MODES` entry.
     """
-    c, dev = dist.shape[0], dist.device
+    c, num_g, dev = dist.shape[0], dist.shape[1], dist.device
     valid = same_pid >= 0
     cand = same_pid.clamp_min(0)
     pos = valid & (g_cams[cand] != q_cams[:, None])  # junk = same pid AND same camera
     num_pos = pos.sum(1)
-    hardest = torch.where(pos, dist.gather(1, cand), torch.full((), -torch.inf, dtype=dist.dtype, device=dev)).amax(1)
-    # negatives that may rank before the hardest positive (ties included, the exact order settles them)
-    nrow, ncol = (dist <= hardest[:, None]).nonzero(as_tuple=True)
-    is_neg = g_pids[ncol] != q_pids[nrow]
-    nrow, ncol = nrow[is_neg], ncol[is_neg]
-    prow, pslot = pos.nonzero(as_tuple=True)
-    rows = torch.cat([nrow, prow])
-    cols = torch.cat([ncol, cand[prow, pslot]])
-    hit = torch.cat([torch.zeros_like(nrow, dtype=torch.bool), torch.ones_like(prow, dtype=torch.bool)])
-    order = lexsort([cols, dist[rows, cols], rows])  # by query, then distance, then gallery index
+    neg_inf = torch.full((), -torch.inf, dtype=dist.dtype, device=dev)
+    hardest = torch.where(pos, dist.gather(1, cand), neg_inf).amax(1)
+    # every item ranked before the hardest positive has a distance <= it (ties: the exact order below settles them)
+    flat = (dist <= hardest[:, None]).view(-1).nonzero().squeeze(1)  # row-major: (query, gallery index) order
+    rows = flat // num_g
+    cols = flat - rows * num_g
+    same = g_pids[cols] == q_pids[rows]
+    kept = ~(same & (g_cams[cols] == q_cams[rows]))
+    rows, hit, values = rows[kept], same[kept], dist.view(-1)[flat[kept]]
+    order = order_within_rows(rows, values)  # by query, then distance, then gallery index
     rows, hit = rows[order], hit[order]
     counts = torch.bincount(rows, minlength=c)
     start = torch.cumsum(counts, 0) - counts

@@ -1,0 +1,183 @@
+"""Evaluation speed and memory: esreid's chunked evaluator vs a per-query numpy reference, measured in the same run.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eval_speed.py            # Market + MSMT17 + 1M faiss
+    .venv/bin/python benchmarks/eval_speed.py --quick                      # smaller problems, for a smoke run
+    .venv/bin/python benchmarks/eval_speed.py --skip-1m --skip-msmt
+
+1. Market-size (3368 x 15913, 751 ids, 6 cameras, synthetic 128-d features with identity signal): the same float32
+   distance matrix goes to ``evaluate_rank`` and to ``reference_eval`` (per query: stable argsort, junk removal,
+   cumsum; the anchors' definitions written directly in numpy). Prints median times, the ratio and max |delta|.
+2. MSMT17-size (11659 x 82161, 3060 ids, 15 cameras) from features, never materialising the distance matrix:
+   time and peak RSS of the process (run in a child process so the Market step does not count).
+3. A 1M-image synthetic gallery indexed with faiss (flat = exact, IVF, HNSW): build time, query latency, recall@k of the
+   approximate indexes against the flat one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from esreid.evaluation.metrics import evaluate_rank
+
+
+def hardware() -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{model}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}")
+
+
+def synthetic(num_q, num_g, num_ids, num_cams, dim=128, noise=1.45, seed=0):
+    """Features = per-id centre + Gaussian noise; every id has >= 2 gallery images; queries come from gallery ids."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(num_ids, dim)).astype(np.float32)
+    g_pids = np.concatenate([np.repeat(np.arange(num_ids), 2), rng.integers(0, num_ids, num_g - 2 * num_ids)])
+    q_pids = rng.integers(0, num_ids, num_q)
+    gf = centres[g_pids] + noise * rng.normal(size=(num_g, dim)).astype(np.float32)
+    qf = centres[q_pids] + noise * rng.normal(size=(num_q, dim)).astype(np.float32)
+    return qf, gf, q_pids, g_pids, rng.integers(0, num_cams, num_q), rng.integers(0, num_cams, num_g)
+
+
+def reference_eval(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50, python_precision=False):
+    """Straightforward per-query numpy implementation of the anchors' definitions (CMC, AP = mean precision at hits,
+    INP = R / rank of the last hit; junk = same pid and camera; queries without a match skipped).
+
+    ``python_precision=True`` computes the precision at every rank with a Python list comprehension, the way the
+    anchors' pure-Python evaluators do (anchors §4: ~48 s on this problem); otherwise with numpy (tight reference).
+    """
+    cmc_sum, aps, inps = np.zeros(max_rank), [], []
+    for q in range(dist.shape[0]):
+        order = np.argsort(dist[q], kind="stable")
+        keep = ~((g_pids[order] == q_pids[q]) & (g_cams[order] == q_cams[q]))
+        hits = (g_pids[order][keep] == q_pids[q]).astype(np.float64)
+        if not hits.any():
+            continue
+        ks = np.flatnonzero(hits) + 1
+        cmc_sum += np.arange(1, max_rank + 1) >= ks[0]
+        if python_precision:
+            precision = np.asarray([x / (r + 1.0) for r, x in enumerate(hits.cumsum())])
+            aps.append(float((precision * hits).sum() / hits.sum()))
+        else:
+            aps.append(np.mean(np.arange(1, len(ks) + 1) / ks))
+        inps.append(len(ks) / ks[-1])
+    return cmc_sum / len(aps), float(np.mean(aps)), float(np.mean(inps))
+
+
+def median_time(fn, runs):
+    times, out = [], None
+    for _ in range(runs):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times, out
+
+
+def bench_market(args):
+    nq, ng = (842, 3978) if args.quick else (3368, 15913)
+    qf, gf, q_pids, g_pids, q_cams, g_cams = synthetic(nq, ng, 751 if not args.quick else 188, 6)
+    dist = evaluate_rank  # keep the name short below
+    dm = (1 - torch.nn.functional.normalize(torch.from_numpy(qf), dim=1)
+          @ torch.nn.functional.normalize(torch.from_numpy(gf), dim=1).T).numpy()
+    t_ours, runs_ours, ours = median_time(lambda: dist(q_pids, g_pids, q_cams, g_cams, distmat=dm), args.runs)
+    t_feat, _, feat = median_time(lambda: dist(q_pids, g_pids, q_cams, g_cams, qf=qf, gf=gf), args.runs)
+    print(f"\n== Market-size {nq} x {ng} (distmat float32 given to all) ==")
+    print(f"esreid evaluate_rank                   : median {t_ours:8.3f} s  runs {[round(t, 3) for t in runs_ours]}")
+    refs = [("per-query numpy, numpy precision", False, args.ref_runs)]
+    if not args.skip_slow_ref:
+        refs.append(("per-query numpy, Python precision", True, 1))
+    for label, python_precision, runs in refs:
+        t_ref, runs_ref, ref = median_time(
+            lambda p=python_precision: reference_eval(dm, q_pids, g_pids, q_cams, g_cams, python_precision=p), runs)
+        delta = max(np.abs(ours.cmc - ref[0]).max(), abs(ours.mAP - ref[1]), abs(ours.mINP - ref[2]))
+        print(f"reference {label:29s}: median {t_ref:8.3f} s  runs {[round(t, 3) for t in runs_ref]}  "
+              f"-> speed-up {t_ref / t_ours:6.1f} x; max |delta| CMC/mAP/mINP {delta:.1e}")
+    print(f"from features (128-d, incl. distances): median {t_feat:.3f} s; same result: "
+          f"{np.array_equal(feat.cmc, ours.cmc) and feat.mAP == ours.mAP}")
+    print(f"mAP {ours.mAP:.4f}  mINP {ours.mINP:.4f}  R1 {ours.cmc[0]:.4f}  R5 {ours.cmc[4]:.4f}")
+
+
+def _msmt_child(quick, queue):
+    nq, ng, ids = (2915, 20540, 765) if quick else (11659, 82161, 3060)
+    qf, gf, q_pids, g_pids, q_cams, g_cams = synthetic(nq, ng, ids, 15, seed=1)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t = time.perf_counter()
+    r = evaluate_rank(q_pids, g_pids, q_cams, g_cams, qf=qf, gf=gf)
+    elapsed = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put((nq, ng, elapsed, rss_before, peak, r.mAP, r.cmc[0]))
+
+
+def bench_msmt(args):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    p = ctx.Process(target=_msmt_child, args=(args.quick, queue))
+    p.start()
+    nq, ng, elapsed, rss0, peak, m_ap, r1 = queue.get()
+    p.join()
+    print(f"\n== MSMT17-size {nq} x {ng} from 128-d features (fresh process, default 512 MB budget) ==")
+    print(f"time {elapsed:.2f} s (goal <= 15 s); peak RSS {peak:.0f} MB (goal <= 2048 MB; {rss0:.0f} MB after "
+          f"building the synthetic features); full float32 distmat would be {nq * ng * 4 / 2**20:.0f} MB")
+    print(f"mAP {m_ap:.4f}  R1 {r1:.4f}")
+
+
+def bench_faiss(args):
+    from esreid.evaluation.search import GalleryIndex
+
+    ng = 100_000 if args.quick else 1_000_000
+    nq, dim, k = 1000, 128, 10
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(ng // 20, dim)).astype(np.float32)
+    gf = np.empty((ng, dim), np.float32)
+    for s in range(0, ng, 100_000):
+        e = min(s + 100_000, ng)
+        gf[s:e] = centres[rng.integers(0, len(centres), e - s)] + rng.normal(size=(e - s, dim)).astype(np.float32)
+    qf = centres[rng.integers(0, len(centres), nq)] + rng.normal(size=(nq, dim)).astype(np.float32)
+    print(f"\n== faiss search: {ng} gallery x {nq} queries, {dim}-d, cosine, k={k} ==")
+    exact = None
+    for kind in ("flat", "ivf", "hnsw"):
+        index = GalleryIndex(kind=kind, metric="cosine")
+        t = time.perf_counter()
+        index.add(gf)
+        t_build = time.perf_counter() - t
+        t = time.perf_counter()
+        _, idx = index.search(qf, k)
+        t_search = time.perf_counter() - t
+        if exact is None:
+            exact = idx
+        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(idx, exact)])
+        print(f"{kind:5s}: build {t_build:7.2f} s  search {t_search * 1000 / nq:8.3f} ms/query "
+              f"({t_search:6.2f} s total)  recall@{k} vs flat {recall:.4f}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="quarter-size problems and a 100k gallery")
+    ap.add_argument("--skip-msmt", action="store_true")
+    ap.add_argument("--skip-1m", action="store_true", help="skip the faiss large-gallery part")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--ref-runs", type=int, default=3)
+    ap.add_argument("--skip-slow-ref", action="store_true", help="skip the ~50 s Python-precision reference")
+    args = ap.parse_args()
+    print("hardware:", hardware())
+    bench_market(args)
+    if not args.skip_msmt:
+        bench_msmt(args)
+    if not args.skip_1m:
+        bench_faiss(args)
+
+
+if __name__ == "__main__":
+    main()
