@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -111,6 +112,7 @@ class Config:
 # --------------------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------------------
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 Origins = Dict[str, str]  # dotted key -> file (or "command line") that set it
 
 
@@ -239,6 +241,8 @@ def _coerce(value: Any, tp: Any, key: str, origins: Origins) -> Any:
             raise ConfigError(f"{where}: key '{key}': expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            return float(value)  # YAML 1.1 reads "1e-3" / "3.5e-4" as strings
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: key '{key}': expected a number, got {value!r}")
         return float(value)

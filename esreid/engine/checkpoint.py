@@ -68,7 +68,9 @@ def atomic_save(obj: Any, path: str) -> None:
 
 def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, config: Dict[str, Any],
                     optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None, scaler: Any = None,
-                    metrics: Optional[Dict[str, Any]] = None) -> None:
+                    metrics: Optional[Dict[str, Any]] = None,
+                    generators: Optional[Dict[str, torch.Generator]] = None) -> None:
+    """Save a full training checkpoint; ``generators`` are extra named RNGs (augmentation, BESM coin flips)."""
     state = {
         "format": FORMAT,
         "model": unwrap(model).state_dict(),
@@ -77,6 +79,7 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, config: Di
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "epoch": epoch,
         "rng": rng_state(),
+        "generators": {k: g.get_state() for k, g in (generators or {}).items()},
         "config": config,
         "metrics": metrics or {},
     }
