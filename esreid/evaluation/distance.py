@@ -39,11 +39,15 @@ class Prepared:
     def rows(self, start: int, end: int) -> Prepared:
         return Prepared(self.feats[start:end], None if self.sqnorm is None else self.sqnorm[start:end])
 
+    def take(self, idx: torch.Tensor) -> Prepared:
+        return Prepared(self.feats[idx], None if self.sqnorm is None else self.sqnorm[idx])
+
 
 @dataclass(frozen=True)
 class Metric:
     prepare: Callable[[torch.Tensor], Prepared]
     distance: Callable[[Prepared, Prepared], torch.Tensor]  # (Nq, D), (Ng, D) -> (Nq, Ng)
+    paired: Callable[[Prepared, Prepared], torch.Tensor]  # (P, D), (P, D) -> (P,): distance of row i to row i
 
 
 METRICS = Registry("distance metric")
@@ -59,8 +63,16 @@ def _sq_euclidean_distance(q: Prepared, g: Prepared) -> torch.Tensor:
     return d.add_(q.sqnorm[:, None]).clamp_min_(0.0)
 
 
-METRICS.register("cosine")(Metric(lambda x: Prepared(F.normalize(x, dim=1), None), _cosine_distance))
-METRICS.register("euclidean")(Metric(lambda x: Prepared(x, (x * x).sum(1)), _sq_euclidean_distance))
+METRICS.register("cosine")(Metric(
+    prepare=lambda x: Prepared(F.normalize(x, dim=1), None),
+    distance=_cosine_distance,
+    paired=lambda a, b: 1.0 - (a.feats * b.feats).sum(1),
+))
+METRICS.register("euclidean")(Metric(
+    prepare=lambda x: Prepared(x, (x * x).sum(1)),
+    distance=_sq_euclidean_distance,
+    paired=lambda a, b: (a.sqnorm + b.sqnorm - 2.0 * (a.feats * b.feats).sum(1)).clamp_min(0.0),
+))
 
 
 def as_features(x: ArrayLike, name: str, device: Optional[torch.device] = None) -> torch.Tensor:
