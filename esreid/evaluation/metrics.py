@@ -70,7 +70,7 @@ class QueryStats:
     ap: np.ndarray
 
 
-def _labels(x: ArrayLike, name: str, n: Optional[int] = None) -> np.ndarray:
+def labels(x: ArrayLike, name: str, n: Optional[int] = None) -> np.ndarray:
     a = np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x)
     if a.ndim != 1 or (n is not None and len(a) != n):
         want = f"({n},)" if n is not None else "1-D"
@@ -174,18 +174,23 @@ def rank_chunk(dist: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor, g
     return QueryStats(num_pos.cpu().numpy(), first.cpu().numpy(), last.cpu().numpy(), ap.cpu().numpy())
 
 
-def query_stats(q_pids, g_pids, q_camids, g_camids, chunks: DistanceChunks, ap_mode: str = "anchor") -> QueryStats:
-    """Per-query Market statistics over all chunks of ``chunks``."""
-    q_pids = _labels(q_pids, "q_pids", chunks.num_q)
-    q_camids = _labels(q_camids, "q_camids", chunks.num_q)
-    g_pids = _labels(g_pids, "g_pids", chunks.num_g)
-    g_camids = _labels(g_camids, "g_camids", chunks.num_g)
+def query_stats(q_pids, g_pids, q_camids, g_camids, chunks: DistanceChunks, ap_mode: str = "anchor",
+                on_chunk: Optional[Callable[[int, int, torch.Tensor], None]] = None) -> QueryStats:
+    """Per-query Market statistics over all chunks of ``chunks``; ``on_chunk(start, end, dist)`` sees every chunk."""
+    q_pids = labels(q_pids, "q_pids", chunks.num_q)
+    q_camids = labels(q_camids, "q_camids", chunks.num_q)
+    g_pids = labels(g_pids, "g_pids", chunks.num_g)
+    g_camids = labels(g_camids, "g_camids", chunks.num_g)
     ap_term = AP_MODES.get(ap_mode)
     dev = chunks.device
     same_pid = torch.from_numpy(same_pid_index(g_pids, q_pids)).to(dev)
     qp, qc = torch.from_numpy(q_pids).to(dev), torch.from_numpy(q_camids).to(dev)
     gp, gc = torch.from_numpy(g_pids).to(dev), torch.from_numpy(g_camids).to(dev)
-    parts = [rank_chunk(d, qp[s:e], qc[s:e], gp, gc, same_pid[s:e], ap_term) for s, e, d in chunks]
+    parts = []
+    for s, e, d in chunks:
+        parts.append(rank_chunk(d, qp[s:e], qc[s:e], gp, gc, same_pid[s:e], ap_term))
+        if on_chunk is not None:
+            on_chunk(s, e, d)
     return QueryStats(*(np.concatenate([getattr(p, f) for p in parts]) if parts else np.zeros(0)
                         for f in ("num_pos", "first", "last", "ap")))
 
