@@ -18,6 +18,7 @@ exp), so sum max = 2 - sum min; k/2 is ``round(k1 / 2)``; the 2/3 test is strict
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -85,7 +86,9 @@ def _query_expansion(v: torch.Tensor, nn: torch.Tensor, k2: int) -> torch.Tensor
     avg = torch.sparse_coo_tensor(torch.stack([rows, nn[:, :k2].reshape(-1)]),
                                   torch.full((n * k2,), 1.0 / k2, dtype=v.dtype, device=v.device), (n, n),
                                   check_invariants=False)
-    return torch.sparse.mm(avg.coalesce(), v).coalesce()
+    with warnings.catch_warnings():  # torch flags its internal sparse CSR path as beta
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse.mm(avg.coalesce(), v).coalesce()
 
 
 def _min_sums(vq: torch.Tensor, vg: torch.Tensor, max_pairs: int) -> torch.Tensor:
