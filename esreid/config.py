@@ -96,11 +96,23 @@ class TestConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    """ES-Net Fig. 3 ("verification of motivation"): log the model's loss on BESM-erased copies of each batch
+    while it trains on the original images. Costs one extra saliency pass and forward per iteration."""
+
+    erased_loss: bool = False
+    layer: str = "backbone.layer4"  # CG-RAM layer of the probed model (res_conv5 of the baseline)
+    erase_ratio: float = 0.2  # R
+    erase_prob: float = 1.0  # P (1: every copy is erased)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     test: TestConfig = field(default_factory=TestConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     output_dir: str = "outputs/run"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -30,6 +30,7 @@ from esreid.engine.checkpoint import (
 )
 from esreid.engine.evaluator import autocast, evaluate_model
 from esreid.engine.schedule import build_optimizer, build_scheduler
+from esreid.erasing.besm import erased_loss_probe
 from esreid.models import build_model
 
 
@@ -81,6 +82,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_loader = build_train_loader(cfg.data, self.dataset.train, seed=cfg.seed)
         self.augment = TrainAugment(cfg.data, seed=cfg.seed)
+        self.probe_generator = torch.Generator().manual_seed(cfg.seed)
         self.optimizer = build_optimizer(self.model, cfg.solver)
         self.iters_per_epoch = len(self.train_loader)
         if self.iters_per_epoch == 0:
@@ -118,7 +120,7 @@ class Trainer:
     def generators(self) -> Dict[str, torch.Generator]:
         """Every RNG besides the global ones: augmentation and any module's ``generator`` (e.g. BESM coin flips),
         saved in checkpoints so a resumed run draws the same numbers as an uninterrupted one."""
-        gens = {"augment": self.augment.generator}
+        gens = {"augment": self.augment.generator, "probe": self.probe_generator}
         for name, module in self.model.named_modules():
             if isinstance(getattr(module, "generator", None), torch.Generator):
                 gens[f"model.{name}" if name else "model"] = module.generator
@@ -143,6 +145,11 @@ class Trainer:
         if self.cfg.solver.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         pids = batch["pids"].to(self.device, non_blocking=True)
+        diag = self.cfg.diagnostics
+        probe = None
+        if diag.erased_loss:  # ES-Net Fig. 3: the loss on BESM-erased copies, before this step's update
+            probe = erased_loss_probe(self.model, diag.layer, images, pids, diag.erase_ratio, diag.erase_prob,
+                                      self.probe_generator)
         with autocast(self.device, self.cfg.solver.amp):
             terms = self.model(images, pids)
         loss = sum(t.float() for t in terms.values())
@@ -160,6 +167,8 @@ class Trainer:
         self.scheduler.step()
         out = {k: float(v.detach()) for k, v in terms.items()}
         out["loss"] = float(loss.detach())
+        if probe is not None:
+            out["erased_loss"] = probe
         return out
 
     def evaluate(self) -> Dict[str, float]:
