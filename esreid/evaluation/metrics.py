@@ -88,7 +88,9 @@ class DistanceChunks:
 
     def __init__(self, *, distmat=None, qf=None, gf=None, metric: str = "cosine", memory_budget_mb: float = 512,
                  chunk_size: Optional[int] = None, device=None):
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        given = distmat if distmat is not None else qf
+        default = given.device if isinstance(given, torch.Tensor) else torch.device("cpu")
+        self.device = torch.device(device) if device is not None else default  # default: where the inputs are
         if (distmat is None) == (qf is None or gf is None):
             raise ValueError("pass either distmat=(Nq, Ng) or both qf=(Nq, D) and gf=(Ng, D)")
         self.distmat = None
@@ -216,8 +218,11 @@ def evaluate_rank(q_pids, g_pids, q_camids, g_camids, *, distmat=None, qf=None, 
     Give either ``distmat`` ``(Nq, Ng)`` (numpy or torch, any float dtype, used as is) or features ``qf`` ``(Nq, D)``
     and ``gf`` ``(Ng, D)`` with ``metric`` "cosine" | "euclidean" (squared); float16/bfloat16 features are promoted to
     float32. Queries are processed ``chunk_size`` at a time (default: as many as fit ``memory_budget_mb`` at
-    ~12 bytes per query-gallery pair) on ``device`` (default CPU). ``cmc`` always has ``max_rank`` entries (torchreid
-    truncates it to Ng; beyond Ng every valid query has matched, so the values are 1).
+    ~12 bytes per query-gallery pair) on ``device`` (default: the device of ``distmat`` / ``qf`` if a tensor, else
+    CPU). The dense per-chunk tensors follow the budget; the candidate list adds ~40 bytes per negative ranked above
+    its query's hardest positive (a few per query with useful features; the whole chunk in the worst case).
+    ``cmc`` always has ``max_rank`` entries (torchreid truncates it to Ng; beyond Ng every valid query has matched,
+    so the values are 1).
     """
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
