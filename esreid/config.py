@@ -80,6 +80,7 @@ class SolverConfig:
     gamma: float = 0.1
     amp: str = "none"  # none | bf16 | fp16
     channels_last: bool = False
+    sync_bn: bool = False  # DDP on GPUs: synchronise BatchNorm statistics across processes
     grad_clip: float = 0.0
 
 

@@ -82,3 +82,15 @@ def test_bad_arguments():
         PKSampler([0, 0, 1, 1], ids_per_batch=3, instances=2)
     with pytest.raises(ValueError, match="positive"):
         PKSampler([0, 1], ids_per_batch=1, instances=0)
+
+
+def test_ddp_ranks_split_one_plan():
+    pids = make_pids()
+    single = epoch_batches(PKSampler(pids, 2, 2, seed=3), 1)
+    ranks = [PKSampler(pids, 2, 2, seed=3, rank=r, world_size=3) for r in range(3)]
+    per_rank = [epoch_batches(s, 1) for s in ranks]
+    assert all(len(b) == len(single) // 3 == len(s) for b, s in zip(per_rank, ranks))
+    for r in range(3):
+        assert per_rank[r] == single[r::3][: len(single) // 3]
+    with pytest.raises(ValueError, match="rank 3"):
+        PKSampler(pids, 2, 2, rank=3, world_size=3)

@@ -137,14 +137,18 @@ class ReIDImageDataset(Dataset):
             )
 
 
-def build_train_loader(cfg: DataConfig, items: Sequence[ImageItem], seed: int = 0) -> DataLoader:
+def build_train_loader(cfg: DataConfig, items: Sequence[ImageItem], seed: int = 0, rank: int = 0,
+                       world_size: int = 1) -> DataLoader:
     """PK-sampled training loader (J = ``cfg.ids_per_batch`` ids x K = ``cfg.instances`` images per batch).
+
+    Under DDP each of the ``world_size`` processes gets every ``world_size``-th batch of the same epoch plan.
 
     Call ``loader.batch_sampler.set_epoch(epoch)`` before each epoch for reproducible, per-epoch shuffles.
     Bad images are substituted (module docstring); ``loader.dataset.substitutions`` counts the substitutions.
     """
     dataset = ReIDImageDataset(items, build_image_source(cfg, items), substitute_bad=True)
-    sampler = PKSampler([it.pid for it in items], cfg.ids_per_batch, cfg.instances, seed=seed)
+    sampler = PKSampler([it.pid for it in items], cfg.ids_per_batch, cfg.instances, seed=seed, rank=rank,
+                        world_size=world_size)
     return DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -27,11 +27,14 @@ class PKSampler(Sampler[List[int]]):
             ``n`` of them plus ``K - n`` drawn with replacement (so every image of a rare identity is used; plain
             with-replacement sampling could skip some).
         seed: the shuffles of epoch ``e`` depend only on ``(seed, e)``; call :meth:`set_epoch` before iterating.
+        rank, world_size: under DDP, process ``rank`` yields batches ``rank, rank + world_size, ...`` of the
+            epoch's plan (every process computes the same plan from the same seed).
 
     Within a batch the indices are grouped per identity, but users must not rely on the order (use the labels).
     """
 
-    def __init__(self, pids: Sequence[int], ids_per_batch: int, instances: int, seed: int = 0):
+    def __init__(self, pids: Sequence[int], ids_per_batch: int, instances: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
         if ids_per_batch <= 0 or instances <= 0:
             raise ValueError(
                 f"PKSampler: ids_per_batch (J) and instances (K) must be positive, got J={ids_per_batch}, K={instances}"
@@ -49,15 +52,22 @@ class PKSampler(Sampler[List[int]]):
         self.instances = instances
         self.seed = seed
         self.epoch = 0
+        if not 0 <= rank < world_size:
+            raise ValueError(f"PKSampler: rank {rank} is outside 0..{world_size - 1}")
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffles of ``epoch`` (the same ``(seed, epoch)`` always gives the same batches)."""
         self.epoch = epoch
 
-    def __len__(self) -> int:
-        """Batches per epoch: ``floor(sum_i max(1, floor(n_i / K)) / J)``."""
+    def num_batches(self) -> int:
+        """Batches in an epoch's plan, all processes together: ``floor(sum_i max(1, floor(n_i / K)) / J)``."""
         groups = sum(max(1, len(ix) // self.instances) for ix in self._indices)
         return groups // self.ids_per_batch
+
+    def __len__(self) -> int:
+        """Batches this process yields per epoch."""
+        return self.num_batches() // self.world_size
 
     def _groups(self, rng: np.random.Generator, indices: np.ndarray) -> List[np.ndarray]:
         """One identity's images in shuffled groups of K (without replacement when it has >= K images)."""
@@ -71,7 +81,7 @@ class PKSampler(Sampler[List[int]]):
         rng = np.random.default_rng([self.seed, self.epoch])
         groups = [self._groups(rng, ix) for ix in self._indices]
         j = self.ids_per_batch
-        for _ in range(len(self)):
+        for b in range(len(self) * self.world_size):
             remaining = np.array([len(g) for g in groups], dtype=np.float64)
             available = np.flatnonzero(remaining)
             if len(available) >= j:
@@ -81,4 +91,6 @@ class PKSampler(Sampler[List[int]]):
                 for i in extra:
                     groups[i] = self._groups(rng, self._indices[i])[:1]
                 chosen = rng.permutation(np.concatenate([available, extra]))
-            yield np.concatenate([groups[i].pop() for i in chosen]).tolist()
+            batch = np.concatenate([groups[i].pop() for i in chosen]).tolist()
+            if b % self.world_size == self.rank:
+                yield batch

@@ -28,6 +28,7 @@ from esreid.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from esreid.engine.distributed import barrier, init_distributed
 from esreid.engine.evaluator import autocast, evaluate_model
 from esreid.engine.schedule import build_optimizer, build_scheduler
 from esreid.erasing.besm import erased_loss_probe
@@ -65,8 +66,13 @@ class Trainer:
         from esreid.data.loader import build_train_loader
         from esreid.data.transforms import TrainAugment
 
-        self.cfg, self.log, self.progress = cfg, log, progress
         self.device = resolve_device(cfg.device)
+        self.dist = init_distributed(self.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        main = self.dist.is_main
+        self.cfg, self.progress = cfg, progress and main
+        self.log = log if main else (lambda line: None)
         seed_everything(cfg.seed)
         self.out = cfg.output_dir
         last = os.path.join(self.out, "last.pth")
@@ -76,11 +82,12 @@ class Trainer:
                 "or choose another output_dir (nothing was overwritten)"
             )
         self.dataset = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.args)
-        log(self.dataset.summary())
+        self.log(self.dataset.summary())
         self.model = build_model(cfg.model, self.dataset.num_train_pids).to(self.device)
         if cfg.solver.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.train_loader = build_train_loader(cfg.data, self.dataset.train, seed=cfg.seed)
+        self.train_loader = build_train_loader(cfg.data, self.dataset.train, seed=cfg.seed, rank=self.dist.rank,
+                                               world_size=self.dist.world_size)
         self.augment = TrainAugment(cfg.data, seed=cfg.seed)
         self.probe_generator = torch.Generator().manual_seed(cfg.seed)
         self.optimizer = build_optimizer(self.model, cfg.solver)
@@ -97,8 +104,16 @@ class Trainer:
         self.history: list = []
         if resume is not None:
             self._resume(last if resume == "auto" else resume)
-        os.makedirs(self.out, exist_ok=True)
-        _atomic_write_text(os.path.join(self.out, "config.yaml"), dump_yaml(cfg))
+        # the module trained: DDP-wrapped under torchrun (self.model stays the plain module for eval and checkpoints)
+        self.net = self.model
+        if self.dist.enabled:
+            if cfg.solver.sync_bn and self.device.type == "cuda":
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if main:
+            os.makedirs(self.out, exist_ok=True)
+            _atomic_write_text(os.path.join(self.out, "config.yaml"), dump_yaml(cfg))
 
     # ------------------------------------------------------------------------------------------------------------
     def _resume(self, path: str) -> None:
@@ -127,10 +142,14 @@ class Trainer:
         return gens
 
     def _log_json(self, record: Dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         with open(os.path.join(self.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     def _checkpoint(self, epoch: int, metrics: Dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         kwargs = dict(model=self.model, epoch=epoch, config=to_dict(self.cfg), optimizer=self.optimizer,
                       scheduler=self.scheduler, scaler=self.scaler, metrics=metrics, generators=self.generators())
         save_checkpoint(os.path.join(self.out, "last.pth"), **kwargs)
@@ -151,7 +170,7 @@ class Trainer:
             probe = erased_loss_probe(self.model, diag.layer, images, pids, diag.erase_ratio, diag.erase_prob,
                                       self.probe_generator)
         with autocast(self.device, self.cfg.solver.amp):
-            terms = self.model(images, pids)
+            terms = self.net(images, pids)
         loss = sum(t.float() for t in terms.values())
         if not torch.isfinite(loss):
             values = {k: float(v) for k, v in terms.items()}
@@ -161,7 +180,7 @@ class Trainer:
         self.scaler.scale(loss).backward()
         if self.cfg.solver.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.solver.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.solver.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -199,19 +218,21 @@ class Trainer:
             seconds = time.perf_counter() - start
             n = self.iters_per_epoch
             record = {"type": "epoch", "epoch": epoch + 1, "seconds": seconds,
-                      "images_per_second": n * cfg.data.ids_per_batch * cfg.data.instances / seconds,
+                      "images_per_second": n * cfg.data.ids_per_batch * cfg.data.instances * self.dist.world_size
+                      / seconds,
                       "lr": self.optimizer.param_groups[0]["lr"], **{k: v / n for k, v in sums.items()}}
             if hasattr(self.model, "stats"):
                 record.update({k: float(v) for k, v in self.model.stats().items()})
             self._log_json(record)
             self.log(_format_epoch(record))
             last = epoch + 1 == cfg.solver.epochs
-            if last or (cfg.test.eval_period and (epoch + 1) % cfg.test.eval_period == 0):
+            if self.dist.is_main and (last or (cfg.test.eval_period and (epoch + 1) % cfg.test.eval_period == 0)):
                 metrics = self.evaluate()
                 self._log_json({"type": "eval", "epoch": epoch + 1, **metrics})
                 self.log(format_metrics(metrics, f"epoch {epoch + 1}"))
                 self.history.append({"epoch": epoch + 1, **metrics})
             self._checkpoint(epoch + 1, metrics)
+            barrier(self.dist)  # the other processes wait for rank 0's evaluation and checkpoint
         if metrics:
             _atomic_write_text(os.path.join(self.out, "results.json"), json.dumps(metrics, indent=2))
         return metrics
