@@ -69,3 +69,25 @@ def test_fig3_diagnostic_logs_the_erased_loss(tmp_path):
     assert train and all(r["erased_loss"] > 0 for r in train)
     epoch = next(r for r in records if r["type"] == "epoch")
     assert "erased_loss" in epoch
+
+
+def test_tensorboard_events_are_written(tmp_path):
+    pytest.importorskip("tensorboard")
+    cfg = tiny_config(tmp_path, epochs=1, extra=["tensorboard=true"])
+    Trainer(cfg, progress=False, log=lambda s: None).train()
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_eval_command_reproduces_the_training_metrics(tmp_path, capsys):
+    from esreid.cli import main
+
+    cfg = tiny_config(tmp_path, "esnet", epochs=1)
+    metrics = Trainer(cfg, progress=False, log=lambda s: None).train()
+    (tmp_path / "run.yaml").write_text((tmp_path / "run" / "config.yaml").read_text())
+    capsys.readouterr()
+    assert main(["eval", "--config", str(tmp_path / "run.yaml"), "--weights", str(tmp_path / "run" / "last.pth"),
+                 "--json"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("mAP", "R1", "mINP"):
+        assert again[key] == pytest.approx(metrics[key], abs=1e-6)

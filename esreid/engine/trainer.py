@@ -111,9 +111,14 @@ class Trainer:
                 self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.writer = None
         if main:
             os.makedirs(self.out, exist_ok=True)
             _atomic_write_text(os.path.join(self.out, "config.yaml"), dump_yaml(cfg))
+            if cfg.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard extra
+
+                self.writer = SummaryWriter(os.path.join(self.out, "tensorboard"))
 
     # ------------------------------------------------------------------------------------------------------------
     def _resume(self, path: str) -> None:
@@ -142,10 +147,17 @@ class Trainer:
         return gens
 
     def _log_json(self, record: Dict[str, Any]) -> None:
+        """Append ``record`` to metrics.jsonl (and its numbers to TensorBoard as ``<type>/<key>``)."""
         if not self.dist.is_main:
             return
         with open(os.path.join(self.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            step = record.get("iter", record["epoch"])
+            for key, value in record.items():
+                if isinstance(value, float):
+                    self.writer.add_scalar(f"{record['type']}/{key}", value, step)
+            self.writer.flush()
 
     def _checkpoint(self, epoch: int, metrics: Dict[str, Any]) -> None:
         if not self.dist.is_main:
