@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
+from common import hardware
 
 from esreid.config import DataConfig
 from esreid.data.cache import build_cache_source
@@ -74,8 +74,7 @@ def main() -> None:
     ap.add_argument("--model-steps", type=int, default=3)
     args = ap.parse_args()
 
-    print(f"hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), CUDA {torch.cuda.is_available()}")
+    print(f"hardware: {hardware()}, CUDA {torch.cuda.is_available()}")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         generate_synthetic_market(os.path.join(tmp, "synthetic"), num_train_ids=64, num_test_ids=4, images_per_id=8)

@@ -17,28 +17,15 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
-import platform
-import resource
 import statistics
 import time
 
 import numpy as np
 import torch
+from common import hardware, peak_rss_mb
 
 from esreid.evaluation.metrics import evaluate_rank
 from esreid.evaluation.rerank import re_ranking
-
-
-def hardware() -> str:
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{model}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}")
 
 
 def synthetic(num_q, num_g, num_ids, num_cams, dim=128, noise=1.45, seed=0):
@@ -115,13 +102,6 @@ def bench_market(args):
               f"mAP {rr.mAP:.4f}  R1 {rr.cmc[0]:.4f}")
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM; ru_maxrss would include the parent's RSS at fork time)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _msmt_child(quick, queue):

@@ -15,33 +15,18 @@ after the ES-Net phase).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import resource
 import statistics
 import time
 from typing import Callable, Dict, List
 
 import torch
+from common import hardware, peak_rss_mb
 
 from esreid.config import SolverConfig
 from esreid.engine.evaluator import autocast
 from esreid.engine.schedule import build_optimizer
 from esreid.models.baseline import Baseline, BaselineConfig
 from esreid.models.esnet import ESNet, ESNetConfig
-
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{model}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
 def make_step(model: torch.nn.Module, images: torch.Tensor, pids: torch.Tensor, device: torch.device,
@@ -69,7 +54,7 @@ def make_step(model: torch.nn.Module, images: torch.Tensor, pids: torch.Tensor, 
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return peak_rss_mb()
 
 
 def main() -> None:
