@@ -17,7 +17,7 @@ from esreid.losses import branch_losses
 from esreid.models import MODELS
 from esreid.models.backbones import build_backbone
 from esreid.models.neck import BNNeck
-from esreid.models.pooling import POOLING, build_pooling
+from esreid.models.pooling import pooling_for
 
 
 @dataclass
@@ -31,12 +31,9 @@ class BaselineConfig(ModelConfig):
 class Baseline(nn.Module):
     def __init__(self, cfg: BaselineConfig, num_classes: int):
         super().__init__()
-        if cfg.pooling not in POOLING:
-            raise ValueError(f"model.pooling: unknown pooling {cfg.pooling!r}; expected one of {POOLING.names()}")
         self.cfg = cfg
+        self.pool = pooling_for(cfg.pooling, cfg.ppool_init, "model.pooling")
         self.backbone = build_backbone(cfg.backbone, cfg.last_stride, cfg.pretrained)
-        exponent = POOLING.meta(cfg.pooling).get("exponent")
-        self.pool = build_pooling(cfg.pooling, init=cfg.ppool_init) if exponent else build_pooling(cfg.pooling)
         self.neck = BNNeck(self.backbone.out_channels, num_classes)
 
     def forward(self, images: Tensor, pids: Optional[Tensor] = None) -> Union[Dict[str, Tensor], List[Tensor]]:

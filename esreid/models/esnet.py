@@ -32,7 +32,7 @@ from esreid.losses import branch_losses
 from esreid.models import MODELS
 from esreid.models.backbones import build_backbone
 from esreid.models.neck import BNNeck
-from esreid.models.pooling import POOLING, build_pooling
+from esreid.models.pooling import pooling_for
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -70,12 +70,6 @@ class Branch(nn.Module):
         return f_t, f_i, logits
 
 
-def _pooling(name: str, init: float, key: str) -> nn.Module:
-    if name not in POOLING:
-        raise ValueError(f"{key}: unknown pooling {name!r}; expected one of {POOLING.names()}")
-    return build_pooling(name, init=init) if POOLING.meta(name).get("exponent") else build_pooling(name)
-
-
 @MODELS.register("esnet", config=ESNetConfig)
 class ESNet(nn.Module):
     """ES-Net. Train: ``model(images (B, 3, H, W) normalised, pids (B,))`` -> ``{aib_ce, aib_triplet, esb_ce,
@@ -102,7 +96,8 @@ class ESNet(nn.Module):
         def branch(pooling: str, key: str, copy_stages: bool) -> Branch:
             # Both branches' own stages start from the same (ImageNet) weights (spec §1.1 reading A).
             stages = [(n, copy.deepcopy(getattr(backbone, n)) if copy_stages else getattr(backbone, n)) for n in own]
-            return Branch(nn.Sequential(OrderedDict(stages)), _pooling(pooling, cfg.ppool_init, key), dim, num_classes)
+            pool = pooling_for(pooling, cfg.ppool_init, key)
+            return Branch(nn.Sequential(OrderedDict(stages)), pool, dim, num_classes)
 
         self.aib = branch(cfg.aib_pooling, "model.aib_pooling", False) if cfg.aib else None
         self.esb = branch(cfg.esb_pooling, "model.esb_pooling", cfg.aib) if cfg.esb else None

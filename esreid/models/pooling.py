@@ -138,3 +138,11 @@ def build_pooling(name: str, **kwargs: Any) -> nn.Module:
     if kwargs and not POOLING.meta(name).get("exponent"):
         raise ValueError(f"pooling {name!r} takes no options, got {sorted(kwargs)}")
     return cls(**kwargs)
+
+
+def pooling_for(name: str, init: float, key: str) -> nn.Module:
+    """The pooling a model config asks for: ``init`` goes to learnable-exponent poolings (gem / ppool) only;
+    an unknown ``name`` raises an error naming the config ``key``."""
+    if name not in POOLING:
+        raise ValueError(f"{key}: unknown pooling {name!r}; expected one of {POOLING.names()}")
+    return build_pooling(name, init=init) if POOLING.meta(name).get("exponent") else build_pooling(name)
