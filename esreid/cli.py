@@ -64,13 +64,18 @@ def _cmd_datasets_check(args: argparse.Namespace) -> int:
     return check_main(args.root, args.verify)
 
 
-def _delegate(module: str, func: str):
-    def run(args: argparse.Namespace) -> int:
-        import importlib
+# Commands with their own argument parser: ``esreid NAME ARGS`` -> ``module.func(ARGS)``.
+DELEGATED = {
+    "search": ("esreid.evaluation.search", "search_main", "top-k search of query features in a gallery index"),
+    "visualize": ("esreid.viz.saliency", "visualize_main", "CG-RAM maps of why a query matched a gallery image"),
+}
 
-        return int(getattr(importlib.import_module(module), func)(args.rest) or 0)
 
-    return run
+def _run_delegated(name: str, argv: List[str]) -> int:
+    import importlib
+
+    module, func, _ = DELEGATED[name]
+    return int(getattr(importlib.import_module(module), func)(argv) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,13 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--verify", action="store_true", help="compare the counts with the published ones")
     c.set_defaults(func=_cmd_datasets_check)
 
-    for name, module, func, text in (
-        ("search", "esreid.evaluation.search", "search_main", "top-k search of query features in a gallery index"),
-        ("visualize", "esreid.viz.saliency", "visualize_main", "CG-RAM maps of why a query matched a gallery image"),
-    ):
-        s = sub.add_parser(name, help=text, add_help=False, description=text)
-        s.add_argument("rest", nargs=argparse.REMAINDER, help=f"options of 'esreid {name}' (see --help)")
-        s.set_defaults(func=_delegate(module, func))
+    for name, (_, _, text) in DELEGATED.items():  # listed for --help; main() hands their arguments over
+        sub.add_parser(name, help=text, description=text)
     return p
 
 
@@ -130,8 +130,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     from esreid.data.base import DatasetError
     from esreid.engine.checkpoint import CheckpointError
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if argv and argv[0] in DELEGATED:
+            return _run_delegated(argv[0], argv[1:])
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except (ConfigError, DatasetError, CheckpointError, FileExistsError) as e:
         print(f"esreid: error: {e}", file=sys.stderr)

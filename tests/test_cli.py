@@ -48,3 +48,11 @@ def test_quick_demo_learns_well_above_chance(tmp_path, capsys):
     chance = results["chance (random features)"]["mAP"]
     for method in ("BoT baseline", "ES-Net"):
         assert results[method]["mAP"] > 3 * chance, (method, results[method]["mAP"], chance)
+
+
+@pytest.mark.parametrize("name", ["search", "visualize"])
+def test_delegated_commands_get_their_options(capsys, name):
+    with pytest.raises(SystemExit) as e:
+        main([name, "--help"])
+    assert e.value.code == 0
+    assert "--query" in capsys.readouterr().out
