@@ -66,13 +66,38 @@ def test_cache_rebuilt_when_a_source_changes(tmp_path, count_decodes):
         cache.build_cache_source(items, 8, 4, str(tmp_path / "c"))
 
 
-def test_interrupted_build_leaves_no_cache(tmp_path):
+def test_interrupted_build_leaves_no_cache(tmp_path, monkeypatch):
     items = make_items(str(tmp_path / "img"))
-    with open(items[3].path, "r+b") as f:  # truncate: a corrupt image late in the split
-        f.truncate(20)
-    with pytest.raises(DatasetError, match=items[3].path):
+
+    def interrupted(path, height, width):
+        if path == items[3].path:  # killed late in the split
+            raise KeyboardInterrupt
+        return decode_resize(path, height, width)
+
+    monkeypatch.setattr(cache, "decode_resize", interrupted)
+    with pytest.raises(KeyboardInterrupt):
         cache.build_cache_source(items, 8, 4, str(tmp_path / "c"))
     assert os.listdir(tmp_path / "c") == []
+
+
+def test_corrupt_image_raises_on_read_not_on_build(tmp_path, count_decodes):
+    items = make_items(str(tmp_path / "img"))
+    good = decode_resize(items[0].path, 8, 4)
+    with open(items[3].path, "r+b") as f:  # truncate: a corrupt image late in the split
+        f.truncate(20)
+    src = cache.build_cache_source(items, 8, 4, str(tmp_path / "c"))
+    assert torch.equal(src[0], good)
+    with pytest.raises(DatasetError, match=items[3].path):
+        src[3]
+    # reused as it is (no new decoding), still knows the bad image, also after pickling (loader workers)
+    again = pickle.loads(pickle.dumps(cache.build_cache_source(items, 8, 4, str(tmp_path / "c"))))
+    assert len(count_decodes) == 4
+    with pytest.raises(DatasetError, match=items[3].path):
+        again[3]
+    # repairing the file rebuilds the cache
+    Image.new("RGB", (6, 12), (0, 255, 0)).save(items[3].path)
+    fixed = cache.build_cache_source(items, 8, 4, str(tmp_path / "c"))
+    assert len(count_decodes) == 8 and torch.equal(fixed[3][1], torch.full((8, 4), 255, dtype=torch.uint8))
 
 
 def test_truncated_array_is_rebuilt_and_source_pickles(tmp_path, count_decodes):

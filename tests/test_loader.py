@@ -161,3 +161,17 @@ def test_cached_batches_equal_file_batches(items, tmp_path):
     for a, b in zip(files, cached):
         for key in ("images", "pids", "camids", "index"):
             assert torch.equal(a[key], b[key])
+
+
+def test_cached_train_loader_substitutes_a_corrupt_image(items, tmp_path):
+    corrupt(items[4])  # identity 1
+    loader = build_train_loader(cfg(cache=True, cache_dir=str(tmp_path / "cache")), items, seed=0)
+    seen = set()
+    for b in loader:
+        for img, idx in zip(b["images"], b["index"].tolist()):
+            got = identify(img)
+            assert items[got].pid == items[idx].pid and got != 4
+            seen.add(idx)
+    assert 4 in seen and loader.dataset.bad_files() == [items[4].path]
+    with pytest.raises(DatasetError, match=items[4].path):
+        list(build_test_loader(cfg(cache=True, cache_dir=str(tmp_path / "cache")), items))

@@ -10,14 +10,20 @@ The cache is rebuilt when any source file's mtime or size differs from the index
 size changes (a different key), or when the array file is missing or has the wrong length. Both files are written
 to temporary names and renamed; the index is removed first and renamed last, so an interrupted build never leaves
 an index that vouches for a half-written array.
+
+An image that cannot be decoded does not stop the build: its slot stays zero, the index records the error, and
+reading that slot raises the same :class:`DatasetError` naming the file that decoding it would, so the training
+loader's substitution rule (:mod:`esreid.data.loader`) applies with or without the cache. Repairing (or replacing)
+the file changes its mtime / size, which rebuilds the cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -52,14 +58,17 @@ class CacheSource:
     The memory map is opened lazily in each process (DataLoader workers re-open it instead of pickling the data).
     """
 
-    def __init__(self, array_path: str, length: int, height: int, width: int):
+    def __init__(self, array_path: str, length: int, height: int, width: int, bad: Optional[Dict[int, str]] = None):
         self.array_path, self.shape = array_path, (length, 3, height, width)
+        self.bad = dict(bad or {})  # index -> decoding error recorded at build time
         self._array = None
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        if i in self.bad:
+            raise DatasetError(f"{self.bad[i]} (recorded when the image cache {self.array_path} was built)")
         if self._array is None:
             self._array = np.memmap(self.array_path, dtype=np.uint8, mode="r", shape=self.shape)
         return torch.from_numpy(np.array(self._array[i]))
@@ -68,21 +77,25 @@ class CacheSource:
         return {**self.__dict__, "_array": None}
 
 
-def _is_fresh(index_path: str, array_path: str, expected: dict) -> bool:
+def _fresh_bad(index_path: str, array_path: str, expected: dict) -> Optional[Dict[int, str]]:
+    """The undecodable images ``{index: error}`` recorded by a fresh cache; None when the cache must be (re)built."""
     try:
         with open(index_path, encoding="utf-8") as f:
             index = json.load(f)
-    except (OSError, ValueError):
-        return False
+        bad = {int(i): str(msg) for i, msg in index.pop("bad").items()}
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return None
     n, h, w = len(expected["paths"]), expected["height"], expected["width"]
-    return index == expected and os.path.isfile(array_path) and os.path.getsize(array_path) == n * 3 * h * w
+    fresh = index == expected and os.path.isfile(array_path) and os.path.getsize(array_path) == n * 3 * h * w
+    return bad if fresh else None
 
 
 def build_cache_source(items: Sequence[ImageItem], height: int, width: int, cache_dir: str) -> CacheSource:
     """The cache of ``items`` at ``(height, width)`` in ``cache_dir``, built (or rebuilt) if needed.
 
     Raises:
-        DatasetError: a source image is missing or cannot be decoded (the message names it).
+        DatasetError: a source image is missing (the message names it). An image that exists but cannot be decoded
+            raises only when its slot is read (module docstring).
     """
     if not items:
         raise DatasetError(f"image cache: nothing to cache into {cache_dir} (the split is empty)")
@@ -90,23 +103,30 @@ def build_cache_source(items: Sequence[ImageItem], height: int, width: int, cach
     key = cache_key(paths, height, width)
     array_path, index_path = os.path.join(cache_dir, f"{key}.u8"), os.path.join(cache_dir, f"{key}.json")
     expected = {"version": CACHE_VERSION, "height": height, "width": width, "paths": paths, "stamps": _stamps(paths)}
-    if not _is_fresh(index_path, array_path, expected):
-        _build(paths, height, width, array_path, index_path, expected)
-    return CacheSource(array_path, len(paths), height, width)
+    bad = _fresh_bad(index_path, array_path, expected)
+    if bad is None:
+        bad = _build(paths, height, width, array_path, index_path, expected)
+    return CacheSource(array_path, len(paths), height, width, bad)
 
 
-def _build(paths: Sequence[str], height: int, width: int, array_path: str, index_path: str, index: dict) -> None:
+def _build(paths: Sequence[str], height: int, width: int, array_path: str, index_path: str,
+           index: dict) -> Dict[int, str]:
+    """Decode every image into the array; returns ``{index: error}`` of the undecodable ones (slots left zero)."""
     os.makedirs(os.path.dirname(array_path) or ".", exist_ok=True)
     tmp_array, tmp_index = f"{array_path}.tmp{os.getpid()}", f"{index_path}.tmp{os.getpid()}"
+    bad: Dict[int, str] = {}
     try:
         array = np.memmap(tmp_array, dtype=np.uint8, mode="w+", shape=(len(paths), 3, height, width))
         for i, path in enumerate(paths):
-            array[i] = decode_resize(path, height, width).numpy()
+            try:
+                array[i] = decode_resize(path, height, width).numpy()
+            except DatasetError as e:
+                bad[i] = str(e)
         array.flush()
         del array
         with open(tmp_index, "w", encoding="utf-8") as f:
-            json.dump(index, f)
-        if os.path.exists(index_path):
+            json.dump({**index, "bad": {str(i): msg for i, msg in bad.items()}}, f)
+        with contextlib.suppress(FileNotFoundError):  # another process (DDP rank) may be replacing it too
             os.remove(index_path)
         os.replace(tmp_array, array_path)
         os.replace(tmp_index, index_path)
@@ -114,6 +134,7 @@ def _build(paths: Sequence[str], height: int, width: int, array_path: str, index
         for tmp in (tmp_array, tmp_index):
             if os.path.exists(tmp):
                 os.remove(tmp)
+    return bad
 
 
 def build_cache(dataset: ReIDDataset, height: int, width: int, cache_dir: str) -> Dict[str, CacheSource]:
