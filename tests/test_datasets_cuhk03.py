@@ -1,6 +1,7 @@
 """CUHK03 new protocol from a miniature release .mat and split .mat written with scipy (v5 format)."""
 
 import importlib.util
+import itertools
 import os
 
 import numpy as np
@@ -59,6 +60,31 @@ def test_cuhk03_extracts_once_and_parses(tmp_path):
     # a second load reuses the folder (no release needed any more)
     os.remove(os.path.join(base, "cuhk03_release", "cuhk-03.mat"))
     assert build_dataset("cuhk03", str(tmp_path), verbose=False).train == ds.train
+
+
+def test_cuhk03_concurrent_extraction(tmp_path, monkeypatch):
+    """Another process (DDP rank) finishes extracting while this one is still writing: its folder is kept."""
+    import esreid.data.datasets.cuhk03 as cuhk03
+
+    base = make_cuhk03(str(tmp_path))
+    read_release = cuhk03.read_release
+
+    others = [1]
+
+    def other_rank_finishes_first(mat_path, kind):
+        for n, item in enumerate(read_release(mat_path, kind)):
+            if n == 1 and others:
+                others.pop()
+                cuhk03.extract_images(mat_path, kind, os.path.join(base, f"images_{kind}"))
+            yield item
+
+    monkeypatch.setattr(cuhk03, "read_release", other_rank_finishes_first)
+    monkeypatch.setattr(cuhk03.os, "getpid", itertools.count(10**7).__next__)  # distinct temp folders
+    ds = build_dataset("cuhk03", str(tmp_path), verbose=False)
+    assert len(os.listdir(os.path.join(base, "images_detected"))) == 2 * N_IDS * 9
+    assert [it.path for it in ds.train] == [os.path.join(base, "images_detected", n)
+                                            for n in ("1_001_1_01.png", "1_001_2_06.png", "1_002_1_02.png")]
+    assert not [n for n in os.listdir(base) if ".tmp" in n]
 
 
 def test_cuhk03_labeled_and_sgs(tmp_path):

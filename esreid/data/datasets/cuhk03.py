@@ -79,7 +79,10 @@ def _read_release_hdf5(mat_path: str, kind: str) -> Iterator[Tuple[int, int, int
 
 
 def extract_images(mat_path: str, kind: str, image_dir: str) -> None:
-    """Write the release's images once into ``image_dir``, atomically (a temp folder renamed when complete)."""
+    """Write the release's images once into ``image_dir``, atomically (a temp folder renamed when complete).
+
+    Several processes (DDP ranks) may extract at once: the first rename wins and the others keep its folder.
+    """
     if not os.path.isfile(mat_path):
         raise DatasetError(
             f"CUHK03: neither the extracted images {image_dir}/ nor the release {mat_path} to extract them from exist"
@@ -91,7 +94,11 @@ def extract_images(mat_path: str, kind: str, image_dir: str) -> None:
         for campair, pid, img, arr in read_release(mat_path, kind):
             image = Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8))
             image.save(os.path.join(tmp, image_name(campair, pid, img)))
-        os.replace(tmp, image_dir)
+        try:
+            os.replace(tmp, image_dir)
+        except OSError:
+            if not os.path.isdir(image_dir):  # not "another process renamed its complete folder first"
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
