@@ -107,3 +107,17 @@ def test_bnneck():
     assert logits is None and f_i.shape == (8, 512)
     with pytest.raises(ValueError, match=r"\(B, 512\)"):
         neck(torch.randn(8, 256))
+
+
+def test_triplet_is_float32_under_bf16_autocast():
+    """The models compute their losses inside the trainer's autocast: the distance matmul must not drop to bf16."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.relu(torch.randn(16, 512, generator=g)) + 1.0  # post-ReLU GAP-like features, norm ~ 30
+    pids = torch.arange(4).repeat_interleave(4)
+    ref = torch.cdist(x.double(), x.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        d = pairwise_euclidean(x)
+        loss = batch_hard_triplet(x, pids, margin=0.3)
+    assert d.dtype == torch.float32
+    torch.testing.assert_close(d.double(), ref, rtol=1e-5, atol=1e-4)
+    assert loss.item() == pytest.approx(_triplet_loop(x.double(), pids, 0.3, False), rel=1e-5)

@@ -11,12 +11,14 @@ def pairwise_euclidean(x: torch.Tensor) -> torch.Tensor:
 
     The clamp keeps the square root differentiable on the diagonal and for duplicates. The diagonal is set to
     exactly 0 before the clamp (the expansion leaves float32 cancellation noise of order ``1e-6·||x||²`` there).
+    Autocast is disabled: in bf16 the ``||x||² - 2<x, x'>`` cancellation would leave errors of order ``0.01·||x||``.
     """
-    x = x.float()
-    sq = x.pow(2).sum(dim=1)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.t())
-    eye = torch.eye(len(x), dtype=torch.bool, device=x.device)
-    return d2.masked_fill(eye, 0.0).clamp(min=1e-12).sqrt()
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.float()
+        sq = x.pow(2).sum(dim=1)
+        d2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.t())
+        eye = torch.eye(len(x), dtype=torch.bool, device=x.device)
+        return d2.masked_fill(eye, 0.0).clamp(min=1e-12).sqrt()
 
 
 def batch_hard_triplet(
