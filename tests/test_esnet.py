@@ -75,6 +75,21 @@ def test_saliency_reuses_the_aib_pass_and_changes_nothing():
     assert model.esb.training and model.esb.neck.bn.training
 
 
+@pytest.mark.parametrize("esb_pooling", ["gap", "ppool"])
+def test_saliency_head_is_float32_under_bf16_autocast(esb_pooling):
+    """The saliency head (pooling, BNNeck, eq. 5, dS/dA) runs in float32 under the trainer's autocast: the cosine
+    gradient at the easiest positive (S close to 1) is a difference of near-equal terms that bf16 cannot resolve."""
+    model = make(shared_until="layer4", esb_pooling=esb_pooling).train()  # A = the given layer4 output
+    x = images()
+    t = model.shared(x)
+    a = model.aib.layers(t).bfloat16()  # as the AIB pass produces it under autocast
+    ref = model.saliency(x, PIDS, t, a.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model.saliency(x, PIDS, t, a)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref)
+
+
 @pytest.mark.parametrize("prob", [0.0, 1.0])
 def test_esb_trains_on_besm_erased_images(prob):
     model = make(erase_ratio=0.25, erase_prob=prob).train()

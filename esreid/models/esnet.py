@@ -134,7 +134,9 @@ class ESNet(nn.Module):
 
         ``t`` / ``a_aib``: the shared-trunk and AIB layer4 outputs of this step's AIB pass (reused, not recomputed).
         Only ``A`` gets a gradient; the ESB (and the shared trunk when ``t`` is not given) runs in eval mode, so no
-        BatchNorm statistic changes.
+        BatchNorm statistic changes. The head from ``A`` on runs in float32 with autocast off (it is cheap: pooling,
+        BNNeck, eq. 5): near the easiest positive S is close to 1 and dS/df is a difference of near-equal terms,
+        which bf16 cannot resolve.
         """
         with eval_mode(self.esb if t is not None else self):
             if a_aib is not None and len(self.esb.layers) == 0:
@@ -142,8 +144,8 @@ class ESNet(nn.Module):
             else:
                 with torch.no_grad():
                     a = self.esb.layers(t if t is not None else self.shared(images))
-            a.requires_grad_(True)
-            with torch.enable_grad():
+            a = a.float().requires_grad_(True)
+            with torch.enable_grad(), torch.autocast(device_type=a.device.type, enabled=False):
                 _, f_i, _ = self.esb.head(a)  # the ESB retrieval vector (post-BN, spec §7 #3)
                 score = batch_confidence(f_i, pids, self.cfg.detach_confidence_weight)  # eq. 5
                 return salient_map(score, a)  # eqs. 3-4
