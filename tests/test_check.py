@@ -33,3 +33,10 @@ def test_check_reports_broken_layouts_and_empty_roots(tmp_path, capsys):
     os.makedirs(tmp_path / "empty")
     assert check_main(str(tmp_path / "empty"), verify_counts=False) == 1
     assert "no known dataset under" in capsys.readouterr().out
+
+
+def test_missing_root_is_named(tmp_path, capsys):
+    from esreid.data.check import check_main
+
+    assert check_main(str(tmp_path / "nope"), False) == 1
+    assert f"{tmp_path / 'nope'} is not a folder" in capsys.readouterr().out

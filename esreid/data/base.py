@@ -7,6 +7,7 @@ to ``0..N-1`` (sorted by raw pid); query and gallery keep the raw pids, as in to
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 from esreid.registry import Registry
@@ -94,8 +95,8 @@ def build_dataset(name: str, root: str, **kwargs: Any) -> ReIDDataset:
 
     cls = DATASETS.get(name)
     try:
-        return cls(root, **kwargs)
+        inspect.signature(cls).bind(root, **kwargs)
     except TypeError as e:
-        if "argument" in str(e):
-            raise DatasetError(f"dataset {name!r}: bad option in data.args: {e}") from None
-        raise
+        params = [p for p in inspect.signature(cls).parameters if p not in ("root", "kwargs", "options")]
+        raise DatasetError(f"dataset {name!r}: bad option in data.args ({e}); it accepts: {', '.join(params)}") from None
+    return cls(root, **kwargs)

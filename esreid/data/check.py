@@ -7,6 +7,8 @@ that is found but cannot be loaded is reported with its :class:`DatasetError` me
 
 from __future__ import annotations
 
+import os
+
 from typing import Any, Dict, List, Tuple
 
 import esreid.data.datasets  # noqa: F401  (registers the loaders)
@@ -28,6 +30,10 @@ VARIANTS: List[Tuple[str, Dict[str, Any]]] = [
 
 def check_main(root: str, verify_counts: bool) -> int:
     """Print the summary of every dataset found under ``root``; 0 when all load (and match, with verify_counts)."""
+    if not os.path.isdir(root):
+        print(f"{root} is not a folder (expected the folder that holds the datasets, e.g. data/ with market1501/ "
+              "inside)")
+        return 1
     found = errors = 0
     for name, options in VARIANTS:
         cls = DATASETS.get(name)
