@@ -208,7 +208,9 @@ def apply_overrides(raw: Dict[str, Any], overrides: List[str], origins: Origins)
         key, value = parse_override(item)
         node = raw
         parts = key.split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
+            if part not in node:  # a section this override creates: errors about it name the command line
+                origins[".".join(parts[: i + 1])] = "command line"
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"command line: override {item!r}: '{part}' is not a section")
@@ -303,6 +305,8 @@ def build_config(raw: Dict[str, Any], origins: Optional[Origins] = None) -> Conf
     if not isinstance(model_raw, dict):
         raise ConfigError(f"{origins.get('model', 'defaults')}: key 'model': expected a section")
     name = model_raw.get("name", ModelConfig.name)
+    if not isinstance(name, str):
+        raise ConfigError(f"{origins.get('model.name', 'defaults')}: key 'model.name': expected a string, got {name!r}")
     try:
         model_cls = model_config_class(name)
     except KeyError as e:

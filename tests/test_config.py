@@ -87,3 +87,24 @@ def test_triplet_needs_two_instances():
     with pytest.raises(ConfigError, match="data.instances"):
         load_config(None, ["data.instances=1"])
     assert load_config(None, ["data.instances=1", "model.loss.triplet_weight=0"]).data.instances == 1
+
+
+def test_sections_created_by_an_override_are_blamed_on_the_command_line():
+    with pytest.raises(ConfigError, match=r"^command line: unknown key 'foo'"):
+        load_config(None, ["foo.bar=1"])
+    with pytest.raises(ConfigError, match=r"^command line: key 'solver.lr': expected a number"):
+        load_config(None, ["solver.lr.x=5"])
+
+
+@pytest.mark.parametrize("value", ["[baseline]", "{a: 1}", "3"])
+def test_non_string_model_name_is_a_config_error(value):
+    with pytest.raises(ConfigError, match=r"command line: key 'model.name': expected a string"):
+        load_config(None, [f"model.name={value}"])
+
+
+def test_unknown_dataset_option_is_named(tmp_path):
+    from esreid.data.base import DatasetError, build_dataset
+
+    with pytest.raises(DatasetError, match=r"dataset 'market1501': bad option in data.args .*labeled.*accepts: "
+                                           r"distractors_500k, verbose"):
+        build_dataset("market1501", str(tmp_path), labeled=True)
