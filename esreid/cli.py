@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import List, Optional
@@ -42,7 +43,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(dataset.summary())
     state = load_checkpoint(args.weights, map_location="cpu")
     num_classes = _classifier_size(state["model"], dataset.num_train_pids)
-    model = build_model(cfg.model, num_classes)
+    model = build_model(dataclasses.replace(cfg.model, pretrained=""), num_classes)  # the checkpoint replaces all
     load_model_weights(model, state, args.weights)
     model.to(device)
     metrics = evaluate_model(model, dataset, cfg, device)
@@ -129,6 +130,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from esreid.config import ConfigError
     from esreid.data.base import DatasetError
     from esreid.engine.checkpoint import CheckpointError
+    from esreid.models.backbones import CheckpointError as PretrainedError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -136,7 +138,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _run_delegated(argv[0], argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, FileExistsError) as e:
+    except (ConfigError, DatasetError, CheckpointError, PretrainedError, FileExistsError) as e:
         print(f"esreid: error: {e}", file=sys.stderr)
         return 2
 

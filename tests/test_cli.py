@@ -56,3 +56,12 @@ def test_delegated_commands_get_their_options(capsys, name):
         main([name, "--help"])
     assert e.value.code == 0
     assert "--query" in capsys.readouterr().out
+
+
+def test_missing_pretrained_weights_are_reported(tmp_path, capsys):
+    args = '{"num_train_ids": 8, "num_test_ids": 4, "images_per_id": 4, "height": 32, "width": 16}'
+    argv = ["train", "--config", str(tmp_path / "c.yaml"), f"data.args={args}", "model.backbone=resnet_tiny",
+            "model.pretrained=/nowhere/resnet.pth", "data.ids_per_batch=4", "data.instances=2", "device=cpu"]
+    (tmp_path / "c.yaml").write_text(f"data:\n  root: {tmp_path / 'data'}\noutput_dir: {tmp_path / 'o'}\n")
+    assert main(argv) == 2
+    assert "/nowhere/resnet.pth" in capsys.readouterr().err

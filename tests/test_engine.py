@@ -91,3 +91,35 @@ def test_eval_command_reproduces_the_training_metrics(tmp_path, capsys):
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("mAP", "R1", "mINP"):
         assert again[key] == pytest.approx(metrics[key], abs=1e-6)
+
+
+def test_fp16_on_cpu_trains_with_loss_scaling(tmp_path):
+    # fp16 gradients underflow without loss scaling, on any device; the scaler state goes into the checkpoint
+    trainer = Trainer(tiny_config(tmp_path, epochs=1, extra=["solver.amp=fp16"]), progress=False, log=lambda s: None)
+    assert trainer.scaler.is_enabled()
+    trainer.train()
+    state = load_checkpoint(str(tmp_path / "run" / "last.pth"))
+    assert state["scaler"] is not None and state["scaler"]["scale"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_resume_on_cuda(tmp_path):
+    # RNG states must be CPU ByteTensors: a checkpoint mapped onto cuda made every GPU resume fail
+    Trainer(tiny_config(tmp_path, epochs=1, extra=["device=cuda"]), progress=False, log=lambda s: None).train()
+    resumed = Trainer(tiny_config(tmp_path, epochs=2, extra=["device=cuda"]), resume="auto", progress=False,
+                      log=lambda s: None)
+    assert resumed.start_epoch == 1
+    resumed.train()
+
+
+def test_resume_and_eval_do_not_read_the_pretrained_weights(tmp_path):
+    # the checkpoint replaces every weight: a moved ImageNet file (or an offline URL) must not stop them
+    from esreid.cli import main
+
+    Trainer(tiny_config(tmp_path, epochs=1), progress=False, log=lambda s: None).train()
+    gone = ["model.pretrained=/nonexistent/resnet.pth"]
+    resumed = Trainer(tiny_config(tmp_path, epochs=2, extra=gone), resume="auto", progress=False, log=lambda s: None)
+    assert resumed.start_epoch == 1
+    (tmp_path / "run.yaml").write_text((tmp_path / "run" / "config.yaml").read_text())
+    assert main(["eval", "--config", str(tmp_path / "run.yaml"), "--weights", str(tmp_path / "run" / "last.pth"),
+                 *gone]) == 0

@@ -8,6 +8,7 @@ JSONL metrics file (``metrics.jsonl``) in ``output_dir``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -83,7 +84,9 @@ class Trainer:
             )
         self.dataset = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.args)
         self.log(self.dataset.summary())
-        self.model = build_model(cfg.model, self.dataset.num_train_pids).to(self.device)
+        # resuming replaces every weight: skip the ImageNet weights (a moved file or offline URL must not stop it)
+        model_cfg = cfg.model if resume is None else dataclasses.replace(cfg.model, pretrained="")
+        self.model = build_model(model_cfg, self.dataset.num_train_pids).to(self.device)
         if cfg.solver.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_loader = build_train_loader(cfg.data, self.dataset.train, seed=cfg.seed, rank=self.dist.rank,
@@ -98,8 +101,8 @@ class Trainer:
                 f"x {cfg.data.instances} images ({self.dataset.num_train_pids} ids)"
             )
         self.scheduler = build_scheduler(self.optimizer, cfg.solver, self.iters_per_epoch)
-        use_scaler = cfg.solver.amp == "fp16" and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        # fp16 gradients underflow without loss scaling, on the CPU as on CUDA (bf16 has fp32's range: no scaling)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.solver.amp == "fp16")
         self.start_epoch = 0
         self.history: list = []
         if resume is not None:
@@ -122,7 +125,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------------------
     def _resume(self, path: str) -> None:
-        state = load_checkpoint(path, map_location=self.device)
+        # read to the CPU: RNG states must be CPU ByteTensors; the optimiser state follows its parameters' device
+        state = load_checkpoint(path, map_location="cpu")
         if state.get("optimizer") is None:
             raise CheckpointError(f"{path}: holds model weights only; resuming needs a full training checkpoint")
         load_model_weights(self.model, state, path)
