@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "results.json go to output_dir.")
     t.add_argument("--config", required=True, help="YAML config, e.g. configs/market1501/esnet.yaml")
     t.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                   help="continue a run: a checkpoint path, or no value for <output_dir>/last.pth")
+                   help="continue a run: a checkpoint path, or 'auto' (also when no value follows) for "
+                        "<output_dir>/last.pth; before overrides write '--resume auto'")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
     t.set_defaults(func=_cmd_train)

@@ -123,3 +123,22 @@ def test_resume_and_eval_do_not_read_the_pretrained_weights(tmp_path):
     (tmp_path / "run.yaml").write_text((tmp_path / "run" / "config.yaml").read_text())
     assert main(["eval", "--config", str(tmp_path / "run.yaml"), "--weights", str(tmp_path / "run" / "last.pth"),
                  *gone]) == 0
+
+
+def test_metrics_log_has_no_records_of_interrupted_epochs(tmp_path):
+    # records written after the checkpoint a run resumes from (or by a run that never checkpointed) are dropped
+    def keys(out):
+        lines = (tmp_path / out / "metrics.jsonl").read_text().splitlines()
+        return [(r["type"], r["epoch"], r.get("iter")) for r in map(json.loads, lines)]
+
+    Trainer(tiny_config(tmp_path, epochs=2, out="a"), progress=False, log=lambda s: None).train()
+    Trainer(tiny_config(tmp_path, epochs=1, out="b"), progress=False, log=lambda s: None).train()
+    crashed = json.dumps({"type": "train", "epoch": 2, "iter": 99, "loss": 1.0})
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:  # epoch 2 was cut short after logging
+        f.write(crashed + "\n" + crashed[:20])  # ... and killed in the middle of a line
+    Trainer(tiny_config(tmp_path, epochs=2, out="b"), resume="auto", progress=False, log=lambda s: None).train()
+    assert keys("b") == keys("a")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "metrics.jsonl").write_text(crashed + "\n")  # a run that died before its first checkpoint
+    Trainer(tiny_config(tmp_path, epochs=2, out="c"), progress=False, log=lambda s: None).train()
+    assert keys("c") == keys("a")

@@ -118,6 +118,7 @@ class Trainer:
         if main:
             os.makedirs(self.out, exist_ok=True)
             _atomic_write_text(os.path.join(self.out, "config.yaml"), dump_yaml(cfg))
+            self._truncate_log()
             if cfg.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard extra
 
@@ -149,6 +150,14 @@ class Trainer:
             if isinstance(getattr(module, "generator", None), torch.Generator):
                 gens[f"model.{name}" if name else "model"] = module.generator
         return gens
+
+    def _truncate_log(self) -> None:
+        """Drop metrics.jsonl records of epochs after ``start_epoch`` (left by an interrupted run): they are redone."""
+        path = os.path.join(self.out, "metrics.jsonl")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                kept = [line for line in f if _record_epoch(line) <= self.start_epoch]
+            _atomic_write_text(path, "".join(kept))
 
     def _log_json(self, record: Dict[str, Any]) -> None:
         """Append ``record`` to metrics.jsonl (and its numbers to TensorBoard as ``<type>/<key>``)."""
@@ -269,6 +278,14 @@ def format_metrics(metrics: Dict[str, Any], title: str = "") -> str:
             std = metrics.get(f"{key}_std")
             parts.append(f"{key} {100 * metrics[key]:.1f}" + (f"±{100 * std:.1f}" if std is not None else ""))
     return f"{title}: " + "  ".join(parts) if title else "  ".join(parts)
+
+
+def _record_epoch(line: str) -> float:
+    """The epoch of a metrics.jsonl line; infinity for a line cut short by a crash."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _atomic_write_text(path: str, text: str) -> None:
