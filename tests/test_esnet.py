@@ -119,6 +119,15 @@ def test_eval_features_and_variants():
     assert set(make(aib_pooling="ppool").no_weight_decay()) == {"aib.pool.raw", "esb.pool.raw"}
 
 
+@pytest.mark.parametrize("shared_until", ["layer2", "layer4"])
+@pytest.mark.parametrize("aib, esb", [(True, True), (False, True), (True, False)])
+def test_cgram_layer_names_a_layer4_of_the_model(shared_until, aib, esb):
+    model = make(shared_until=shared_until, aib=aib, esb=esb)
+    layer = dict(model.named_modules())[model.cgram_layer]  # the visualiser's default layer must exist
+    owner = model.esb if esb else model.aib
+    assert layer is (owner.layers.layer4 if shared_until == "layer2" else model.shared.layer4)
+
+
 def test_no_weight_decay_names_and_branch_copies():
     model = make()
     names = dict(model.named_parameters())

@@ -101,8 +101,9 @@ class ESNet(nn.Module):
 
         self.aib = branch(cfg.aib_pooling, "model.aib_pooling", False) if cfg.aib else None
         self.esb = branch(cfg.esb_pooling, "model.esb_pooling", cfg.aib) if cfg.esb else None
-        # The CG-RAM layer L = the ESB's res_conv5 (its layer4 output), by module name (used by the visualiser).
-        self.cgram_layer = "esb.layers.layer4" if own and cfg.esb else "shared.layer4"
+        # The CG-RAM layer L = the ESB's res_conv5 (its layer4 output; the AIB's without an ESB), by module name
+        # (used by the visualiser).
+        self.cgram_layer = f"{'esb' if cfg.esb else 'aib'}.layers.layer4" if own else "shared.layer4"
         self.generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))  # BESM coin flips
         self._last: Dict[str, Tensor] = {}
 
