@@ -131,7 +131,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     from esreid.config import ConfigError
     from esreid.data.base import DatasetError
     from esreid.engine.checkpoint import CheckpointError
-    from esreid.models.backbones import CheckpointError as PretrainedError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -139,7 +138,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _run_delegated(argv[0], argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, PretrainedError, FileExistsError) as e:
+    except (ConfigError, DatasetError, CheckpointError, FileExistsError) as e:
         print(f"esreid: error: {e}", file=sys.stderr)
         return 2
 

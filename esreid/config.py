@@ -9,6 +9,7 @@ naming the dotted key and the file (or "command line") it came from.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import typing
@@ -325,17 +326,22 @@ _CHOICES = {
 }
 
 
+def _get(cfg: Config, dotted: str) -> Any:
+    return functools.reduce(getattr, dotted.split("."), cfg)
+
+
 def validate(cfg: Config, origins: Origins) -> None:
     for key, choices in _CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+        value = _get(cfg, key)
         if value not in choices:
             raise ConfigError(f"{origins.get(key, 'defaults')}: key '{key}': expected one of {choices}, got {value!r}")
     positive = ("data.height", "data.width", "data.ids_per_batch", "data.instances", "solver.epochs")
     for key in positive:
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) <= 0:
+        if _get(cfg, key) <= 0:
             raise ConfigError(f"{origins.get(key, 'defaults')}: key '{key}': expected a positive integer")
+    for key in ("data.workers", "test.eval_period", "log_period", "checkpoint_period", "solver.warmup_epochs"):
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{origins.get(key, 'defaults')}: key '{key}': expected 0 or a positive integer")
     if cfg.data.instances < 2 and cfg.model.loss.triplet_weight > 0:
         raise ConfigError(
             f"{origins.get('data.instances', 'defaults')}: key 'data.instances': the triplet loss needs "

@@ -108,3 +108,9 @@ def test_unknown_dataset_option_is_named(tmp_path):
     with pytest.raises(DatasetError, match=r"dataset 'market1501': bad option in data.args .*labeled.*accepts: "
                                            r"distractors_500k, verbose"):
         build_dataset("market1501", str(tmp_path), labeled=True)
+
+
+@pytest.mark.parametrize("key", ["log_period", "checkpoint_period", "test.eval_period", "data.workers"])
+def test_negative_periods_are_rejected(key):
+    with pytest.raises(ConfigError, match=rf"command line: key '{key}': expected 0 or a positive integer"):
+        load_config(None, [f"{key}=-1"])

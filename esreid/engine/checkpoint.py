@@ -18,8 +18,9 @@ import torch
 FORMAT = "esreid-checkpoint-v1"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be read or does not fit the model; the message names the file."""
+class CheckpointError(ValueError):
+    """A checkpoint (or ImageNet weights file) could not be read or does not fit the model; the message names the
+    file and the offending keys."""
 
 
 def rng_state() -> Dict[str, Any]:

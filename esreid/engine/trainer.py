@@ -74,7 +74,9 @@ class Trainer:
         main = self.dist.is_main
         self.cfg, self.progress = cfg, progress and main
         self.log = log if main else (lambda line: None)
-        seed_everything(cfg.seed)
+        # Per-process RNGs differ under DDP (augmentation, BESM coin flips); the PK plan uses cfg.seed on every rank.
+        seed = cfg.seed + self.dist.rank
+        seed_everything(seed)
         self.out = cfg.output_dir
         last = os.path.join(self.out, "last.pth")
         if resume is None and os.path.exists(last):
@@ -91,8 +93,8 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_loader = build_train_loader(cfg.data, self.dataset.train, seed=cfg.seed, rank=self.dist.rank,
                                                world_size=self.dist.world_size)
-        self.augment = TrainAugment(cfg.data, seed=cfg.seed)
-        self.probe_generator = torch.Generator().manual_seed(cfg.seed)
+        self.augment = TrainAugment(cfg.data, seed=seed)
+        self.probe_generator = torch.Generator().manual_seed(seed)
         self.optimizer = build_optimizer(self.model, cfg.solver)
         self.iters_per_epoch = len(self.train_loader)
         if self.iters_per_epoch == 0:

@@ -12,15 +12,12 @@ from typing import Dict, Mapping
 import torch
 from torch import nn
 
+from esreid.engine.checkpoint import CheckpointError
 from esreid.registry import Registry
 
 BACKBONES = Registry("backbone")
 
 from esreid.models.backbones import resnet  # noqa: E402,F401  (registers the ResNets; needs BACKBONES above)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint does not match the backbone; the message names the file and the offending keys."""
 
 
 def _read_state_dict(source: str) -> Dict[str, torch.Tensor]:
