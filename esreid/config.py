@@ -65,6 +65,8 @@ class DataConfig:
     flip_prob: float = 0.5
     pad: int = 0  # pad-and-random-crop (BoT); ES-Net uses flip + normalise only
     random_erasing: float = 0.0  # probability of Zhong et al. random erasing
+    cutout_prob: float = 0.0  # probability of one Cutout square per image (DeVries & Taylor; BDB: 0.5)
+    cutout_size: int = 64  # side of the Cutout square in pixels (BDB: 64)
     test_batch_size: int = 128
 
 

@@ -4,7 +4,7 @@ Two stages (docs/architecture.md, "Loaders"):
 
 * per image, in the loader workers: :func:`decode_resize` turns a file into a uint8 ``(3, H, W)`` tensor;
 * per batch, on the training device after the transfer: :class:`TrainAugment` (flip, pad-and-crop, float conversion,
-  normalisation, random erasing) and :class:`TestTransform` (float conversion + normalisation).
+  normalisation, random erasing, Cutout) and :class:`TestTransform` (float conversion + normalisation).
 
 Randomness comes from a CPU ``torch.Generator`` owned by :class:`TrainAugment`: parameters (a few numbers per image)
 are drawn on the CPU and the pixel work runs on the images' device, so results do not depend on the device.
@@ -114,12 +114,13 @@ class TestTransform:
 
 
 class TrainAugment:
-    """Batched training augmentation (BoT order): flip -> pad + random crop -> normalise -> random erasing.
+    """Batched training augmentation (BoT order): flip -> pad + random crop -> normalise -> random erasing -> Cutout.
 
     Args:
         cfg: ``flip_prob`` (per-image horizontal flip), ``pad`` (zero-pad by ``pad`` pixels on each side, i.e. black
             before normalisation as in BoT's ``T.Pad``, then crop back to ``(H, W)`` at a uniform offset; 0 = off),
-            ``mean``/``std``, ``random_erasing`` (probability of Zhong et al.'s random erasing; 0 = off).
+            ``mean``/``std``, ``random_erasing`` (probability of Zhong et al.'s random erasing; 0 = off),
+            ``cutout_prob`` / ``cutout_size`` (Cutout; 0 = off).
         seed: seed of the CPU generator drawing all random parameters.
 
     Random erasing (Zhong et al., AAAI 2020, Alg. 1): target area ``S_e ~ U(0.02, 0.4) * H * W``, aspect
@@ -128,6 +129,13 @@ class TrainAugment:
     on the normalised tensor, i.e. with the dataset mean colour. Deviation: Zhong's and BoT's code write the raw
     ImageNet mean (0.4914, ...) into the *normalised* tensor, a quirk we do not copy; random-noise filling is not
     offered.
+
+    Cutout (DeVries & Taylor 2017; BDB's person recipe, spec §2.3: p=0.5, 64x64): with probability ``cutout_prob``
+    per image, a ``cutout_size`` square whose centre is uniform over the image's pixels is filled with 0 on the
+    normalised tensor; the square is clipped at the image borders (so it can be smaller, as in DeVries & Taylor's
+    code). Their square spans ``centre ± size//2`` (``2*(size//2)`` pixels); ours spans ``size`` pixels from
+    ``centre - size//2``, the same for the even sizes used. BDB never combines it with random erasing; if both are
+    on, Cutout runs second.
     """
 
     ERASE_AREA = (0.02, 0.4)
@@ -135,15 +143,19 @@ class TrainAugment:
     ERASE_ATTEMPTS = 100
 
     def __init__(self, cfg: DataConfig, seed: int = 0):
-        for key in ("flip_prob", "random_erasing"):
+        for key in ("flip_prob", "random_erasing", "cutout_prob"):
             value = getattr(cfg, key)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"data.{key}: expected a probability in [0, 1], got {value}")
         if cfg.pad < 0:
             raise ValueError(f"data.pad: expected a non-negative integer, got {cfg.pad}")
+        if cfg.cutout_size <= 0:
+            raise ValueError(f"data.cutout_size: expected a positive integer, got {cfg.cutout_size}")
         self.flip_prob = cfg.flip_prob
         self.pad = cfg.pad
         self.erase_prob = cfg.random_erasing
+        self.cutout_prob = cfg.cutout_prob
+        self.cutout_size = cfg.cutout_size
         self.normalize = _Normalize(cfg.mean, cfg.std)
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -157,6 +169,8 @@ class TrainAugment:
         x = self.normalize(images)
         if self.erase_prob > 0:
             x = self.erase(x)
+        if self.cutout_prob > 0:
+            x = self.cutout(x)
         return x
 
     def flip(self, images: torch.Tensor) -> torch.Tensor:
@@ -202,7 +216,30 @@ class TrainAugment:
     def erase(self, x: torch.Tensor) -> torch.Tensor:
         """Random erasing on a normalised float batch ``(B, C, H, W)`` (fills with 0)."""
         b, _, height, width = x.shape
-        boxes = self.erase_boxes(b, height, width).to(x.device)
+        return self.fill_boxes(x, self.erase_boxes(b, height, width))
+
+    def cutout_boxes(self, batch: int, height: int, width: int) -> torch.Tensor:
+        """Cutout squares: int64 ``(B, 4)`` rows ``(top, left, h, w)`` clipped to the image; ``h = w = 0`` = none."""
+        g = self.generator
+        apply = torch.rand(batch, generator=g) < self.cutout_prob
+        cy = torch.randint(0, height, (batch,), generator=g)  # centre uniform over the pixels
+        cx = torch.randint(0, width, (batch,), generator=g)
+        top, left = cy - self.cutout_size // 2, cx - self.cutout_size // 2
+        bottom = (top + self.cutout_size).clamp(max=height)  # clipped at the borders
+        right = (left + self.cutout_size).clamp(max=width)
+        top, left = top.clamp(min=0), left.clamp(min=0)
+        return torch.stack([top, left, (bottom - top) * apply, (right - left) * apply], dim=1)
+
+    def cutout(self, x: torch.Tensor) -> torch.Tensor:
+        """Cutout on a normalised float batch ``(B, C, H, W)`` (fills with 0)."""
+        b, _, height, width = x.shape
+        return self.fill_boxes(x, self.cutout_boxes(b, height, width))
+
+    @staticmethod
+    def fill_boxes(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Fill one ``(top, left, h, w)`` box per image (int64 ``(B, 4)``) of ``x (B, C, H, W)`` with 0."""
+        b, _, height, width = x.shape
+        boxes = boxes.to(x.device)
         top, left, h, w = (boxes[:, i].view(b, 1, 1) for i in range(4))
         rows = torch.arange(height, device=x.device).view(1, height, 1)
         cols = torch.arange(width, device=x.device).view(1, 1, width)
