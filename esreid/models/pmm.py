@@ -26,6 +26,7 @@ from esreid.losses import branch_losses
 from esreid.models import MODELS
 from esreid.models.backbones import build_backbone
 from esreid.models.backbones.resnet import Bottleneck
+from esreid.models.bdb import init_bdb  # PMM inherits BDB's init of the new heads (spec §3.1)
 from esreid.models.pooling import GAP, GMP
 
 
@@ -37,19 +38,6 @@ class PMMConfig(ModelConfig):
     top_k: int = 3  # blocks replaced per image (§3.3)
     # PMM's losses (spec §3.4, §7 #16): soft-margin batch-hard triplet + CE with label smoothing 0.1, unit weights.
     loss: LossConfig = field(default_factory=lambda: LossConfig(label_smoothing=0.1, soft_margin=True))
-
-
-def init_bdb(module: nn.Module) -> None:
-    """BDB's init, which PMM inherits (spec §2.1, §3.1): kaiming-normal (fan_out for Linear, fan_in for Conv),
-    BN weight N(1, 0.02), biases 0."""
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            nn.init.kaiming_normal_(m.weight, a=0, mode="fan_out" if isinstance(m, nn.Linear) else "fan_in")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
 
 
 class Stage(nn.Module):
