@@ -32,11 +32,13 @@ def _worker(rank: int, world: int, port: int, tmp: str, name: str) -> None:
     assert len(trainer.train_loader) == len(trainer.train_loader.batch_sampler) and trainer.dist.world_size == world
     trainer.train()
     torch.save(trainer.model.state_dict(), f"{tmp}/rank{rank}.pt")
+    gens = {k: g.get_state() for k, g in trainer.generators().items() if k.startswith("model.")}
+    torch.save({"model_generators": gens, "augment": trainer.augment.generator.get_state()}, f"{tmp}/rng{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["baseline", "esnet"])
+@pytest.mark.parametrize("name", ["baseline", "esnet", "bdb"])
 def test_two_process_ddp_training(tmp_path, name):
     # generate the data once, before the processes race for it
     from esreid.data.datasets.synthetic import generate_synthetic_market
@@ -49,5 +51,12 @@ def test_two_process_ddp_training(tmp_path, name):
     for key in a:
         if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
             assert torch.allclose(a[key], b[key], atol=1e-6), key  # gradients were averaged: same weights
+    # model generators (DropBlock region, BESM coins) advance alike on every rank: one region per global step;
+    # augmentation differs per rank
+    r0, r1 = (torch.load(tmp_path / f"rng{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["model_generators"].keys() == r1["model_generators"].keys()
+    for key, state in r0["model_generators"].items():
+        assert torch.equal(state, r1["model_generators"][key]), key
+    assert not torch.equal(r0["augment"], r1["augment"])
     files = set(os.listdir(tmp_path / "run"))
     assert {"last.pth", "results.json", "metrics.jsonl", "config.yaml"} <= files

@@ -74,9 +74,7 @@ class Trainer:
         main = self.dist.is_main
         self.cfg, self.progress = cfg, progress and main
         self.log = log if main else (lambda line: None)
-        # Per-process RNGs differ under DDP (augmentation, BESM coin flips); the PK plan uses cfg.seed on every rank.
-        seed = cfg.seed + self.dist.rank
-        seed_everything(seed)
+        seed_everything(cfg.seed)  # the same on every rank while the model is built (see below)
         self.out = cfg.output_dir
         last = os.path.join(self.out, "last.pth")
         if resume is None and os.path.exists(last):
@@ -91,6 +89,11 @@ class Trainer:
         self.model = build_model(model_cfg, self.dataset.num_train_pids).to(self.device)
         if cfg.solver.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # Under DDP the model's own generators (BDB's DropBlock region, BESM coin flips) start alike on every rank,
+        # so a DropBlock region is drawn once per step for the whole global batch (spec §2.2); augmentation and the
+        # global RNGs differ per rank. The PK plan uses cfg.seed on every rank.
+        seed = cfg.seed + self.dist.rank
+        seed_everything(seed)
         self.train_loader = build_train_loader(cfg.data, self.dataset.train, seed=cfg.seed, rank=self.dist.rank,
                                                world_size=self.dist.world_size)
         self.augment = TrainAugment(cfg.data, seed=seed)
