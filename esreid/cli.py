@@ -69,6 +69,8 @@ def _cmd_datasets_check(args: argparse.Namespace) -> int:
 DELEGATED = {
     "search": ("esreid.evaluation.search", "search_main", "top-k search of query features in a gallery index"),
     "visualize": ("esreid.viz.saliency", "visualize_main", "CG-RAM maps of why a query matched a gallery image"),
+    "export": ("esreid.export", "export_main", "ONNX graph of a trained model, checked with onnxruntime"),
+    "extract": ("esreid.export", "extract_main", "features of a dataset split as .npz (input of esreid search)"),
 }
 
 

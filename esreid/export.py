@@ -1,0 +1,203 @@
+"""Deployment: ONNX export of a trained model (``esreid export``) and split features as ``.npz`` (``esreid extract``).
+
+The exported graph maps a normalised float32 image batch ``(B, 3, H, W)`` to the evaluator's retrieval feature
+``(B, D)``: per-branch post-BN features, the flip-sum when the config's ``test.flip`` is on (in the graph, so the ONNX
+model alone gives the features ``esreid eval`` ranks with; ``test.flip=false`` exports a graph half the cost),
+per-branch L2 normalisation when ``test.normalize`` is on, concatenation (:func:`~esreid.engine.evaluator.
+combine_branches`). Uint8 decoding, resizing and the mean/std normalisation stay outside the graph
+(:class:`~esreid.data.transforms.TestTransform`). The graph always runs in float32: ``solver.amp`` is not exported.
+
+Exporter: torch's TorchScript-based exporter (``dynamo=False``). It needs only ``onnx`` (the ``esreid[onnx]``
+extra); the ``torch.export``-based one (``dynamo=True``) also exports every model here but needs ``onnxscript``
+(with ``onnx_ir``, ``sympy``, ``ml_dtypes``), which the pinned environment does not ship. Torch marks the
+TorchScript exporter deprecated; when it goes, switch ``dynamo=True`` and add ``onnxscript`` to the extra. Its tracer
+bakes Python-side values into the graph, so every export is checked with onnxruntime against PyTorch, with a second
+batch size when the batch axis is dynamic.
+
+``esreid extract`` writes ``feats`` (N, D) float32, ``ids`` (N,) int64 (= pids), ``camids`` (N,) int64 and ``paths``
+(N,) str: the layout :func:`esreid.evaluation.search.search_main` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import warnings
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from esreid.engine.evaluator import combine_branches
+
+TOLERANCE = 1e-4  # max |ONNX - PyTorch| accepted by verify_onnx
+
+
+class ExportError(RuntimeError):
+    """The exported graph does not reproduce the PyTorch features (or onnxruntime cannot run it)."""
+
+
+class RetrievalModel(nn.Module):
+    """A model in eval mode returning the evaluator's feature: ``(B, 3, H, W)`` normalised -> ``(B, ΣD_i)`` float32.
+
+    Same computation as :func:`esreid.engine.evaluator.extract_features` for one batch without autocast: optional
+    flip-sum per branch, then :func:`combine_branches` (ES-Net §1.7: per-branch L2, then concatenation).
+    """
+
+    def __init__(self, model: nn.Module, flip: bool, normalize: bool):
+        super().__init__()
+        self.model, self.flip, self.normalize = model, flip, normalize
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        branches = [b.float() for b in self.model(images)]
+        if self.flip:
+            branches = [b + f.float() for b, f in zip(branches, self.model(torch.flip(images, dims=[3])))]
+        return combine_branches(branches, self.normalize)
+
+
+def load_trained_model(cfg, weights: str, default_classes: int = 1) -> nn.Module:
+    """Build ``cfg.model`` without ImageNet weights and load ``weights`` strictly; the classifier size is read from
+    the checkpoint (``default_classes`` when it has no classifier). Returns the model on the CPU in eval mode."""
+    from esreid.cli import _classifier_size
+    from esreid.engine.checkpoint import load_checkpoint, load_model_weights
+    from esreid.models import build_model
+
+    state = load_checkpoint(weights, map_location="cpu")
+    model = build_model(dataclasses.replace(cfg.model, pretrained=""), _classifier_size(state["model"],
+                                                                                         default_classes))
+    load_model_weights(model, state, weights)
+    return model.eval()
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ImportError("onnxruntime is not installed; install the optional extra: pip install 'esreid[onnx]'") from e
+    return onnxruntime
+
+
+def export_onnx(net: RetrievalModel, out: str, height: int, width: int, opset: int = 17, dynamic_batch: bool = False,
+                batch: int = 2) -> None:
+    """Trace ``net`` (eval mode, on the CPU) on a ``(batch, 3, height, width)`` input and write ``out``.
+
+    Graph input ``images`` (B, 3, H, W) float32, output ``feats`` (B, D) float32; B is a dynamic axis
+    ``batch`` with ``dynamic_batch``, else fixed to ``batch``.
+    """
+    net = net.eval().cpu()
+    x = torch.randn(batch, 3, height, width)
+    axes = {"images": {0: "batch"}, "feats": {0: "batch"}} if dynamic_batch else None
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with warnings.catch_warnings():  # the deprecation notice and tracer notes; verify_onnx is the actual check
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*(legacy TorchScript-based ONNX|feature will be removed)")
+        torch.onnx.export(net, (x,), out, dynamo=False, input_names=["images"], output_names=["feats"],
+                          opset_version=opset, dynamic_axes=axes)
+
+
+def verify_onnx(net: nn.Module, path: str, height: int, width: int, batches: Sequence[int] = (2,),
+                seed: int = 0) -> float:
+    """Run ``path`` with onnxruntime and ``net`` with PyTorch on random ``(b, 3, height, width)`` inputs for each
+    ``b`` in ``batches``; return the max absolute difference, raising :class:`ExportError` above :data:`TOLERANCE`."""
+    ort = _onnxruntime()
+    try:
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - any onnxruntime load failure names the file
+        raise ExportError(f"{path}: onnxruntime cannot load the exported graph: {e}") from None
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    net = net.eval()
+    for b in batches:
+        x = torch.randn(b, 3, height, width, generator=gen)
+        with torch.no_grad():
+            want = net(x).numpy()
+        (got,) = session.run(["feats"], {"images": x.numpy()})
+        if got.shape != want.shape:
+            raise ExportError(f"{path}: ONNX output shape {got.shape} != PyTorch {want.shape} for batch {b}")
+        worst = max(worst, float(np.abs(got - want).max()))
+    if not worst <= TOLERANCE:
+        raise ExportError(f"{path}: ONNX output differs from PyTorch by {worst:.3g} (max abs), over {TOLERANCE:g}")
+    return worst
+
+
+def export_main(argv: Optional[List[str]] = None) -> int:
+    """``esreid export``: a trained model as an ONNX graph (normalised images -> retrieval features), checked with
+    onnxruntime against PyTorch."""
+    from esreid.config import load_config
+
+    p = argparse.ArgumentParser(prog="esreid export", description=export_main.__doc__)
+    p.add_argument("--config", required=True, help="the YAML config the model was trained with")
+    p.add_argument("--weights", required=True, help="checkpoint (.pth) written by esreid train, or a state dict")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--height", type=int, help="input height (default: data.height)")
+    p.add_argument("--width", type=int, help="input width (default: data.width)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--dynamic-batch", action="store_true", help="a dynamic batch axis (default: batch fixed to 1)")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. test.flip=false")
+    args = p.parse_args(argv)
+
+    cfg = load_config(args.config, args.overrides)
+    height, width = args.height or cfg.data.height, args.width or cfg.data.width
+    net = RetrievalModel(load_trained_model(cfg, args.weights), cfg.test.flip, cfg.test.normalize)
+    export_onnx(net, args.out, height, width, args.opset, args.dynamic_batch, batch=2 if args.dynamic_batch else 1)
+    try:
+        diff = verify_onnx(net, args.out, height, width, batches=(2, 3) if args.dynamic_batch else (1,))
+    except ExportError as e:
+        print(f"esreid export: error: {e}")
+        return 1
+    shape = ("B" if args.dynamic_batch else "1", 3, height, width)
+    print(f"wrote {args.out}: images {shape} -> feats (flip={cfg.test.flip}, normalize={cfg.test.normalize}); "
+          f"onnxruntime vs PyTorch max abs diff {diff:.3g}")
+    return 0
+
+
+def extract_split(model: nn.Module, dataset, cfg, split: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The evaluator's features of ``split`` (train | query | gallery) of ``dataset`` (a ``ReIDDataset``), with the
+    test settings of ``cfg``.
+
+    Returns ``feats`` (N, D) float32, ``pids`` (N,) int64, ``camids`` (N,) int64, ``paths`` (N,) str, in dataset order.
+    """
+    from esreid.data.base import DatasetError
+    from esreid.data.loader import build_test_loader
+    from esreid.data.transforms import TestTransform
+    from esreid.engine.evaluator import extract_features
+    from esreid.engine.trainer import resolve_device
+
+    items = getattr(dataset, split)
+    if not items:
+        raise DatasetError(f"{cfg.data.name} ({cfg.data.root}): split {split!r} has no images")
+    device = resolve_device(cfg.device)
+    model.to(device)
+    feats, pids, camids = extract_features(model, build_test_loader(cfg.data, items), device, TestTransform(cfg.data),
+                                           cfg.test.flip, cfg.test.normalize, cfg.solver.amp)
+    paths = np.array([item.path for item in items], dtype=str)
+    return feats.numpy().astype(np.float32), pids.numpy().astype(np.int64), camids.numpy().astype(np.int64), paths
+
+
+SPLITS = ("query", "gallery", "train")
+
+
+def extract_main(argv: Optional[List[str]] = None) -> int:
+    """``esreid extract``: features of a dataset split (as ``esreid eval`` computes them) saved as ``.npz`` with
+    ``feats``, ``ids`` (pids), ``camids``, ``paths``: the input of ``esreid search --gallery/--query``."""
+    from esreid.config import load_config
+    from esreid.data.base import build_dataset
+
+    p = argparse.ArgumentParser(prog="esreid extract", description=extract_main.__doc__)
+    p.add_argument("--config", required=True, help="the YAML config the model was trained with")
+    p.add_argument("--weights", required=True, help="checkpoint (.pth) written by esreid train, or a state dict")
+    p.add_argument("--split", required=True, choices=SPLITS)
+    p.add_argument("--out", required=True, help=".npz file to write")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.root=/data/reid device=cpu")
+    args = p.parse_args(argv)
+
+    cfg = load_config(args.config, args.overrides)
+    dataset = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.args)
+    model = load_trained_model(cfg, args.weights, default_classes=dataset.num_train_pids)
+    feats, pids, camids, paths = extract_split(model, dataset, cfg, args.split)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    np.savez(args.out, feats=feats, ids=pids, camids=camids, paths=paths)
+    print(f"wrote {args.out}: {args.split} features {feats.shape} of {cfg.data.name}")
+    return 0
