@@ -147,6 +147,8 @@ def test_bad_config_values():
         make(erase_ratio=1.5)
     with pytest.raises(ValueError, match="model.aib"):
         make(aib=False, esb=False)
+    with pytest.raises(ValueError, match="model.saliency"):
+        make(saliency="gradcam++")
 
 
 def test_configs_load_with_the_paper_values():

@@ -12,7 +12,8 @@ One training step (spec §1.4 "recommended per-iteration procedure"):
     3. BESM (Algorithm 1) -> I*; ESB pass on I* (the shared trunk runs again: it is a different image).
     4. Loss eq. 1 = the sum of the returned terms.
 Variants are configs of the same model: ``aib: false`` = ESB alone (Table II); ``esb_pooling: gap`` +
-``loss.triplet_weight: 0`` = Base+BESM (Table III); ``aib_pooling: ppool`` = Table VI.
+``loss.triplet_weight: 0`` = Base+BESM (Table III); ``aib_pooling: ppool`` = Table VI; Base+BESM with
+``saliency: gradcam`` = Base+Grad-CAM Erasing (Table V: step 2 takes Grad-CAM of the true-ID logit instead of CG-RAM).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from esreid.config import ModelConfig
 from esreid.erasing.besm import besm
 from esreid.erasing.cgram import batch_confidence, eval_mode, salient_map
+from esreid.erasing.gradcam import grad_cam, true_class_score
 from esreid.losses import branch_losses
 from esreid.models import MODELS
 from esreid.models.backbones import build_backbone
@@ -49,6 +51,7 @@ class ESNetConfig(ModelConfig):
     erase_ratio: float = 0.2  # R of Algorithm 1 (Table I = Table II AIB+ESB(R20,P0.5))
     erase_prob: float = 0.5  # P of Algorithm 1
     detach_confidence_weight: bool = False  # eq. 5 literal (False) or exp(S) as a constant weight (spec §7 #4)
+    saliency: str = "cgram"  # map BESM erases by: cgram (§III-C) | gradcam (Table V "Base+Grad-CAM Erasing")
 
 
 class Branch(nn.Module):
@@ -70,6 +73,28 @@ class Branch(nn.Module):
         return f_t, f_i, logits
 
 
+def cgram_saliency(branch: Branch, a: Tensor, pids: Tensor, cfg: ESNetConfig) -> Tensor:
+    """CG-RAM maps (B, h, w) of ``a`` (B, C, h, w), a leaf requiring grad, through ``branch``'s head (eqs. 3-5)."""
+    _, f_i, _ = branch.head(a)  # the ESB retrieval vector (post-BN, spec §7 #3)
+    score = batch_confidence(f_i, pids, cfg.detach_confidence_weight)  # eq. 5
+    return salient_map(score, a)  # eqs. 3-4
+
+
+def gradcam_saliency(branch: Branch, a: Tensor, pids: Tensor, cfg: ESNetConfig) -> Tensor:
+    """Grad-CAM maps (B, h, w) of the ground-truth-class logit w.r.t. ``a`` (B, C, h, w) (Table V "Base+Grad-CAM
+    Erasing", spec §7 #12: "by cross-entropy loss" read as the CE-trained classifier's true-ID logit).
+
+    The branch is in eval mode here, so its BNNeck uses running statistics and each sample's map depends on its own
+    logit only (standard per-image Grad-CAM; the train-mode batch coupling of PMM's guidance does not arise).
+    """
+    _, f_i, _ = branch.head(a)  # eval mode: the BNNeck returns no logits, so its classifier is applied here
+    logits = branch.neck.classifier(f_i)  # (B, N), the same bias-free classifier the CE loss trains
+    return grad_cam(true_class_score(logits, pids), a, retain_graph=False)
+
+
+SALIENCY = {"cgram": cgram_saliency, "gradcam": gradcam_saliency}  # model.saliency -> map of the ESB's res_conv5
+
+
 @MODELS.register("esnet", config=ESNetConfig)
 class ESNet(nn.Module):
     """ES-Net. Train: ``model(images (B, 3, H, W) normalised, pids (B,))`` -> ``{aib_ce, aib_triplet, esb_ce,
@@ -82,6 +107,8 @@ class ESNet(nn.Module):
             raise ValueError(f"model.shared_until: expected one of {STAGES[1:]}, got {cfg.shared_until!r}")
         if not (cfg.aib or cfg.esb):
             raise ValueError("model.aib / model.esb: at least one branch must be enabled")
+        if cfg.saliency not in SALIENCY:
+            raise ValueError(f"model.saliency: expected one of {sorted(SALIENCY)}, got {cfg.saliency!r}")
         for key in ("erase_ratio", "erase_prob"):
             if not 0.0 <= getattr(cfg, key) <= 1.0:
                 raise ValueError(f"model.{key}: expected a value in [0, 1], got {getattr(cfg, key)!r}")
@@ -131,13 +158,14 @@ class ESNet(nn.Module):
     def saliency(
         self, images: Tensor, pids: Tensor, t: Optional[Tensor] = None, a_aib: Optional[Tensor] = None
     ) -> Tensor:
-        """Training-time CG-RAM maps (B, h, w) of the ESB's res_conv5 (§III-C-1, eqs. 3-5).
+        """Training-time saliency maps (B, h, w) of the ESB's res_conv5: CG-RAM (§III-C-1, eqs. 3-5) or, with
+        ``saliency: gradcam``, Grad-CAM of the true-ID logit (:func:`gradcam_saliency`).
 
         ``t`` / ``a_aib``: the shared-trunk and AIB layer4 outputs of this step's AIB pass (reused, not recomputed).
         Only ``A`` gets a gradient; the ESB (and the shared trunk when ``t`` is not given) runs in eval mode, so no
         BatchNorm statistic changes. The head from ``A`` on runs in float32 with autocast off (it is cheap: pooling,
-        BNNeck, eq. 5): near the easiest positive S is close to 1 and dS/df is a difference of near-equal terms,
-        which bf16 cannot resolve.
+        BNNeck, eq. 5 or the logit): near the easiest positive S is close to 1 and dS/df is a difference of
+        near-equal terms, which bf16 cannot resolve.
         """
         with eval_mode(self.esb if t is not None else self):
             if a_aib is not None and len(self.esb.layers) == 0:
@@ -147,9 +175,7 @@ class ESNet(nn.Module):
                     a = self.esb.layers(t if t is not None else self.shared(images))
             a = a.float().requires_grad_(True)
             with torch.enable_grad(), torch.autocast(device_type=a.device.type, enabled=False):
-                _, f_i, _ = self.esb.head(a)  # the ESB retrieval vector (post-BN, spec §7 #3)
-                score = batch_confidence(f_i, pids, self.cfg.detach_confidence_weight)  # eq. 5
-                return salient_map(score, a)  # eqs. 3-4
+                return SALIENCY[self.cfg.saliency](self.esb, a, pids, self.cfg)
 
     def features(self, images: Tensor) -> List[Tensor]:
         """Eval features: ``[f_i of each enabled branch]``, each (B, C) post-BN, AIB first. Not wrapped in no_grad:
