@@ -57,13 +57,14 @@ def test_losses_equal_a_step_by_step_recomputation():
     # the same step by hand, replaying the DropBlock region (BN in train mode uses batch statistics either way)
     model.dropblock.generator.set_state(state)
     t = model.backbone(x)
-    g = F.relu(model.global_reduction[1](model.global_reduction[0](t.mean(dim=(2, 3), keepdim=True)))).flatten(1)
+    conv, bn = model.global_head.reduction[:2]
+    g = F.relu(bn(conv(t.mean(dim=(2, 3), keepdim=True)))).flatten(1)
     top, left, rh, rw = model.dropblock.region(t.shape[2], t.shape[3])
     m = model.drop_bottleneck(t).clone()
     m[:, :, top : top + rh, left : left + rw] = 0  # Batch DropBlock
     d = F.relu(model.drop_reduction[1](model.drop_reduction[0](m.amax(dim=(2, 3)))))  # GMP -> Linear+BN1d+ReLU
     expected = {
-        "global_ce": cross_entropy(model.global_classifier(g), PIDS, 0.1),
+        "global_ce": cross_entropy(model.global_head.classifier(g), PIDS, 0.1),
         "global_triplet": batch_hard_triplet(g, PIDS, 0.3, True),
         "drop_ce": cross_entropy(model.drop_classifier(d), PIDS, 0.1),
         "drop_triplet": batch_hard_triplet(d, PIDS, 0.3, True),
@@ -99,17 +100,17 @@ def test_eval_features_shapes_post_relu_and_batch_of_one():
 
 def test_initialisation_follows_bdb():
     model = make(global_dim=200, drop_dim=300)
-    bns = [model.global_reduction[1], model.drop_reduction[1]]
+    bns = [model.global_head.reduction[1], model.drop_reduction[1]]
     for bn in bns:  # N(1, 0.02) weights, zero biases
         assert abs(bn.weight.mean() - 1) < 0.01 and 0.01 < bn.weight.std() < 0.03 and (bn.bias == 0).all()
-    conv, lin = model.global_reduction[0], model.drop_reduction[0]
+    conv, lin = model.global_head.reduction[0], model.drop_reduction[0]
     # kaiming-normal: std sqrt(2 / fan_in) for the Conv, sqrt(2 / fan_out) for the Linear layers; zero biases
     assert conv.weight.std().item() == pytest.approx((2 / conv.in_channels) ** 0.5, rel=0.1)
     assert lin.weight.std().item() == pytest.approx((2 / lin.out_features) ** 0.5, rel=0.1)
-    for layer in (conv, lin, model.global_classifier, model.drop_classifier):
+    for layer in (conv, lin, model.global_head.classifier, model.drop_classifier):
         assert (layer.bias == 0).all()
     torch.manual_seed(0)
-    cls = make(global_dim=400).global_classifier  # 3 rows: fan_out = 3
+    cls = make(global_dim=400).global_head.classifier  # 3 rows: fan_out = 3
     assert cls.weight.std().item() == pytest.approx((2 / 3) ** 0.5, rel=0.15)
 
 
@@ -118,6 +119,8 @@ def test_bad_settings_name_the_key():
         make(drop_dim=0)
     with pytest.raises(ValueError, match="height_ratio"):
         make(drop_height_ratio=1.5)
+    with pytest.raises(ValueError, match="model.global_head"):
+        make(global_head="gem")
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*", "bdb.yaml"))))
