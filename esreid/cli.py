@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from typing import List, Optional
@@ -32,31 +31,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from esreid.config import load_config
     from esreid.data.base import build_dataset
-    from esreid.engine.checkpoint import load_checkpoint, load_model_weights
+    from esreid.engine.checkpoint import load_trained_model
     from esreid.engine.evaluator import evaluate_model
     from esreid.engine.trainer import format_metrics, resolve_device
-    from esreid.models import build_model
 
     cfg = load_config(args.config, args.overrides)
     device = resolve_device(cfg.device)
     dataset = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.args)
     print(dataset.summary())
-    state = load_checkpoint(args.weights, map_location="cpu")
-    num_classes = _classifier_size(state["model"], dataset.num_train_pids)
-    model = build_model(dataclasses.replace(cfg.model, pretrained=""), num_classes)  # the checkpoint replaces all
-    load_model_weights(model, state, args.weights)
-    model.to(device)
+    model = load_trained_model(cfg, args.weights, default_classes=dataset.num_train_pids).to(device)
     metrics = evaluate_model(model, dataset, cfg, device)
     print(format_metrics(metrics, "eval"))
     if args.json:
         print(json.dumps(metrics))
     return 0
-
-
-def _classifier_size(weights, default: int) -> int:
-    """Number of training ids the checkpoint's classifier was built for (eval builds the same shape)."""
-    sizes = {v.shape[0] for k, v in weights.items() if k.endswith("classifier.weight") and v.dim() == 2}
-    return sizes.pop() if len(sizes) == 1 else default
 
 
 def _cmd_datasets_check(args: argparse.Namespace) -> int:

@@ -21,7 +21,6 @@ batch size when the batch axis is dynamic.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import warnings
 from typing import List, Optional, Sequence, Tuple
@@ -30,45 +29,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from esreid.engine.evaluator import combine_branches
+from esreid.engine.checkpoint import load_trained_model
+from esreid.engine.evaluator import RetrievalModel
 
 TOLERANCE = 1e-4  # max |ONNX - PyTorch| accepted by verify_onnx
 
 
 class ExportError(RuntimeError):
     """The exported graph does not reproduce the PyTorch features (or onnxruntime cannot run it)."""
-
-
-class RetrievalModel(nn.Module):
-    """A model in eval mode returning the evaluator's feature: ``(B, 3, H, W)`` normalised -> ``(B, ΣD_i)`` float32.
-
-    Same computation as :func:`esreid.engine.evaluator.extract_features` for one batch without autocast: optional
-    flip-sum per branch, then :func:`combine_branches` (ES-Net §1.7: per-branch L2, then concatenation).
-    """
-
-    def __init__(self, model: nn.Module, flip: bool, normalize: bool):
-        super().__init__()
-        self.model, self.flip, self.normalize = model, flip, normalize
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        branches = [b.float() for b in self.model(images)]
-        if self.flip:
-            branches = [b + f.float() for b, f in zip(branches, self.model(torch.flip(images, dims=[3])))]
-        return combine_branches(branches, self.normalize)
-
-
-def load_trained_model(cfg, weights: str, default_classes: int = 1) -> nn.Module:
-    """Build ``cfg.model`` without ImageNet weights and load ``weights`` strictly; the classifier size is read from
-    the checkpoint (``default_classes`` when it has no classifier). Returns the model on the CPU in eval mode."""
-    from esreid.cli import _classifier_size
-    from esreid.engine.checkpoint import load_checkpoint, load_model_weights
-    from esreid.models import build_model
-
-    state = load_checkpoint(weights, map_location="cpu")
-    model = build_model(dataclasses.replace(cfg.model, pretrained=""), _classifier_size(state["model"],
-                                                                                         default_classes))
-    load_model_weights(model, state, weights)
-    return model.eval()
 
 
 def _onnxruntime():

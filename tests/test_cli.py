@@ -20,7 +20,7 @@ def test_help_lists_the_options(capsys, argv):
 
 def test_subcommands_are_all_there():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"demo", "train", "eval", "datasets", "search", "visualize"}
+    assert set(sub.choices) == {"demo", "train", "eval", "datasets", "search", "visualize", "export", "extract"}
 
 
 def test_config_error_is_reported_with_key_and_file(tmp_path, capsys):

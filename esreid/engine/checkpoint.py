@@ -124,6 +124,25 @@ def load_model_weights(model: torch.nn.Module, state: Dict[str, Any], path: str)
     unwrap(model).load_state_dict(weights, strict=True)
 
 
+def classifier_size(weights: Dict[str, torch.Tensor], default: int) -> int:
+    """Number of training ids the weights' classifier was built for (``default`` when there is none or several)."""
+    sizes = {v.shape[0] for k, v in weights.items() if k.endswith("classifier.weight") and v.dim() == 2}
+    return sizes.pop() if len(sizes) == 1 else default
+
+
+def load_trained_model(cfg: Any, weights: str, default_classes: int = 1) -> torch.nn.Module:
+    """Build ``cfg.model`` without ImageNet weights (the file replaces every weight) and load ``weights`` strictly;
+    the classifier size is read from the file (``default_classes`` when it has none). CPU, eval mode."""
+    import dataclasses
+
+    from esreid.models import build_model  # late import: models import this module for CheckpointError
+
+    state = load_checkpoint(weights, map_location="cpu")
+    model = build_model(dataclasses.replace(cfg.model, pretrained=""), classifier_size(state["model"], default_classes))
+    load_model_weights(model, state, weights)
+    return model.eval()
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside DistributedDataParallel / torch.compile wrappers."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):

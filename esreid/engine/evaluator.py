@@ -28,6 +28,24 @@ def combine_branches(branches: Sequence[torch.Tensor], normalize: bool) -> torch
     return torch.cat([b.float() for b in branches], dim=1)
 
 
+class RetrievalModel(torch.nn.Module):
+    """A model in eval mode returning the retrieval feature: ``(B, 3, H, W)`` normalised -> ``(B, ΣD_i)`` float32.
+
+    Optional flip-sum per branch, then :func:`combine_branches` (ES-Net §1.7: per-branch L2, then concatenation).
+    Used by the evaluator and exported as is to ONNX.
+    """
+
+    def __init__(self, model: torch.nn.Module, flip: bool, normalize: bool):
+        super().__init__()
+        self.model, self.flip, self.normalize = model, flip, normalize
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        branches = [b.float() for b in self.model(images)]
+        if self.flip:
+            branches = [b + f.float() for b, f in zip(branches, self.model(torch.flip(images, dims=[3])))]
+        return combine_branches(branches, self.normalize)
+
+
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, loader, device: torch.device, transform, flip: bool = True,
                      normalize: bool = True, amp: str = "none") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -40,6 +58,7 @@ def extract_features(model: torch.nn.Module, loader, device: torch.device, trans
     """
     was_training = model.training
     model.eval()
+    net = RetrievalModel(model, flip, normalize)
     feats: List[torch.Tensor] = []
     pids: List[torch.Tensor] = []
     camids: List[torch.Tensor] = []
@@ -47,11 +66,7 @@ def extract_features(model: torch.nn.Module, loader, device: torch.device, trans
         for batch in loader:
             images = transform(batch["images"].to(device, non_blocking=True))
             with autocast(device, amp):
-                branches = [b.float() for b in model(images)]
-                if flip:
-                    flipped = model(torch.flip(images, dims=[3]))
-                    branches = [b + f.float() for b, f in zip(branches, flipped)]
-            feats.append(combine_branches(branches, normalize).cpu())
+                feats.append(net(images).cpu())
             pids.append(batch["pids"])
             camids.append(batch["camids"])
     finally:

@@ -62,22 +62,12 @@ def default_layer(model: nn.Module) -> str:
     return names[-1]
 
 
-def _num_classes(state: dict, path: str) -> int:
-    from esreid.engine.checkpoint import CheckpointError
-
-    rows = [v.shape[0] for k, v in state["model"].items() if k.endswith("classifier.weight")]
-    if not rows:
-        raise CheckpointError(f"{path}: no '*classifier.weight' in the weights; cannot tell the number of classes")
-    return int(rows[0])
-
-
 def visualize_main(argv: Optional[List[str]] = None) -> int:
     """``esreid visualize``: CG-RAM maps of a (query, gallery) pair for a trained model, saved as a PNG."""
     from esreid.config import load_config
     from esreid.data.transforms import TestTransform, decode_resize
-    from esreid.engine.checkpoint import load_checkpoint, load_model_weights
+    from esreid.engine.checkpoint import load_trained_model
     from esreid.erasing.cgram import cgram_pair
-    from esreid.models import build_model
 
     p = argparse.ArgumentParser(prog="esreid visualize", description=visualize_main.__doc__)
     p.add_argument("--config", required=True, help="the config the model was trained with")
@@ -90,10 +80,8 @@ def visualize_main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("opts", nargs="*", help="dotted config overrides")
     args = p.parse_args(argv)
 
-    cfg = load_config(args.config, args.opts + ["model.pretrained="])  # the weights file replaces ImageNet weights
-    state = load_checkpoint(args.weights)
-    model = build_model(cfg.model, _num_classes(state, args.weights))
-    load_model_weights(model, state, args.weights)
+    cfg = load_config(args.config, args.opts)
+    model = load_trained_model(cfg, args.weights)
     device = torch.device(args.device)
     model.to(device).eval()
     raw = torch.stack([decode_resize(path, cfg.data.height, cfg.data.width) for path in (args.query, args.gallery)])
