@@ -1,4 +1,4 @@
-"""Command-line interface: ``esreid demo | train | eval | datasets check | search | visualize``."""
+"""Command-line interface: ``esreid demo | train | eval | datasets check | search | visualize | export | extract``."""
 
 from __future__ import annotations
 
