@@ -1,5 +1,6 @@
-"""Cutout in TrainAugment (DeVries & Taylor; BDB recipe) against its definition: one clipped square per image,
-centre uniform over the pixels, filled with 0 after normalisation, applied with probability ``cutout_prob``."""
+"""Cutout in TrainAugment (BDB's person recipe, spec §2.3) against its definition: one whole square per image, its
+top-left corner uniform over the positions inside the image, filled with 0 after normalisation, applied with
+probability ``cutout_prob``."""
 
 import pytest
 import torch
@@ -20,40 +21,44 @@ def batch(b):
     return torch.full((b, 3, H, W), 200, dtype=torch.uint8)  # normalised value (200/255-0.5)/0.25 != 0
 
 
-def expected_mask(cy, cx, size):
-    """Brute force: pixel (r, c) is cut iff it lies in [centre - size//2, centre - size//2 + size) on both axes."""
+def expected_mask(top, left, size):
+    """Brute force: pixel (r, c) is cut iff it lies in [top, top + size) x [left, left + size)."""
     m = torch.zeros(H, W, dtype=torch.bool)
     for r in range(H):
         for c in range(W):
-            m[r, c] = cy - size // 2 <= r < cy - size // 2 + size and cx - size // 2 <= c < cx - size // 2 + size
+            m[r, c] = top <= r < top + size and left <= c < left + size
     return m
 
 
 def test_cutout_matches_definition_with_the_generators_draws():
     aug = augment(prob=1.0, size=5)
-    g = torch.Generator().manual_seed(0)  # replays TrainAugment's draws: coin flips, centre rows, centre columns
+    g = torch.Generator().manual_seed(0)  # replays TrainAugment's draws: coin flips, top rows, left columns
     torch.rand(64, generator=g)
-    cy = torch.randint(0, H, (64,), generator=g)
-    cx = torch.randint(0, W, (64,), generator=g)
+    top = torch.randint(0, H - 5 + 1, (64,), generator=g)
+    left = torch.randint(0, W - 5 + 1, (64,), generator=g)
     out = aug(batch(64))
     value = (200 / 255 - 0.5) / 0.25
     for i in range(64):
-        mask = expected_mask(int(cy[i]), int(cx[i]), 5)
+        mask = expected_mask(int(top[i]), int(left[i]), 5)
         cut = out[i] == 0
-        assert torch.equal(cut, mask.expand(3, H, W)), i  # same square in every channel, clipped at the borders
+        assert torch.equal(cut, mask.expand(3, H, W)), i  # same square in every channel
         assert torch.allclose(out[i][~cut], torch.tensor(value))  # the rest is only normalised
 
 
-def test_centre_is_uniform_and_squares_are_clipped():
+def test_squares_are_whole_and_every_position_inside_occurs():
+    """BDB's Cutout keeps the full size x size square inside the image (no clipping at the borders)."""
     aug = augment(prob=1.0, size=4)
-    boxes = aug.cutout_boxes(6000, H, W)
-    top, left, h, w = boxes.unbind(1)
-    assert (top >= 0).all() and (left >= 0).all() and (top + h <= H).all() and (left + w <= W).all()
-    assert h.min() == 2 and h.max() == 4 and w.min() == 2 and w.max() == 4  # 2 rows lost at the top border
-    # centre row = top + 2, or (bottom - 2) = h - 2 when clipped at the top: every row is a centre, ~equally often
-    centre = torch.where(top > 0, top + 2, h - 2)
-    counts = torch.bincount(centre, minlength=H).float()
-    assert counts.shape[0] == H and counts.min() > 0.8 * 6000 / H
+    top, left, h, w = aug.cutout_boxes(6000, H, W).unbind(1)
+    assert (h == 4).all() and (w == 4).all()  # always the whole square
+    assert (top + h <= H).all() and (left + w <= W).all()
+    assert set(top.tolist()) == set(range(H - 4 + 1)) and set(left.tolist()) == set(range(W - 4 + 1))
+    counts = torch.bincount(top, minlength=H - 4 + 1).float()
+    assert counts.min() > 0.8 * 6000 / (H - 4 + 1)  # uniform over [0, H - size]
+
+
+def test_square_larger_than_the_image_is_an_error():
+    with pytest.raises(ValueError, match="data.cutout_size"):
+        augment(prob=1.0, size=W + 1)(batch(2))
 
 
 def test_probability_and_off_switch():
