@@ -11,9 +11,9 @@ so the branch consistently loses one body band (persons: ρ_h = 0.33, ρ_w = 1.0
 
 The region comes from ``self.generator`` (a CPU ``torch.Generator``), which the trainer saves in checkpoints, so a
 resumed run drops the same regions as an uninterrupted one. ``round`` is Python's (half to even), as in the BDB code.
-Deviation/caveat: under DDP every process owns its generator, seeded from its own (per-rank) global RNG, so each
-process drops its own region for its share of the batch; this is the per-replica behaviour spec §2.2 warns about for
-``nn.DataParallel``, not one region per optimisation step across processes.
+Under DDP every process owns a generator, but the trainer builds the model while the global RNG is seeded with
+``cfg.seed`` on every rank, and each rank draws once per step: all ranks drop the same region, one per optimisation
+step for the whole global batch (spec §2.2's DataParallel pitfall avoided).
 """
 
 from __future__ import annotations
