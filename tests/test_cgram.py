@@ -176,3 +176,17 @@ def test_visualize_main_writes_a_png(tmp_path):
     assert visualize_main(args) == 0
     with Image.open(out) as img:
         assert img.format == "PNG" and img.width > img.height
+
+
+@pytest.mark.parametrize("name", ["baseline", "esnet", "bdb", "pmm", "aelm"])
+def test_default_layer_runs_in_the_eval_forward_of_every_model(name):
+    """``esreid visualize`` without --layer: the default CG-RAM layer must be one the retrieval forward runs (AELM's
+    erasing head is also named ``heads.layer4`` but is train-only) and must give a non-zero map."""
+    from esreid.models import MODELS, build_model
+    from esreid.viz.saliency import default_layer
+
+    torch.manual_seed(0)
+    model = build_model(MODELS.meta(name)["config"](backbone="resnet_tiny"), num_classes=3).eval()
+    x = torch.randn(2, 3, 64, 32)
+    m_q, m_g, _ = cgram_pair(model, default_layer(model), x[:1], x[1:])
+    assert m_q.shape == m_g.shape == (1, 4, 2) and float(m_q.sum() + m_g.sum()) > 0

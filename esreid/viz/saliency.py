@@ -52,13 +52,14 @@ def save_pair_figure(
 
 
 def default_layer(model: nn.Module) -> str:
-    """The model's CG-RAM layer: ``model.cgram_layer`` (ES-Net: the ESB's res_conv5) or the last ``*layer4``."""
+    """The model's CG-RAM layer: ``model.cgram_layer`` (ES-Net: the ESB's res_conv5) or the last ResNet stage named
+    ``layer4`` (an ``nn.Sequential`` of blocks: AELM's train-only erasing head ``heads.layer4`` is not one)."""
     name = getattr(model, "cgram_layer", None)
     if name:
         return name
-    names = [n for n, _ in model.named_modules() if n.endswith("layer4")]
+    names = [n for n, m in model.named_modules() if n.split(".")[-1] == "layer4" and isinstance(m, nn.Sequential)]
     if not names:
-        raise ValueError(f"{type(model).__name__} has no module named '*layer4'; pass --layer")
+        raise ValueError(f"{type(model).__name__} has no ResNet stage named 'layer4'; pass --layer")
     return names[-1]
 
 
