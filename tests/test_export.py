@@ -118,3 +118,18 @@ def test_esreid_export_command(tmp_path, capsys):
     np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
     assert main(["export", "--config", config, "--weights", str(tmp_path / "none.pth"), "--out", str(out)]) == 2
     assert "none.pth" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_trained_model_loads_without_knowing_the_number_of_ids(tmp_path, name):
+    """``esreid export`` / ``visualize`` have no dataset: the classifier size must come from the file for every model
+    (AELM's classifiers are the 1x1 convs ``head_a`` / ``head_b``)."""
+    from esreid.engine.checkpoint import classifier_size, load_trained_model
+
+    cfg, model = trained_like(name, num_classes=7)
+    assert classifier_size(model.state_dict(), default=1) == 7
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    loaded = load_trained_model(cfg, str(tmp_path / "w.pth"))
+    x = torch.randn(2, 3, H, W)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(loaded(x), model(x)))

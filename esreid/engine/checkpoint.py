@@ -124,9 +124,14 @@ def load_model_weights(model: torch.nn.Module, state: Dict[str, Any], path: str)
     unwrap(model).load_state_dict(weights, strict=True)
 
 
+# Weight names of the id classifiers (N, C) / (N, C, 1, 1): ``*classifier`` (BNNeck, BDB, PMM) and AELM's IFCN
+# 1x1-conv heads ``head_a`` / ``head_b``; tests/test_export.py checks every registered model against this list.
+CLASSIFIER_WEIGHTS = ("classifier.weight", "head_a.weight", "head_b.weight")
+
+
 def classifier_size(weights: Dict[str, torch.Tensor], default: int) -> int:
     """Number of training ids the weights' classifier was built for (``default`` when there is none or several)."""
-    sizes = {v.shape[0] for k, v in weights.items() if k.endswith("classifier.weight") and v.dim() == 2}
+    sizes = {v.shape[0] for k, v in weights.items() if k.endswith(CLASSIFIER_WEIGHTS) and v.dim() in (2, 4)}
     return sizes.pop() if len(sizes) == 1 else default
 
 
