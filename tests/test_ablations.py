@@ -182,7 +182,7 @@ def test_bnneck_global_head_ce_only_terms_gradients_and_eval_features():
 # ----------------------------------------------------------------------------------------------------------------
 # Configs
 # ----------------------------------------------------------------------------------------------------------------
-CONFIGS = ("base_random_erasing", "base_gradcam_erasing", "base_feature_dropping")
+CONFIGS = ("base_besm", "base_random_erasing", "base_gradcam_erasing", "base_feature_dropping")  # Table V rows
 
 
 def config(dataset, name):
