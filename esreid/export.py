@@ -32,7 +32,7 @@ from torch import nn
 from esreid.engine.checkpoint import load_trained_model
 from esreid.engine.evaluator import RetrievalModel
 
-TOLERANCE = 1e-4  # max |ONNX - PyTorch| accepted by verify_onnx
+TOLERANCE = 1e-4  # max |ONNX - PyTorch| / max(1, max |PyTorch|) accepted by verify_onnx
 
 
 class ExportError(RuntimeError):
@@ -68,14 +68,16 @@ def export_onnx(net: RetrievalModel, out: str, height: int, width: int, opset: i
 def verify_onnx(net: nn.Module, path: str, height: int, width: int, batches: Sequence[int] = (2,),
                 seed: int = 0) -> float:
     """Run ``path`` with onnxruntime and ``net`` with PyTorch on random ``(b, 3, height, width)`` inputs for each
-    ``b`` in ``batches``; return the max absolute difference, raising :class:`ExportError` above :data:`TOLERANCE`."""
+    ``b`` in ``batches``; return the max absolute difference, raising :class:`ExportError` when it exceeds
+    :data:`TOLERANCE` times ``max(1, max |PyTorch feature|)`` (unnormalised features of a full-size model are large,
+    and float32 rounding grows with them)."""
     ort = _onnxruntime()
     try:
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - any onnxruntime load failure names the file
         raise ExportError(f"{path}: onnxruntime cannot load the exported graph: {e}") from None
     gen = torch.Generator().manual_seed(seed)
-    worst = 0.0
+    worst = scale = 0.0
     net = net.eval()
     for b in batches:
         x = torch.randn(b, 3, height, width, generator=gen)
@@ -85,8 +87,11 @@ def verify_onnx(net: nn.Module, path: str, height: int, width: int, batches: Seq
         if got.shape != want.shape:
             raise ExportError(f"{path}: ONNX output shape {got.shape} != PyTorch {want.shape} for batch {b}")
         worst = max(worst, float(np.abs(got - want).max()))
-    if not worst <= TOLERANCE:
-        raise ExportError(f"{path}: ONNX output differs from PyTorch by {worst:.3g} (max abs), over {TOLERANCE:g}")
+        scale = max(scale, float(np.abs(want).max()))
+    limit = TOLERANCE * max(1.0, scale)
+    if not worst <= limit:
+        raise ExportError(f"{path}: ONNX output differs from PyTorch by {worst:.3g} (max abs), over {limit:.3g} "
+                          f"({TOLERANCE:g} x max(1, largest feature value {scale:.3g}))")
     return worst
 
 
