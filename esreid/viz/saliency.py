@@ -90,5 +90,6 @@ def visualize_main(argv: Optional[List[str]] = None) -> int:
     layer = args.layer or default_layer(model)
     m_q, m_g, s = cgram_pair(model, layer, x[:1], x[1:])
     save_pair_figure(raw[0], raw[1], m_q[0], m_g[0], args.out, float(s[0]))
-    print(f"S(query, gallery) = {float(s[0]):.4f}; CG-RAM at '{layer}' written to {args.out}")
+    print(f"S(query, gallery) = {float(s[0]):.4f} (cosine of the unflipped features, eq. 2); CG-RAM at '{layer}' "
+          f"written to {args.out}")
     return 0
