@@ -65,3 +65,25 @@ def test_missing_pretrained_weights_are_reported(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text(f"data:\n  root: {tmp_path / 'data'}\noutput_dir: {tmp_path / 'o'}\n")
     assert main(argv) == 2
     assert "/nowhere/resnet.pth" in capsys.readouterr().err
+
+
+def test_datasets_cache_builds_what_training_reads(tmp_path, capsys):
+    args = '{"num_train_ids": 6, "num_test_ids": 4, "images_per_id": 4, "height": 32, "width": 16}'
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  name: synthetic\n  root: {tmp_path / 'data'}\n  args: {args}\n  height: 16\n"
+                   f"  width: 8\n  cache: true\n  ids_per_batch: 2\n  workers: 0\n")
+    assert main(["datasets", "cache", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "train:" in out and "gallery:" in out
+    cache_dir = tmp_path / "data" / ".esreid_cache"
+    built = sorted(p.name for p in cache_dir.iterdir())
+    assert len([n for n in built if n.endswith(".u8")]) == 3
+
+    from esreid.config import load_config
+    from esreid.data.base import build_dataset
+    from esreid.data.loader import build_train_loader
+
+    c = load_config(str(cfg))
+    ds = build_dataset(c.data.name, c.data.root, **c.data.args)
+    build_train_loader(c.data, ds.train)  # reuses the cache: no new files
+    assert sorted(p.name for p in cache_dir.iterdir()) == built

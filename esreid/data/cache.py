@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from esreid.data.base import DatasetError, ImageItem, ReIDDataset
+from esreid.data.base import DatasetError, ImageItem
 from esreid.data.transforms import decode_resize
 
 CACHE_VERSION = 1
@@ -135,9 +135,3 @@ def _build(paths: Sequence[str], height: int, width: int, array_path: str, index
             if os.path.exists(tmp):
                 os.remove(tmp)
     return bad
-
-
-def build_cache(dataset: ReIDDataset, height: int, width: int, cache_dir: str) -> Dict[str, CacheSource]:
-    """Build (or refresh) the caches of every non-empty split of ``dataset``; ``{split: source}``."""
-    splits = {"train": dataset.train, "query": dataset.query, "gallery": dataset.gallery}
-    return {s: build_cache_source(items, height, width, cache_dir) for s, items in splits.items() if items}
