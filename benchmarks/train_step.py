@@ -30,10 +30,12 @@ from esreid.models.esnet import ESNet, ESNetConfig
 
 
 def make_step(model: torch.nn.Module, images: torch.Tensor, pids: torch.Tensor, device: torch.device,
-              amp: str) -> Callable[[], float]:
-    """A closure running one optimisation step and returning its wall time in seconds (synchronised on CUDA)."""
+              amp: str, compile_model: bool = False) -> Callable[[], float]:
+    """A closure running one optimisation step and returning its wall time in seconds (synchronised on CUDA).
+    With ``compile_model`` the forward runs through ``torch.compile`` (compiled during the warm-up steps)."""
     opt = build_optimizer(model, SolverConfig())
     model.train()
+    forward = torch.compile(model) if compile_model else model
 
     def step() -> float:
         if device.type == "cuda":
@@ -41,7 +43,7 @@ def make_step(model: torch.nn.Module, images: torch.Tensor, pids: torch.Tensor, 
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with autocast(device, amp):
-            loss = sum(model(images, pids).values())
+            loss = sum(forward(images, pids).values())
         loss.backward()
         opt.step()
         if device.type == "cuda":
@@ -71,12 +73,16 @@ def main() -> None:
     p.add_argument("--block", type=int, default=1, help="consecutive steps of one model before switching")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--channels-last", action="store_true", help="models and images in channels_last memory format")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models (warm-up steps compile)")
     args = p.parse_args()
 
     device = torch.device(args.device)
     torch.manual_seed(0)
     batch = args.ids * args.instances
     images = torch.randn(batch, 3, args.height, args.width, device=device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    images = images.contiguous(memory_format=memory_format)
     pids = torch.arange(args.ids, device=device).repeat_interleave(args.instances)
     common = dict(backbone=args.backbone, last_stride=1)
     models = {
@@ -85,15 +91,16 @@ def main() -> None:
     }
     print(f"hardware: {hardware(device)}")
     print(f"setting: {args.backbone}, {args.height}x{args.width}, batch {batch} ({args.ids}x{args.instances}), "
-          f"amp {args.amp}, ES-Net shared_until={args.shared_until}, R=0.2 P=0.5")
+          f"amp {args.amp}, channels_last {args.channels_last}, compile {args.compile}, "
+          f"ES-Net shared_until={args.shared_until}, R=0.2 P=0.5")
 
     steps: Dict[str, Callable[[], float]] = {}
     memory: Dict[str, float] = {}
     for name, model in models.items():  # warm-up, baseline first so its CPU peak RSS is its own
-        model.to(device)
+        model.to(device, memory_format=memory_format)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        steps[name] = make_step(model, images, pids, device, args.amp)
+        steps[name] = make_step(model, images, pids, device, args.amp, args.compile)
         for _ in range(args.warmup):
             steps[name]()
         memory[name] = peak_memory_mb(device)

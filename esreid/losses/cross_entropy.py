@@ -21,9 +21,11 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: 
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     n = logits.shape[1]
-    lo, hi = int(targets.min()), int(targets.max())
-    if lo < 0 or hi >= n:
-        raise ValueError(f"cross_entropy: target ids must be in [0, {n}) (number of classes), got range [{lo}, {hi}]")
+    if not torch.compiler.is_compiling():  # the range check reads values back (a graph break under torch.compile)
+        lo, hi = int(targets.min()), int(targets.max())
+        if lo < 0 or hi >= n:
+            raise ValueError(f"cross_entropy: target ids must be in [0, {n}) (number of classes), "
+                             f"got range [{lo}, {hi}]")
     log_p = torch.log_softmax(logits.float(), dim=1)
     nll = -log_p.gather(1, targets[:, None]).squeeze(1)  # -log p_y
     uniform = -log_p.mean(dim=1)  # -(1/N) Σ_c log p_c
