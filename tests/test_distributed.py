@@ -2,12 +2,13 @@
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from test_engine import tiny_config
 
-from esreid.config import load_config
 from esreid.engine.trainer import Trainer
 
 
@@ -21,13 +22,7 @@ def _worker(rank: int, world: int, port: int, tmp: str, name: str) -> None:
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    args = '{"num_train_ids": 16, "num_test_ids": 8, "images_per_id": 6, "height": 64, "width": 32}'
-    cfg = load_config(None, [
-        "data.name=synthetic", f"data.root={tmp}/data", f"data.args={args}", "data.height=32", "data.width=16",
-        "data.ids_per_batch=4", "data.instances=2", "data.workers=0", f"model.name={name}",
-        "model.backbone=resnet_tiny", "solver.epochs=2", "solver.warmup_epochs=1", "solver.milestones=[1]",
-        "test.eval_period=1", "device=cpu", "checkpoint_period=0", f"output_dir={tmp}/run",
-    ])
+    cfg = tiny_config(Path(tmp), name, epochs=2, out="run", extra=["checkpoint_period=0"])
     trainer = Trainer(cfg, progress=False, log=lambda s: None)
     assert len(trainer.train_loader) == len(trainer.train_loader.batch_sampler) and trainer.dist.world_size == world
     trainer.train()
