@@ -18,8 +18,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
+from esreid.errors import EsreidError
 
-class ConfigError(ValueError):
+
+class ConfigError(EsreidError, ValueError):
     """A config file or override is wrong; the message names the key and where it came from."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
+from esreid.errors import EsreidError
 from esreid.registry import Registry
 
 DATASETS = Registry("dataset")
@@ -21,7 +22,7 @@ class ImageItem(NamedTuple):
     camid: int  # 0-based camera id
 
 
-class DatasetError(ValueError):
+class DatasetError(EsreidError, ValueError):
     """A dataset could not be read; the message names the path, what was expected and where it looked."""
 
 

@@ -15,10 +15,12 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from esreid.errors import EsreidError
+
 FORMAT = "esreid-checkpoint-v1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EsreidError, ValueError):
     """A checkpoint (or ImageNet weights file) could not be read or does not fit the model; the message names the
     file and the offending keys."""
 
