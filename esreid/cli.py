@@ -19,7 +19,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from esreid.config import load_config
-    from esreid.engine.trainer import Trainer, format_metrics
+    from esreid.engine.hooks import format_metrics
+    from esreid.engine.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
@@ -33,13 +34,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from esreid.data.base import build_dataset
     from esreid.engine.checkpoint import load_trained_model
     from esreid.engine.evaluator import evaluate_model
-    from esreid.engine.trainer import format_metrics, resolve_device
+    from esreid.engine.hooks import format_metrics
+    from esreid.engine.trainer import resolve_device
 
     cfg = load_config(args.config, args.overrides)
     device = resolve_device(cfg.device)
     dataset = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.args)
     print(dataset.summary())
-    model = load_trained_model(cfg, args.weights, default_classes=dataset.num_train_pids).to(device)
+    model = load_trained_model(cfg, args.weights).to(device)
     metrics = evaluate_model(model, dataset, cfg, device)
     print(format_metrics(metrics, "eval"))
     if args.json:

@@ -1,10 +1,10 @@
 """Deployment: ONNX export of a trained model (``esreid export``) and split features as ``.npz`` (``esreid extract``).
 
 The exported graph maps a normalised float32 image batch ``(B, 3, H, W)`` to the evaluator's retrieval feature
-``(B, D)``: per-branch post-BN features, the flip-sum when the config's ``test.flip`` is on (in the graph, so the ONNX
-model alone gives the features ``esreid eval`` ranks with; ``test.flip=false`` exports a graph half the cost),
-per-branch L2 normalisation when ``test.normalize`` is on, concatenation (:func:`~esreid.engine.evaluator.
-combine_branches`). Uint8 decoding, resizing and the mean/std normalisation stay outside the graph
+``(B, D)`` by the model's retrieval rule (:meth:`~esreid.models.base.ReIDModel.retrieval_features`): per-branch
+features, the flip-sum when the rule flips (in the graph, so the ONNX model alone gives the features ``esreid eval``
+ranks with; ``test.flip=false`` exports a graph half the cost), per-branch L2 normalisation when it normalises,
+concatenation. Uint8 decoding, resizing and the mean/std normalisation stay outside the graph
 (:class:`~esreid.data.transforms.TestTransform`). The graph always runs in float32: ``solver.amp`` is not exported.
 
 Exporter: torch's TorchScript-based exporter (``dynamo=False``). It needs only ``onnx`` (the ``esreid[onnx]``
@@ -113,7 +113,8 @@ def export_main(argv: Optional[List[str]] = None) -> int:
 
     cfg = load_config(args.config, args.overrides)
     height, width = args.height or cfg.data.height, args.width or cfg.data.width
-    net = RetrievalModel(load_trained_model(cfg, args.weights), cfg.test.flip, cfg.test.normalize)
+    model = load_trained_model(cfg, args.weights)
+    net = RetrievalModel(model)
     export_onnx(net, args.out, height, width, args.opset, args.dynamic_batch, batch=2 if args.dynamic_batch else 1)
     try:
         diff = verify_onnx(net, args.out, height, width, batches=(2, 3) if args.dynamic_batch else (1,))
@@ -121,7 +122,9 @@ def export_main(argv: Optional[List[str]] = None) -> int:
         print(f"esreid export: error: {e}")
         return 1
     shape = ("B" if args.dynamic_batch else "1", 3, height, width)
-    print(f"wrote {args.out}: images {shape} -> feats (flip={cfg.test.flip}, normalize={cfg.test.normalize}); "
+    rule = model.retrieval
+    print(f"wrote {args.out}: images {shape} -> feats (flip={rule.flip}, normalize={rule.normalize}, "
+          f"metric={rule.metric}); "
           f"onnxruntime vs PyTorch max abs diff {diff:.3g}")
     return 0
 
@@ -144,7 +147,7 @@ def extract_split(model: nn.Module, dataset, cfg, split: str) -> Tuple[np.ndarra
     device = resolve_device(cfg.device)
     model.to(device)
     feats, pids, camids = extract_features(model, build_test_loader(cfg.data, items), device, TestTransform(cfg.data),
-                                           cfg.test.flip, cfg.test.normalize, cfg.solver.amp)
+                                           cfg.solver.amp)
     paths = np.array([item.path for item in items], dtype=str)
     return feats.numpy().astype(np.float32), pids.numpy().astype(np.int64), camids.numpy().astype(np.int64), paths
 
@@ -168,7 +171,7 @@ def extract_main(argv: Optional[List[str]] = None) -> int:
 
     cfg = load_config(args.config, args.overrides)
     dataset = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.args)
-    model = load_trained_model(cfg, args.weights, default_classes=dataset.num_train_pids)
+    model = load_trained_model(cfg, args.weights)
     feats, pids, camids, paths = extract_split(model, dataset, cfg, args.split)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.savez(args.out, feats=feats, ids=pids, camids=camids, paths=paths)

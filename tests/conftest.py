@@ -1,5 +1,125 @@
-"""Test-wide settings: one intra-op thread (tiny tensors run fastest that way and results are reproducible)."""
+"""Test-wide settings and shared fixtures.
 
+One intra-op thread (tiny tensors run fastest that way and results are reproducible). Shared helpers are fixtures
+here, never imported from another test module: ``tiny_config`` (a factory of tiny synthetic-data training configs)
+and ``layouts`` (writers of the real dataset layouts with their quirks).
+"""
+
+import os
+from types import SimpleNamespace
+
+import pytest
 import torch
+from PIL import Image
+
+from esreid.config import load_config
 
 torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tiny training runs
+# --------------------------------------------------------------------------------------------------------------
+TINY_DATA = '{"num_train_ids": 16, "num_test_ids": 8, "images_per_id": 6, "height": 64, "width": 32}'
+
+
+def make_tiny_config(root, name="baseline", epochs=2, out="run", extra=()):
+    """A config training ``name`` on a tiny resnet at 32x16 on 16 synthetic ids (generated under ``root/data``),
+    4 x 2 batches, evaluating and checkpointing every epoch into ``root/out``."""
+    return load_config(None, [
+        "data.name=synthetic", f"data.root={os.path.join(str(root), 'data')}", f"data.args={TINY_DATA}",
+        "data.height=32", "data.width=16", "data.ids_per_batch=4", "data.instances=2", "data.workers=0",
+        f"model.name={name}", "model.backbone=resnet_tiny", f"solver.epochs={epochs}", "solver.warmup_epochs=1",
+        "solver.milestones=[1]", "solver.lr=1e-3", "test.eval_period=1", "device=cpu", "log_period=1",
+        "checkpoint_period=1", f"output_dir={os.path.join(str(root), out)}", *extra,
+    ])
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """``tiny_config(name="baseline", epochs=2, out="run", extra=(), root=tmp_path)`` -> a loaded Config."""
+
+    def make(name="baseline", epochs=2, out="run", extra=(), root=None):
+        return make_tiny_config(root if root is not None else tmp_path, name, epochs, out, extra)
+
+    return make
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Dataset layouts
+# --------------------------------------------------------------------------------------------------------------
+def write_image(path, size=(4, 8)):
+    """A tiny valid image (width, height) at ``path``; the format follows the extension."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new("RGB", size, (len(path) % 256, 80, 160)).save(path)
+
+
+def write_files(folder, names):
+    """Images (by extension) and junk files (anything else) named ``names`` in ``folder``."""
+    for name in names:
+        path = os.path.join(folder, name)
+        if name.lower().endswith((".jpg", ".jpeg", ".png")):
+            write_image(path)
+        else:
+            os.makedirs(folder, exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(b"\x00junk")
+
+
+def make_layout(root, prefix, layout):
+    """``layout`` = {folder: file names} written under ``root/prefix``; returns that folder."""
+    for folder, names in layout.items():
+        write_files(os.path.join(root, prefix, folder), names)
+    return os.path.join(root, prefix)
+
+
+MARKET = {
+    "bounding_box_train": ["0002_c1s1_000451_03.jpg", "0002_c2s1_000301_01.jpg", "0007_c3s3_077419_03.jpg",
+                           "1500_c6s4_002202_01.jpg", "Thumbs.db"],
+    "query": ["0002_c5s1_000401_01.jpg", "0007_c6s3_076594_00.jpg"],
+    "bounding_box_test": ["0002_c1s1_001051_02.jpg", "-1_c1s1_000401_03.jpg", "0000_c3s2_023454_06.jpg",
+                          "0007_c2s3_070952_01.jpg", "Thumbs.db"],
+}
+DUKE = {
+    "bounding_box_train": ["0001_c2_f0046182.jpg", "0001_c6_f0160252.jpg", "0005_c8_f0001234.jpg", "Thumbs.db"],
+    "query": ["0001_c1_f0050000.jpg"],
+    "bounding_box_test": ["0001_c5_f0060000.jpg", "7140_c3_f0100000.jpg"],  # 7140: a gallery-only distractor id
+}
+VERI = {
+    "image_train": ["0002_c002_00030600_0.jpg", "0002_c003_00030605_1.jpg", "0776_c020_00000001_0.jpg"],
+    "image_query": ["0005_c010_00012345_0.jpg"],
+    "image_test": ["0005_c011_00012399_0.jpg", "0005_c001_00012000_0.jpg", "readme.txt"],
+}
+VEHICLEID_TRAIN = ["0000001 10", "0000002 10", "0000003 42"]
+VEHICLEID_TESTS = {800: ["0000100 7", "0000101 7", "0000102 8"], 1600: ["0000100 7", "0000103 9"],
+                   2400: ["0000104 11"]}
+
+
+def make_market(root, prefix="market1501/Market-1501-v15.09.15"):
+    return make_layout(root, prefix, MARKET)
+
+
+def make_vehicleid(root, prefix="VehicleID_V1.0"):
+    base = os.path.join(root, prefix)
+    names = {line.split()[0] + ".jpg" for lines in [VEHICLEID_TRAIN, *VEHICLEID_TESTS.values()] for line in lines}
+    write_files(os.path.join(base, "image"), sorted(names) + ["Thumbs.db"])
+    split_dir = os.path.join(base, "train_test_split")
+    os.makedirs(split_dir)
+    lists = [("train_list.txt", VEHICLEID_TRAIN)] + [(f"test_list_{n}.txt", v) for n, v in VEHICLEID_TESTS.items()]
+    for list_name, lines in lists:
+        with open(os.path.join(split_dir, list_name), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    return base
+
+
+def triples(items, base):
+    """(path relative to ``base``, pid, camid) of parsed items."""
+    return [(os.path.relpath(it.path, base), it.pid, it.camid) for it in items]
+
+
+@pytest.fixture
+def layouts():
+    """The layout writers and their file lists (module-level functions of this conftest)."""
+    return SimpleNamespace(write_image=write_image, write_files=write_files, make_layout=make_layout,
+                           make_market=make_market, make_vehicleid=make_vehicleid, triples=triples, MARKET=MARKET,
+                           DUKE=DUKE, VERI=VERI, VEHICLEID_TRAIN=VEHICLEID_TRAIN, VEHICLEID_TESTS=VEHICLEID_TESTS)

@@ -2,16 +2,12 @@
 
 import os
 
-from test_datasets_duke_veri import DUKE, make_layout
-from test_datasets_market import make_market
-from test_datasets_vehicleid import make_vehicleid
-
 from esreid.data.check import check_main
 
 
-def test_check_finds_and_summarises(tmp_path, capsys):
-    make_market(str(tmp_path))
-    make_vehicleid(str(tmp_path), "vehicleid")
+def test_check_finds_and_summarises(tmp_path, capsys, layouts):
+    layouts.make_market(str(tmp_path))
+    layouts.make_vehicleid(str(tmp_path), "vehicleid")
     assert check_main(str(tmp_path), verify_counts=False) == 0
     out = capsys.readouterr().out
     assert "--- market1501\n=> market1501 loaded" in out
@@ -24,8 +20,8 @@ def test_check_finds_and_summarises(tmp_path, capsys):
     assert "MISMATCH with the published counts: train: expected 751 ids / 12936 images, found 3 / 4" in out
 
 
-def test_check_reports_broken_layouts_and_empty_roots(tmp_path, capsys):
-    make_layout(str(tmp_path), "DukeMTMC-reID/DukeMTMC-reID", DUKE)  # extracted one level too deep
+def test_check_reports_broken_layouts_and_empty_roots(tmp_path, capsys, layouts):
+    layouts.make_layout(str(tmp_path), "DukeMTMC-reID/DukeMTMC-reID", layouts.DUKE)  # extracted one level too deep
     assert check_main(str(tmp_path), verify_counts=False) == 1
     out = capsys.readouterr().out
     assert "--- dukemtmcreid\n  ERROR: DukeMTMC-reID: no 'bounding_box_train'" in out

@@ -8,7 +8,6 @@ that is found but cannot be loaded is reported with its :class:`DatasetError` me
 from __future__ import annotations
 
 import os
-
 from typing import Any, Dict, List, Tuple
 
 import esreid.data.datasets  # noqa: F401  (registers the loaders)

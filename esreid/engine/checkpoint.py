@@ -1,12 +1,14 @@
 """Checkpoints: everything needed to resume exactly, written atomically, loaded with ``weights_only=True``.
 
-A checkpoint is a dict ``{format, model, optimizer, scheduler, scaler, epoch, rng, config, metrics}``. Files are written
+A checkpoint is a dict ``{format, model, optimizer, scheduler, scaler, epoch, num_classes, rng, generators, config,
+metrics}``. Files are written
 to a temporary name in the same folder and moved into place with ``os.replace``, so an interrupted save never leaves a
 half-written file and never destroys the previous one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import tempfile
@@ -15,14 +17,9 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-from esreid.errors import EsreidError
+from esreid.errors import CheckpointError
 
 FORMAT = "esreid-checkpoint-v1"
-
-
-class CheckpointError(EsreidError, ValueError):
-    """A checkpoint (or ImageNet weights file) could not be read or does not fit the model; the message names the
-    file and the offending keys."""
 
 
 def rng_state() -> Dict[str, Any]:
@@ -72,8 +69,9 @@ def atomic_save(obj: Any, path: str) -> None:
 def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, config: Dict[str, Any],
                     optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None, scaler: Any = None,
                     metrics: Optional[Dict[str, Any]] = None,
-                    generators: Optional[Dict[str, torch.Generator]] = None) -> None:
-    """Save a full training checkpoint; ``generators`` are extra named RNGs (augmentation, BESM coin flips)."""
+                    generators: Optional[Dict[str, torch.Generator]] = None, num_classes: Optional[int] = None) -> None:
+    """Save a full training checkpoint; ``generators`` are extra named RNGs (augmentation, BESM coin flips),
+    ``num_classes`` the size of the model's classifiers (what inference builds the model with)."""
     state = {
         "format": FORMAT,
         "model": unwrap(model).state_dict(),
@@ -81,6 +79,7 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, config: Di
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "epoch": epoch,
+        "num_classes": num_classes,
         "rng": rng_state(),
         "generators": {k: g.get_state() for k, g in (generators or {}).items()},
         "config": config,
@@ -126,26 +125,24 @@ def load_model_weights(model: torch.nn.Module, state: Dict[str, Any], path: str)
     unwrap(model).load_state_dict(weights, strict=True)
 
 
-# Weight names of the id classifiers (N, C) / (N, C, 1, 1): ``*classifier`` (BNNeck, BDB, PMM) and AELM's IFCN
-# 1x1-conv heads ``head_a`` / ``head_b``; tests/test_export.py checks every registered model against this list.
-CLASSIFIER_WEIGHTS = ("classifier.weight", "head_a.weight", "head_b.weight")
+def load_trained_model(cfg: Any, weights: str) -> torch.nn.Module:
+    """Build ``cfg.model`` (with ``cfg.test``'s retrieval overrides) without ImageNet weights (the file replaces
+    every weight) for the number of classes the file records, and load ``weights`` strictly. CPU, eval mode.
 
-
-def classifier_size(weights: Dict[str, torch.Tensor], default: int) -> int:
-    """Number of training ids the weights' classifier was built for (``default`` when there is none or several)."""
-    sizes = {v.shape[0] for k, v in weights.items() if k.endswith(CLASSIFIER_WEIGHTS) and v.dim() in (2, 4)}
-    return sizes.pop() if len(sizes) == 1 else default
-
-
-def load_trained_model(cfg: Any, weights: str, default_classes: int = 1) -> torch.nn.Module:
-    """Build ``cfg.model`` without ImageNet weights (the file replaces every weight) and load ``weights`` strictly;
-    the classifier size is read from the file (``default_classes`` when it has none). CPU, eval mode."""
-    import dataclasses
-
-    from esreid.models import build_model  # late import: models import this module for CheckpointError
+    Files without a recorded class count (esreid 0.1 checkpoints, bare state dicts) get it from the shapes of their
+    classifier weights (:func:`~esreid.models.base.infer_num_classes`)."""
+    from esreid.models import build_model  # late import: the engine sits above the models
+    from esreid.models.base import infer_num_classes
 
     state = load_checkpoint(weights, map_location="cpu")
-    model = build_model(dataclasses.replace(cfg.model, pretrained=""), classifier_size(state["model"], default_classes))
+    model_cfg = dataclasses.replace(cfg.model, pretrained="")
+    num_classes = state.get("num_classes")
+    if num_classes is None:
+        try:
+            num_classes = infer_num_classes(lambda n: build_model(model_cfg, n), state["model"])
+        except ValueError as e:
+            raise CheckpointError(f"{weights}: {e}") from None
+    model = build_model(model_cfg, int(num_classes), cfg.test)
     load_model_weights(model, state, weights)
     return model.eval()
 

@@ -13,7 +13,9 @@ Every entry is ``fn(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric, ap_mo
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,6 +28,32 @@ from esreid.registry import Registry
 PROTOCOLS = Registry("protocol")
 
 
+@dataclass(frozen=True)
+class Options:
+    """The ``test.protocol_args`` a protocol accepts: ``name -> (type, smallest value or None)``; every protocol also
+    accepts :data:`COMMON_OPTIONS`. Checked when the config is loaded (:meth:`problem`)."""
+
+    fields: Dict[str, Tuple[type, Optional[float]]]
+
+    def problem(self, args: Dict[str, Any], protocol: str) -> Optional[str]:
+        """What is wrong with ``args`` for ``protocol`` (None when nothing)."""
+        fields = {**COMMON_OPTIONS, **self.fields}
+        for key, value in args.items():
+            if key not in fields:
+                return f"protocol {protocol!r} has no option {key!r}; it accepts: {', '.join(sorted(fields))}"
+            tp, low = fields[key]
+            ok = isinstance(value, tp) and not isinstance(value, bool) if tp is not float else (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+            if not ok:
+                return f"option {key!r} of protocol {protocol!r}: expected {tp.__name__}, got {value!r}"
+            if low is not None and value < low:
+                return f"option {key!r} of protocol {protocol!r}: expected a value >= {low:g}, got {value!r}"
+        return None
+
+
+COMMON_OPTIONS = {"memory_budget_mb": (float, 1.0), "chunk_size": (int, 1), "device": (str, None)}
+
+
 def distance_chunks(qf, gf, *, metric: str, rerank: bool, memory_budget_mb: float = 512,
                     chunk_size: Optional[int] = None, device=None) -> DistanceChunks:
     """Chunked distances from features, through k-reciprocal re-ranking first when ``rerank``."""
@@ -36,7 +64,7 @@ def distance_chunks(qf, gf, *, metric: str, rerank: bool, memory_budget_mb: floa
                           device=device)
 
 
-@PROTOCOLS.register("market")
+@PROTOCOLS.register("market", options=Options({}))
 def market(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric: str = "cosine", ap_mode: str = "anchor",
            rerank: bool = False, ranks: Sequence[int] = (1, 5, 10, 20), **options: Any) -> Dict[str, Any]:
     chunks = distance_chunks(qf, gf, metric=metric, rerank=rerank, **options)
@@ -66,7 +94,7 @@ def _sgs_first_hits(dist, q_pids, q_cams, g_pids, g_cams, same_pid, u, drawn) ->
     return torch.where(pos.any(1), before.sum(1) + 1, 0)
 
 
-@PROTOCOLS.register("cuhk03_sgs")
+@PROTOCOLS.register("cuhk03_sgs", options=Options({"num_repeats": (int, 1), "seed": (int, 0)}))
 def cuhk03_sgs(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric: str = "cosine", ap_mode: str = "anchor",
                rerank: bool = False, ranks: Sequence[int] = (1, 5, 10, 20), num_repeats: int = 10, seed: int = 0,
                **options: Any) -> Dict[str, Any]:
@@ -92,7 +120,7 @@ def cuhk03_sgs(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric: str = "cos
     return {**out, "num_valid_q": full.num_valid_q, "num_skipped_q": full.num_skipped_q, "num_repeats": num_repeats}
 
 
-@PROTOCOLS.register("vehicleid")
+@PROTOCOLS.register("vehicleid", options=Options({"trials": (int, 1), "base_seed": (int, 0)}))
 def vehicleid(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric: str = "cosine", ap_mode: str = "anchor",
               rerank: bool = False, ranks: Sequence[int] = (1, 5, 10), trials: int = 10, base_seed: int = 0,
               **options: Any) -> Dict[str, Any]:

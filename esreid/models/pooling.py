@@ -1,14 +1,15 @@
 """Global pooling of a feature map ``(B, C, H, W) -> (B, C)``: GAP, GMP, GeM and ES-Net's P-pooling.
 
-Chosen by name through the ``POOLING`` registry (:func:`build_pooling`). Poolings with a learnable exponent are
-registered with ``exponent=True`` and take ``init``; they implement ``no_weight_decay()`` (names of the exponent
-parameters, relative to the module) and ``stats()`` (the current exponent, for logging).
+Chosen by name through the ``POOLING`` registry (:func:`build_pooling`). Every pooling is a :class:`Pool`:
+``no_weight_decay()`` names its parameters that get no weight decay (relative to the module) and ``stats()`` its
+values worth logging; both are empty except for the poolings with a learnable exponent, which are registered with
+``exponent=True`` and take ``init``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Set, Union
+from typing import Dict, Set, Union
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +50,20 @@ def lehmer_pool(x: torch.Tensor, l: Union[torch.Tensor, float], eps: float = 1e-
         return m.squeeze(2) * num / den  # eq. 6
 
 
+class Pool(nn.Module):
+    """Base of the global poolings: ``forward((B, C, H, W)) -> (B, C)``."""
+
+    def no_weight_decay(self) -> Set[str]:
+        """Parameter names (relative to this module) excluded from weight decay."""
+        return set()
+
+    def stats(self) -> Dict[str, float]:
+        """Values to log, e.g. ``{"l": 3.2}`` for P-pooling."""
+        return {}
+
+
 @POOLING.register("gap")
-class GAP(nn.Module):
+class GAP(Pool):
     """Global average pooling: ``mean_{h,w} x``. ``(B, C, H, W) -> (B, C)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +72,7 @@ class GAP(nn.Module):
 
 
 @POOLING.register("gmp")
-class GMP(nn.Module):
+class GMP(Pool):
     """Global max pooling: ``max_{h,w} x``. ``(B, C, H, W) -> (B, C)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,7 +84,7 @@ def _inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))  # log(exp(y) - 1), stable for large y
 
 
-class _ExponentPool(nn.Module):
+class _ExponentPool(Pool):
     """Shared parametrisation of a learnable exponent kept above a floor: ``value = floor + softplus(raw)``.
 
     Softplus rather than clamping: a clamped exponent that crosses the floor gets zero gradient and stays stuck
@@ -132,17 +145,8 @@ class PPool(_ExponentPool):
         return lehmer_pool(x, self.exponent, self.eps)
 
 
-def build_pooling(name: str, **kwargs: Any) -> nn.Module:
-    """Instantiate pooling ``name`` (``gap | gmp | gem | ppool``); ``init=`` is accepted by ``gem`` and ``ppool``."""
+def build_pooling(name: str, init: float = 3.0) -> Pool:
+    """Pooling ``name`` (``POOLING.names()``); ``init`` is the initial exponent of a learnable-exponent pooling
+    (gem / ppool) and is ignored by the others. Config values are checked when the config is loaded."""
     cls = POOLING.get(name)
-    if kwargs and not POOLING.meta(name).get("exponent"):
-        raise ValueError(f"pooling {name!r} takes no options, got {sorted(kwargs)}")
-    return cls(**kwargs)
-
-
-def pooling_for(name: str, init: float, key: str) -> nn.Module:
-    """The pooling a model config asks for: ``init`` goes to learnable-exponent poolings (gem / ppool) only;
-    an unknown ``name`` raises an error naming the config ``key``."""
-    if name not in POOLING:
-        raise ValueError(f"{key}: unknown pooling {name!r}; expected one of {POOLING.names()}")
-    return build_pooling(name, init=init) if POOLING.meta(name).get("exponent") else build_pooling(name)
+    return cls(init=init) if POOLING.meta(name).get("exponent") else cls()

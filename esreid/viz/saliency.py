@@ -13,7 +13,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 
 def upsample_map(m: Tensor, size: tuple) -> np.ndarray:
@@ -51,18 +51,6 @@ def save_pair_figure(
     fig.savefig(out, format="png", dpi=100, bbox_inches="tight")
 
 
-def default_layer(model: nn.Module) -> str:
-    """The model's CG-RAM layer: ``model.cgram_layer`` (ES-Net: the ESB's res_conv5) or the last ResNet stage named
-    ``layer4`` (an ``nn.Sequential`` of blocks: AELM's train-only erasing head ``heads.layer4`` is not one)."""
-    name = getattr(model, "cgram_layer", None)
-    if name:
-        return name
-    names = [n for n, m in model.named_modules() if n.split(".")[-1] == "layer4" and isinstance(m, nn.Sequential)]
-    if not names:
-        raise ValueError(f"{type(model).__name__} has no ResNet stage named 'layer4'; pass --layer")
-    return names[-1]
-
-
 def visualize_main(argv: Optional[List[str]] = None) -> int:
     """``esreid visualize``: CG-RAM maps of a (query, gallery) pair for a trained model, saved as a PNG."""
     from esreid.config import load_config
@@ -87,9 +75,11 @@ def visualize_main(argv: Optional[List[str]] = None) -> int:
     model.to(device).eval()
     raw = torch.stack([decode_resize(path, cfg.data.height, cfg.data.width) for path in (args.query, args.gallery)])
     x = TestTransform(cfg.data)(raw.to(device))
-    layer = args.layer or default_layer(model)
-    m_q, m_g, s = cgram_pair(model, layer, x[:1], x[1:])
+    layer = args.layer or model.saliency_layer
+    m_q, m_g, s = cgram_pair(model, x[:1], x[1:], layer)
     save_pair_figure(raw[0], raw[1], m_q[0], m_g[0], args.out, float(s[0]))
-    print(f"S(query, gallery) = {float(s[0]):.4f} (cosine of the unflipped features, eq. 2); CG-RAM at '{layer}' "
-          f"written to {args.out}")
+    rule = model.retrieval
+    what = "cosine (eq. 2)" if rule.metric == "cosine" else "minus the squared Euclidean distance"
+    print(f"S(query, gallery) = {float(s[0]):.4f}, the {what} of the ranked features (flip={rule.flip}, "
+          f"normalize={rule.normalize}); CG-RAM at '{layer}' written to {args.out}")
     return 0

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from typing import Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import numpy as np
 import scipy.io
@@ -156,11 +156,15 @@ class CUHK03(ReIDDataset):
         if not os.path.isdir(image_dir):
             extract_images(os.path.join(self.data_dir, "cuhk03_release", "cuhk-03.mat"), kind, image_dir)
         train, query, gallery = read_split(os.path.join(self.data_dir, config), image_dir)
-        self.protocol = "cuhk03_sgs" if sgs else "market"
+        self.protocol = self.protocol_name({"sgs": sgs})
         self.published = self.published_by_kind[kind]
         self.ignored_files = 0
         super().__init__(relabel(train), query, gallery)
         announce(self, verbose)
+
+    @classmethod
+    def protocol_name(cls, options: Dict[str, Any]) -> str:
+        return "cuhk03_sgs" if options.get("sgs") else "market"
 
     @classmethod
     def probe(cls, root: str) -> bool:

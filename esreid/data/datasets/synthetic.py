@@ -24,11 +24,12 @@ it with :class:`~esreid.data.datasets.market1501.Market1501`.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -425,6 +426,24 @@ class SyntheticMarket(Market1501):
 
     name = "synthetic"
     title = "Synthetic Market-1501"
+
+    @classmethod
+    def check_options(cls, options: Dict[str, Any]) -> Optional[str]:
+        """Options are :func:`generate_synthetic_market`'s keyword arguments, with their types and ranges."""
+        params = inspect.signature(generate_synthetic_market).parameters
+        unknown = sorted(set(options) - set(params) - {"root"}) + sorted(set(options) & {"root"})
+        if unknown:
+            return f"unknown option(s) {unknown}; it accepts: {', '.join(p for p in params if p != 'root')}"
+        for key, value in options.items():
+            if isinstance(value, bool) or not isinstance(value, type(params[key].default)):
+                return f"option {key!r}: expected {type(params[key].default).__name__}, got {value!r}"
+        bound = {k: p.default for k, p in params.items() if k != "root"} | options
+        try:
+            _check_params(bound["num_train_ids"], bound["num_test_ids"], bound["images_per_id"], bound["height"],
+                          bound["width"])
+        except ValueError as e:
+            return str(e)
+        return None
 
     def __init__(self, root: str, verbose: bool = True, **options: Any):
         folder = os.path.join(root, "synthetic")
