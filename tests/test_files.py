@@ -175,7 +175,8 @@ def test_ensure_free_space_compares_with_the_free_bytes(tmp_path, monkeypatch):
 
 def test_format_size():
     assert [files.format_size(n) for n in (0, 999, 1000, 1_250_000, 3 * 10**9, 7 * 10**15)] == [
-        "0 bytes", "999 bytes", "1.0 kB", "1.2 MB", "3.0 GB", "7000.0 TB"]
+        "0 bytes", "999 bytes", "1.0 kB (1000 bytes)", "1.2 MB (1250000 bytes)", "3.0 GB (3000000000 bytes)",
+        "7000.0 TB (7000000000000000 bytes)"]
 
 
 def test_remove_orphans_removes_only_dead_or_old_temporaries(tmp_path):

@@ -67,14 +67,15 @@ def temp_path(path: str) -> str:
 
 
 def format_size(nbytes: int) -> str:
-    """``nbytes`` for people: ``"512 bytes"``, ``"1.5 MB"``, ``"2.0 GB"`` (powers of 1000)."""
+    """``nbytes`` for people, exact too: ``"512 bytes"``, ``"1.5 MB (1500000 bytes)"`` (powers of 1000)."""
     if nbytes < 1000:
         return f"{nbytes} bytes"
+    scaled = float(nbytes)
     for unit in ("kB", "MB", "GB", "TB"):
-        nbytes /= 1000
-        if nbytes < 1000 or unit == "TB":
+        scaled /= 1000
+        if scaled < 1000 or unit == "TB":
             break
-    return f"{nbytes:.1f} {unit}"
+    return f"{scaled:.1f} {unit} ({nbytes} bytes)"
 
 
 @contextlib.contextmanager
@@ -202,8 +203,8 @@ def ensure_free_space(folder: str, nbytes: int, what: str) -> None:
     free = shutil.disk_usage(existing).free
     if free < nbytes:
         raise StorageError(
-            f"not enough free space in {folder} for {what}: needs {format_size(nbytes)} ({nbytes} bytes), "
-            f"{format_size(free)} ({free} bytes) free; free some space on that disk or choose a folder on another disk"
+            f"not enough free space in {folder} for {what}: needs {format_size(nbytes)}, {format_size(free)} free; "
+            "free some space on that disk or choose a folder on another disk"
         )
 
 
