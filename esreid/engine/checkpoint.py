@@ -114,12 +114,13 @@ def atomic_save(obj: Any, path: str) -> None:
 
 
 def tensor_bytes(obj: Any) -> int:
-    """Bytes of the tensor storages inside ``obj`` (nested dicts, lists, tuples), each shared storage counted once."""
+    """Bytes of the dense tensor storages inside ``obj`` (nested dicts, lists, tuples), each shared storage counted
+    once (sparse tensors are left out of this estimate)."""
     seen: Dict[int, int] = {}
     stack = [obj]
     while stack:
         x = stack.pop()
-        if isinstance(x, torch.Tensor):
+        if isinstance(x, torch.Tensor) and x.layout == torch.strided:
             storage = x.untyped_storage()
             seen[storage.data_ptr()] = storage.nbytes()
         elif isinstance(x, dict):
@@ -153,6 +154,8 @@ def verify_checkpoint(path: str) -> bool:
             sha256, left = hashlib.sha256(), size - FOOTER_SIZE
             while left:
                 chunk = f.read(min(left, 1 << 20))
+                if not chunk:  # shrunk while being read
+                    break
                 sha256.update(chunk)
                 left -= len(chunk)
     except OSError as e:
