@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, List
 
 import torch
 
-from esreid.engine.files import atomic_write_text
+from esreid.files import append_text, atomic_write_text, reported
 from esreid.registry import Registry
 
 if TYPE_CHECKING:
@@ -90,8 +90,7 @@ class JSONLWriter(HookBase):
             atomic_write_text(self.path, "".join(kept))
 
     def on_record(self, record: Dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.path, json.dumps(record) + "\n")
 
 
 def record_epoch(line: str) -> float:
@@ -109,14 +108,17 @@ class TensorBoardWriter(HookBase):
     def __init__(self, folder: str):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(folder)
+        self.folder = folder
+        with reported(folder):
+            self.writer = SummaryWriter(folder)
 
     def on_record(self, record: Dict[str, Any]) -> None:
         step = record.get("iter", record["epoch"])
-        for key, value in record.items():
-            if isinstance(value, float):
-                self.writer.add_scalar(f"{record['type']}/{key}", value, step)
-        self.writer.flush()
+        with reported(self.folder):
+            for key, value in record.items():
+                if isinstance(value, float):
+                    self.writer.add_scalar(f"{record['type']}/{key}", value, step)
+            self.writer.flush()
 
     def after_train(self) -> None:
         self.writer.close()

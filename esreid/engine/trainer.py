@@ -32,10 +32,10 @@ from esreid.engine.checkpoint import (
 )
 from esreid.engine.distributed import barrier, init_distributed
 from esreid.engine.evaluator import autocast, evaluate_model
-from esreid.engine.files import atomic_write_text
 from esreid.engine.preflight import check_test_data, check_training_data
 from esreid.engine.schedule import build_optimizer, build_scheduler
 from esreid.errors import ConfigError
+from esreid.files import atomic_write_text, check_writable, remove_orphans
 from esreid.models import build_model
 
 
@@ -85,6 +85,10 @@ class Trainer:
                 f"output_dir {self.out!r} already holds a run ({last}); pass --resume auto to continue it "
                 "or choose another output_dir (nothing was overwritten)"
             )
+        if main:
+            check_writable(self.out, "output_dir")
+            for orphan in remove_orphans(self.out):
+                self.log(f"removed {orphan} (a temporary file left by an interrupted write)")
         self.dataset = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.args)
         self.log(self.dataset.summary())
         check_training_data(cfg, self.dataset)
