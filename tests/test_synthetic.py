@@ -4,6 +4,11 @@ import hashlib
 import json
 import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -106,14 +111,74 @@ def test_idempotent_and_regenerates_on_change(tmp_path):
     with open(marker) as f:
         assert json.load(f)["params"]["num_train_ids"] == 5
     assert len({n[:4] for n in listing(root)["bounding_box_train"]}) == 5
+    assert os.listdir(tmp_path) == ["s"]  # the replaced dataset is gone, nothing left beside it
 
 
 def test_refuses_to_overwrite_foreign_data(tmp_path):
     os.makedirs(tmp_path / "query")
     with pytest.raises(DatasetError, match="refusing to overwrite"):
         generate_synthetic_market(str(tmp_path), **SMALL)
-    with pytest.raises(ValueError, match="images_per_id"):
+    assert os.listdir(tmp_path) == ["query"]
+    (tmp_path / "query").rmdir()
+    (tmp_path / "notes.txt").write_text("mine")  # any other content: the folder is not the generator's to replace
+    with pytest.raises(DatasetError, match="not empty"):
+        generate_synthetic_market(str(tmp_path), **SMALL)
+    assert os.listdir(tmp_path) == ["notes.txt"]
+    with pytest.raises(DatasetError, match="images_per_id"):
         generate_synthetic_market(str(tmp_path / "x"), **dict(SMALL, images_per_id=3))
+    root = tmp_path / "s"
+    generate_synthetic_market(str(root), **SMALL)
+    (root / "notes.txt").write_text("mine")  # regenerating replaces the folder: not with a file it did not write
+    with pytest.raises(DatasetError, match="notes.txt"):
+        generate_synthetic_market(str(root), **dict(SMALL, seed=1))
+    assert (root / "notes.txt").read_text() == "mine" and json.loads((root / "synthetic.json").read_text())
+
+
+KILLED = dict(num_train_ids=40, num_test_ids=20, images_per_id=10, seed=5, num_junk=5, num_distractors=5)
+
+
+def test_killed_generation_leaves_no_partial_dataset(tmp_path):
+    """SIGKILL a generating process midway: the root never appears half-written; the next call removes the dead
+    generator's folder and regenerates, byte-identical to an uninterrupted generation."""
+    root = tmp_path / "data" / "s"
+    code = (
+        "import sys; from esreid.data.datasets.synthetic import generate_synthetic_market as g; "
+        f"g(sys.argv[1], **{KILLED!r})"
+    )
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        written = 0
+        while written < 40 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+            written = sum(len(files) for _, _, files in os.walk(root.parent))
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert written >= 40, "the generator did not start writing (or finished before it was killed)"
+    assert proc.returncode == -signal.SIGKILL and not root.exists()
+    (partial,) = os.listdir(root.parent)  # what the killed generator left: a hidden folder beside the root
+    assert partial.startswith(".s.partial-")
+    info = generate_synthetic_market(str(root), **KILLED)
+    assert os.listdir(root.parent) == ["s"]
+    reference = tmp_path / "reference"
+    assert generate_synthetic_market(str(reference), **KILLED) == info
+    assert digest(str(root)) == digest(str(reference))
+
+
+def test_stale_folders_of_dead_generators_removed_live_ones_kept(tmp_path):
+    root = tmp_path / "s"
+    generate_synthetic_market(str(root), **SMALL)
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()  # reaped: its pid now belongs to no process (pids are not reused this fast)
+    host = socket.gethostname()
+    stale = [tmp_path / f".s.partial-{host}-{dead.pid}", tmp_path / f".s.old-{host}-{dead.pid}"]
+    kept = [tmp_path / f".s.partial-{host}-{os.getppid()}", tmp_path / f".s.partial-otherhost-{dead.pid}"]
+    for folder in stale + kept:
+        (folder / "query").mkdir(parents=True)
+    generate_synthetic_market(str(root), **SMALL)  # unchanged parameters: nothing generated, stale folders removed
+    assert sorted(os.listdir(tmp_path)) == sorted(["s"] + [k.name for k in kept])
 
 
 def test_identity_signal_nearest_neighbour_beats_chance(tmp_path):
