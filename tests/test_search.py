@@ -176,9 +176,8 @@ def test_search_json_and_npz_carry_every_column(files):
                                 "camid": int(files["camids"][2]), "distance": pytest.approx(0.0, abs=1e-6)}
     write_results(results, str(files["tmp"] / "top.npz"))
     with np.load(files["tmp"] / "top.npz") as f:
-        assert set(f.files) == {"dist", "rows", "paths", "pids", "camids", "query_paths", "query_pids",
-                                "query_camids"}
-        np.testing.assert_array_equal(f["pids"], files["pids"][f["rows"]])
+        assert set(f.files) == {"dist", "rows", "paths", "ids", "camids", "query_paths", "query_ids", "query_camids"}
+        np.testing.assert_array_equal(f["ids"], files["pids"][f["rows"]])
         np.testing.assert_array_equal(f["camids"], files["camids"][f["rows"]])
         np.testing.assert_array_equal(f["query_paths"], files["qpaths"])
 

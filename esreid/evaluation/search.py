@@ -23,9 +23,10 @@ extract`` writes them: ``feats`` (N, D) float, and optionally ``ids`` (N,) int (
 
 * ``.json``: ``{"index", "metric", "k", "queries": [<the dicts above>]}``;
 * ``.csv``: one line per match, columns :data:`CSV_COLUMNS` (empty where unknown);
-* ``.npz``: ``dist`` (M, k) float32 and ``rows`` (M, k) int64; ``paths`` (M, k) str, ``pids`` / ``camids`` (M, k)
-  int64 when the gallery file has them; ``query_paths`` / ``query_pids`` / ``query_camids`` (M,) when the query file
-  has them. Where an approximate index found fewer than k matches: row -1, dist inf, pid / camid -1, path "".
+* ``.npz``, with the key names of ``esreid extract``: ``dist`` (M, k) float32 and ``rows`` (M, k) int64; ``paths``
+  (M, k) str, ``ids`` (pids) / ``camids`` (M, k) int64 when the gallery file has them; ``query_paths`` /
+  ``query_ids`` / ``query_camids`` (M,) when the query file has them. Where an approximate index found fewer than k
+  matches: row -1, dist inf, id / camid -1, path "".
 """
 
 from __future__ import annotations
@@ -412,11 +413,11 @@ def _write_csv(results: SearchResults, f: IO) -> None:
 @OUTPUT_FORMATS.register(".npz", mode="wb")
 def _write_npz(results: SearchResults, f: IO) -> None:
     arrays = {"dist": results.dist, "rows": results.rows}
-    for field in COLUMNS.values():
+    for key, field in COLUMNS.items():
         if field in results.gallery:
-            arrays[f"{field}s"] = results.column(field)
+            arrays[key] = results.column(field)
         if field in results.query:
-            arrays[f"query_{field}s"] = results.query[field]
+            arrays[f"query_{key}"] = results.query[field]
     np.savez(f, **arrays)
 
 
