@@ -1,8 +1,9 @@
 """Command-line interface: ``esreid COMMAND ...``; ``esreid --help`` lists the commands.
 
 Error policy (:func:`main`): a mistake the user can fix (any :class:`~esreid.errors.EsreidError`, a command line
-argparse rejects, a missing or existing file) prints one line ``esreid: error: <what, where, how to fix>`` on stderr
-and exits 2; any other exception is a bug: one line ``esreid: internal error: <type>: <message> ...``, exit 1.
+argparse rejects, a file that is missing, exists already or cannot be accessed) prints one line
+``esreid: error: <what, where, how to fix>`` on stderr and exits 2; any other exception is a bug: one line
+``esreid: internal error: <type>: <message> ...``, exit 1.
 ``--debug`` (anywhere on the line) prints the traceback first. Ctrl-C prints ``esreid: interrupted`` (and the
 exception's ``hint``, e.g. how to resume) and exits 130.
 
