@@ -5,13 +5,19 @@ here, never imported from another test module: ``tiny_config`` (a factory of tin
 and ``layouts`` (writers of the real dataset layouts with their quirks).
 """
 
+import errno
+import hashlib
 import os
+import re
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
 
+import esreid.files as files
 from esreid.config import load_config
 
 torch.set_num_threads(1)
@@ -123,3 +129,109 @@ def layouts():
     return SimpleNamespace(write_image=write_image, write_files=write_files, make_layout=make_layout,
                            make_market=make_market, make_vehicleid=make_vehicleid, triples=triples, MARKET=MARKET,
                            DUKE=DUKE, VERI=VERI, VEHICLEID_TRAIN=VEHICLEID_TRAIN, VEHICLEID_TESTS=VEHICLEID_TESTS)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Storage faults (disk full, read-only) and dead processes
+# --------------------------------------------------------------------------------------------------------------
+class _Filling:
+    """A file on a disk that fills up after ``budget`` bytes: the write that crosses it stores what fits, then raises
+    ``OSError(ENOSPC)`` as the kernel does."""
+
+    def __init__(self, f, budget):
+        self.f, self.left = f, budget
+
+    def write(self, data):
+        n = memoryview(data).nbytes
+        if n > self.left:
+            self.f.write(memoryview(data).cast("B")[: self.left])
+            self.left = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.left -= n
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def _patch_open(monkeypatch, wrap):
+    """Route the files :mod:`esreid.files` opens for writing through ``wrap(path, real_open_file)``."""
+    real = open
+
+    def fake(path, mode="r", *args, **kwargs):
+        if not any(c in mode for c in "wax+"):
+            return real(path, mode, *args, **kwargs)
+        return wrap(path, lambda: real(path, mode, *args, **kwargs))
+
+    monkeypatch.setattr(files, "open", fake, raising=False)
+
+
+def simulate_full_disk(monkeypatch, budget):
+    """From now on the disk holds only ``budget`` more bytes of files.py's writes."""
+    _patch_open(monkeypatch, lambda path, opener: _Filling(opener(), budget))
+
+
+def simulate_read_only(monkeypatch):
+    """Every file files.py opens for writing is on a read-only file system (works as root, unlike chmod)."""
+
+    def refuse(path, opener):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+
+    _patch_open(monkeypatch, refuse)
+
+
+def make_read_only(folder):
+    """chmod ``folder`` read-only; skips the test where that does not stop writing (root)."""
+    os.chmod(folder, 0o555)
+    if os.access(folder, os.W_OK):
+        os.chmod(folder, 0o755)
+        pytest.skip("chmod does not make folders read-only for this user (root)")
+
+
+def dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+@pytest.fixture
+def storage():
+    """Fault injection for esreid.files' writes: ``simulate_full_disk(monkeypatch, budget)``,
+    ``simulate_read_only(monkeypatch)``, ``make_read_only(folder)``, and ``dead_pid()``."""
+    return SimpleNamespace(simulate_full_disk=simulate_full_disk, simulate_read_only=simulate_read_only,
+                           make_read_only=make_read_only, dead_pid=dead_pid)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Synthetic dataset files
+# --------------------------------------------------------------------------------------------------------------
+MARKET_NAME = re.compile(r"^(-1|\d{4})_c([1-6])s(\d+)_(\d{6})_(\d{2})\.jpg$")
+
+
+def listing(root):
+    out = {}
+    for folder in ("bounding_box_train", "query", "bounding_box_test"):
+        out[folder] = sorted(os.listdir(os.path.join(root, folder)))
+    return out
+
+
+def digest(root):
+    h = hashlib.sha256()
+    for folder, names in listing(root).items():
+        for name in names:
+            h.update(name.encode())
+            with open(os.path.join(root, folder, name), "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def synthetic_files():
+    """``MARKET_NAME`` (the Market file-name pattern), ``listing(root)`` and ``digest(root)`` of a generated set."""
+    return SimpleNamespace(MARKET_NAME=MARKET_NAME, listing=listing, digest=digest)

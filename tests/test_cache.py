@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_files import dead_pid, simulate_read_only
 
 import esreid.data.cache as cache
 import esreid.files as files
@@ -161,20 +160,20 @@ def test_array_blocks_are_reserved_before_decoding(tmp_path, monkeypatch):
     assert size == 4 * 3 * 64 * 32 and allocated >= size
 
 
-def test_read_only_cache_folder(tmp_path, monkeypatch):
+def test_read_only_cache_folder(tmp_path, monkeypatch, storage):
     items = make_items(str(tmp_path / "img"))
     (tmp_path / "c").mkdir()
-    simulate_read_only(monkeypatch)
+    storage.simulate_read_only(monkeypatch)
     with pytest.raises(DatasetError, match=f"image cache folder {tmp_path / 'c'} is not writable "
                                            r"\(Read-only file system\)"):
         cache.build_cache_source(items, 8, 4, str(tmp_path / "c"))
 
 
-def test_orphans_of_killed_builds_are_removed(tmp_path):
+def test_orphans_of_killed_builds_are_removed(tmp_path, storage):
     items = make_items(str(tmp_path / "img"))
     folder = tmp_path / "c"
     folder.mkdir()
-    key, host, dead = cache.cache_key([it.path for it in items], 8, 4), files._host(), dead_pid()
+    key, host, dead = cache.cache_key([it.path for it in items], 8, 4), files._host(), storage.dead_pid()
     orphans = [f".{key}.u8.{host}.{dead}.0a1b2c3d.esreid-tmp", f"{key}.u8.tmp{dead}", f"{key}.json.tmp{dead}"]
     live = f".{key}.u8.{host}.{os.getppid()}.0a1b2c3d.esreid-tmp"  # another process building it now
     for name in orphans + [live]:

@@ -10,7 +10,6 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from test_files import make_read_only, simulate_full_disk, simulate_read_only
 
 import esreid.files as files
 from esreid.engine.checkpoint import (
@@ -181,24 +180,24 @@ def test_not_enough_space_is_refused_before_writing(tmp_path, monkeypatch):
         atomic_save({"x": torch.ones(1)}, big)  # the previous file's size, larger than the tensors' bytes
 
 
-def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, storage):
     path, raw, _ = checkpoint_file(tmp_path)
-    simulate_full_disk(monkeypatch, len(raw) // 2)
+    storage.simulate_full_disk(monkeypatch, len(raw) // 2)
     with pytest.raises(StorageError, match=f"cannot write {path}: No space left on device"):
         save_checkpoint(path, model=small_model(), epoch=4, config={}, optimizer=None)
     assert open(path, "rb").read() == raw and os.listdir(tmp_path) == ["last.pth"]
     assert load_checkpoint(path)["epoch"] == 3
 
 
-def test_read_only_folder_during_save(tmp_path, monkeypatch):
-    simulate_read_only(monkeypatch)
+def test_read_only_folder_during_save(tmp_path, monkeypatch, storage):
+    storage.simulate_read_only(monkeypatch)
     with pytest.raises(StorageError, match="last.pth: Read-only file system; make .* writable"):
         atomic_save({"x": torch.ones(1)}, str(tmp_path / "last.pth"))
 
 
-def test_read_only_folder_by_chmod_during_save(tmp_path):
+def test_read_only_folder_by_chmod_during_save(tmp_path, storage):
     atomic_save({"x": torch.ones(1)}, str(tmp_path / "last.pth"))
-    make_read_only(tmp_path)
+    storage.make_read_only(tmp_path)
     try:
         with pytest.raises(StorageError, match="last.pth: Permission denied"):
             atomic_save({"x": torch.zeros(1)}, str(tmp_path / "last.pth"))

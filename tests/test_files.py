@@ -2,80 +2,12 @@
 
 import errno
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 
 import esreid.files as files
 from esreid.files import StorageError
-
-
-class _Filling:
-    """A file on a disk that fills up after ``budget`` bytes: the write that crosses it stores what fits, then raises
-    ``OSError(ENOSPC)`` as the kernel does."""
-
-    def __init__(self, f, budget):
-        self.f, self.left = f, budget
-
-    def write(self, data):
-        n = memoryview(data).nbytes
-        if n > self.left:
-            self.f.write(memoryview(data).cast("B")[: self.left])
-            self.left = 0
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.left -= n
-        return self.f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
-def _patch_open(monkeypatch, wrap):
-    """Route the files :mod:`esreid.files` opens for writing through ``wrap(path, real_open_file)``."""
-    real = open
-
-    def fake(path, mode="r", *args, **kwargs):
-        if not any(c in mode for c in "wax+"):
-            return real(path, mode, *args, **kwargs)
-        return wrap(path, lambda: real(path, mode, *args, **kwargs))
-
-    monkeypatch.setattr(files, "open", fake, raising=False)
-
-
-def simulate_full_disk(monkeypatch, budget):
-    """From now on the disk holds only ``budget`` more bytes of files.py's writes."""
-    _patch_open(monkeypatch, lambda path, opener: _Filling(opener(), budget))
-
-
-def simulate_read_only(monkeypatch):
-    """Every file files.py opens for writing is on a read-only file system (works as root, unlike chmod)."""
-
-    def refuse(path, opener):
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
-
-    _patch_open(monkeypatch, refuse)
-
-
-def make_read_only(folder):
-    """chmod ``folder`` read-only; skips the test where that does not stop writing (root)."""
-    os.chmod(folder, 0o555)
-    if os.access(folder, os.W_OK):
-        os.chmod(folder, 0o755)
-        pytest.skip("chmod does not make folders read-only for this user (root)")
-
-
-def dead_pid():
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
 
 
 def test_atomic_write_replaces_or_keeps_the_old_file(tmp_path):
@@ -103,10 +35,10 @@ def test_temp_files_sit_next_to_the_target_and_are_recognised(tmp_path):
     assert files.remove_orphans(str(tmp_path), max_age=-1) == [tmp]
 
 
-def test_disk_full_while_writing_names_the_path_and_keeps_the_old_file(tmp_path, monkeypatch):
+def test_disk_full_while_writing_names_the_path_and_keeps_the_old_file(tmp_path, monkeypatch, storage):
     path = str(tmp_path / "config.yaml")
     files.atomic_write_text(path, "old")
-    simulate_full_disk(monkeypatch, 10)
+    storage.simulate_full_disk(monkeypatch, 10)
     with pytest.raises(StorageError, match=f"cannot write {path}: No space left on device; free space"):
         files.atomic_write_text(path, "a longer new text")
     assert (tmp_path / "config.yaml").read_text() == "old" and os.listdir(tmp_path) == ["config.yaml"]
@@ -128,8 +60,8 @@ def test_fsync_error_is_reported(tmp_path, monkeypatch):
     assert (tmp_path / "a.txt").read_text() == "old" and os.listdir(tmp_path) == ["a.txt"]
 
 
-def test_read_only_folder(tmp_path, monkeypatch):
-    simulate_read_only(monkeypatch)
+def test_read_only_folder(tmp_path, monkeypatch, storage):
+    storage.simulate_read_only(monkeypatch)
     path = str(tmp_path / "results.json")
     with pytest.raises(StorageError, match=f"cannot write {path}: Read-only file system; make {tmp_path} writable"):
         files.atomic_write_text(path, "x")
@@ -140,10 +72,10 @@ def test_read_only_folder(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-def test_read_only_folder_by_chmod(tmp_path):
+def test_read_only_folder_by_chmod(tmp_path, storage):
     folder = tmp_path / "ro"
     folder.mkdir()
-    make_read_only(folder)
+    storage.make_read_only(folder)
     try:
         with pytest.raises(StorageError, match=f"output_dir {folder} is not writable \\(Permission denied\\)"):
             files.check_writable(str(folder), "output_dir")
@@ -179,8 +111,8 @@ def test_format_size():
         "7000.0 TB (7000000000000000 bytes)"]
 
 
-def test_remove_orphans_removes_only_dead_or_old_temporaries(tmp_path):
-    dead, alive, host = dead_pid(), os.getppid(), files._host()
+def test_remove_orphans_removes_only_dead_or_old_temporaries(tmp_path, storage):
+    dead, alive, host = storage.dead_pid(), os.getppid(), files._host()
     old = time.time() - files.ORPHAN_AGE - 60
     names = {
         # (name, mtime) -> removed?
@@ -243,7 +175,7 @@ def test_allocate_file_reserves_the_blocks(tmp_path, monkeypatch):
     check(tmp_path / "c")
 
 
-def test_allocate_file_on_a_full_disk(tmp_path, monkeypatch):
+def test_allocate_file_on_a_full_disk(tmp_path, monkeypatch, storage):
     def full(fd, offset, length):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -251,7 +183,7 @@ def test_allocate_file_on_a_full_disk(tmp_path, monkeypatch):
     with pytest.raises(StorageError, match="a.u8: No space left on device"):
         files.allocate_file(str(tmp_path / "a.u8"), 1000)
     monkeypatch.delattr(files.os, "posix_fallocate")
-    simulate_full_disk(monkeypatch, 100)  # the fallback's zeros fill the disk
+    storage.simulate_full_disk(monkeypatch, 100)  # the fallback's zeros fill the disk
     with pytest.raises(StorageError, match="b.u8: No space left on device"):
         files.allocate_file(str(tmp_path / "b.u8"), 1000)
     assert os.listdir(tmp_path) == []

@@ -9,7 +9,6 @@ from collections import Counter
 import numpy as np
 import pytest
 from PIL import Image
-from test_synthetic import MARKET_NAME, digest, listing
 
 from esreid.data.base import DatasetError
 from esreid.data.datasets.market1501 import Market1501
@@ -37,10 +36,11 @@ def pair(request, tmp_path_factory):
     return plain, trapped, info
 
 
-def test_trap_layout_parses_and_is_deterministic(pair, tmp_path):
+def test_trap_layout_parses_and_is_deterministic(pair, tmp_path, synthetic_files):
     plain, trapped, info = pair
     assert info["params"]["trap"] == dict(TRAP_DEFAULTS, cue=info["params"]["trap"]["cue"])
-    assert listing(trapped) == listing(plain)  # same ids, cameras and file names: only pixels change
+    # same ids, cameras and file names: only pixels change
+    assert synthetic_files.listing(trapped) == synthetic_files.listing(plain)
     ds = Market1501(trapped, verbose=False)
     assert ds.check_counts({split: tuple(c) for split, c in info["counts"].items()}) == []
     groups = trap_groups(trapped)
@@ -50,7 +50,7 @@ def test_trap_layout_parses_and_is_deterministic(pair, tmp_path):
     # the dataset's data.args take the same option; same seed and options, same bytes
     ds = SyntheticMarket(str(tmp_path), verbose=False, trap={"cue": info["params"]["trap"]["cue"]}, **OPTS)
     assert ds.check_counts() == [] and trap_groups(str(tmp_path / "synthetic")) == groups
-    assert digest(str(tmp_path / "synthetic")) == digest(trapped)
+    assert synthetic_files.digest(str(tmp_path / "synthetic")) == synthetic_files.digest(trapped)
 
 
 def test_trap_values_unique_in_train_shared_by_test_groups(pair):
@@ -75,7 +75,7 @@ def test_more_train_ids_than_values_reuse_each_value_at_most_ceil_times():
     assert sorted(Counter(group[is_test].tolist()).values()) == [5] * 4 and set(group[~is_test]) == {-1}
 
 
-def _cue_descriptors(plain, trapped, folders):
+def _cue_descriptors(plain, trapped, folders, synthetic_files):
     """pids, [mean RGB of the top half, of the bottom half] of the cue region in the trap images, the same on the
     trap-free images, and the number of person images looked at. The cue region of an image = the pixels that
     differ by > 30 in some channel between the trap image and the trap-free one; images where it is hidden (an
@@ -83,7 +83,7 @@ def _cue_descriptors(plain, trapped, folders):
     out, seen = [], 0
     for folder in folders:
         for name in sorted(os.listdir(os.path.join(plain, folder))):
-            pid = int(MARKET_NAME.match(name).group(1))
+            pid = int(synthetic_files.MARKET_NAME.match(name).group(1))
             if pid <= 0:
                 continue
             seen += 1
@@ -117,13 +117,13 @@ def _median_distances(features, pids, key):
     return float(np.median(dist[same & other_id])), float(np.median(dist[~same]))
 
 
-def test_trap_cue_detectable_from_pixels(pair):
+def test_trap_cue_detectable_from_pixels(pair, synthetic_files):
     """The mean colours of the cue region (found from pixels) are about equal within a test group and differ between
     groups; the same pixels of the trap-free images show no group structure. In train, the cue colours alone find
     the image's own identity as nearest neighbour."""
     plain, trapped, _ = pair
     groups = trap_groups(trapped)
-    pids, cue, under, seen = _cue_descriptors(plain, trapped, ["query", "bounding_box_test"])
+    pids, cue, under, seen = _cue_descriptors(plain, trapped, ["query", "bounding_box_test"], synthetic_files)
     assert len(pids) > 0.9 * seen  # the cue is visible in nearly every test image
     # chance: 3 same-group identities among the 23 others (0.13)
     assert _nearest_other(cue, pids, groups) > 0.7 and _nearest_other(under, pids, groups) < 0.35
@@ -131,19 +131,19 @@ def test_trap_cue_detectable_from_pixels(pair):
     assert within < 0.6 * between
     within, between = _median_distances(under, pids, groups)
     assert within > 0.8 * between
-    pids, cue, _, _ = _cue_descriptors(plain, trapped, ["bounding_box_train"])
+    pids, cue, _, _ = _cue_descriptors(plain, trapped, ["bounding_box_train"], synthetic_files)
     dist = ((cue[:, None] - cue[None]) ** 2).sum(-1)
     np.fill_diagonal(dist, np.inf)
     assert np.mean(pids[dist.argmin(1)] == pids) > 0.75
 
 
-def test_contrast_zero_is_the_trap_free_dataset(pair, tmp_path):
+def test_contrast_zero_is_the_trap_free_dataset(pair, tmp_path, synthetic_files):
     """The trap draws from its own random stream and paints only its region: at contrast 0 every image is
     byte-identical to the trap-free dataset (so the other cues are exactly those of the normal generator)."""
     plain, trapped, info = pair
     invisible = str(tmp_path / "invisible")
     generate_synthetic_market(invisible, trap=dict(info["params"]["trap"], contrast=0), **OPTS)
-    assert digest(invisible) == digest(plain) != digest(trapped)
+    assert synthetic_files.digest(invisible) == synthetic_files.digest(plain) != synthetic_files.digest(trapped)
 
 
 @pytest.mark.parametrize(
