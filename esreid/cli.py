@@ -9,8 +9,8 @@ exception's ``hint``, e.g. how to resume) and exits 130.
 
 Parsing: ``key=value`` tokens are config overrides wherever they stand (options and overrides in any order).
 Building the parser imports nothing heavy (no torch, numpy, models): ``--help`` answers at once and each handler
-imports what it needs. ``export``, ``extract``, ``visualize`` and ``search`` are parsed here, then handed their
-arguments (options first, overrides last) as ``module.function(argv)``; :func:`parse_args` is their parser.
+imports what it needs. ``export``, ``extract``, ``visualize`` and ``search`` are parsed here too, and their handlers
+(``module.function(args)``) are imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -192,12 +192,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _delegated(module: str, function: str) -> Callable[[argparse.Namespace], int]:
-    """A handler calling ``module.function(argv)`` with the command's own arguments (options, then overrides)."""
+    """A handler calling ``module.function(args)`` with the parsed arguments, importing ``module`` only then (the
+    parser itself stays light)."""
 
     def run(args: argparse.Namespace) -> int:
         import importlib
 
-        return int(getattr(importlib.import_module(module), function)(args.argv) or 0)
+        return int(getattr(importlib.import_module(module), function)(args) or 0)
 
     return run
 
@@ -378,9 +379,8 @@ def _find_command(parser: Parser, tokens: List[str]) -> Tuple[Parser, List[str]]
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse ``esreid`` arguments (without the program name); ``--debug`` may stand anywhere.
 
-    The namespace has ``handler`` (the command's function), ``overrides`` (for commands that take them) and ``argv``:
-    the command's own arguments, options first and overrides last (what ``export_main(argv)`` and the other
-    delegated parsers read). Raises :class:`UsageError`; ``--help`` / ``--version`` exit 0.
+    The namespace has ``handler`` (the command's function) and ``overrides`` (for commands that take them).
+    Raises :class:`UsageError`; ``--help`` / ``--version`` exit 0.
     """
     tokens = [t for t in argv if t != "--debug"]
     top = build_parser()
@@ -393,10 +393,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     bad = [t for t in overrides if not OVERRIDE.match(t)]
     if bad:
         parser.error(f"unexpected argument {bad[0]!r} (config overrides look like section.key=value)")
-    options = list(rest)
-    for o in reversed(overrides):  # drop the overrides (their last occurrences), then append them in order
-        del options[len(options) - 1 - options[::-1].index(o)]
-    args.argv = options + overrides
     return args
 
 

@@ -71,17 +71,6 @@ def test_overrides_anywhere(monkeypatch, argv):
     assert args.resume == ("auto" if "--resume" in argv else None)
 
 
-def test_delegated_commands_get_options_first_and_overrides_last(monkeypatch, tmp_path):
-    """export_main(argv) and the other delegated parsers take overrides only after the options."""
-    monkeypatch.chdir(REPO)
-    (tmp_path / "w.pth").write_bytes(b"")
-    argv = ["export", "test.flip=false", "--config", CONFIG, "--out", "m.onnx", "a.b=1", "--weights",
-            str(tmp_path / "w.pth"), "--dynamic-batch"]
-    args = parse_args(argv)
-    assert args.argv == ["--config", CONFIG, "--out", "m.onnx", "--weights", str(tmp_path / "w.pth"),
-                         "--dynamic-batch", "test.flip=false", "a.b=1"]
-
-
 def one_error_line(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err

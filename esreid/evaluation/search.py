@@ -31,6 +31,7 @@ extract`` writes them: ``feats`` (N, D) float, and optionally ``ids`` (N,) int (
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -451,15 +452,12 @@ def format_results(results: SearchResults) -> List[str]:
     return lines
 
 
-def search_main(argv: Sequence[str]) -> int:
+def search_main(args: argparse.Namespace) -> int:
     """``esreid search ARGS`` (arguments: ``esreid search --help``): top-k matches printed or written to --output.
 
     Hook for a drawing option (``--html`` / ``--grid``): register a writer for its extension in
     :data:`OUTPUT_FORMATS`, or draw from :func:`search_files`' results (query paths, match paths, distances).
     """
-    from esreid.cli import parse_args
-
-    args = parse_args(["search", *argv])
     if args.output:
         output_format(args.output)  # a wrong extension stops before any work
     results = search_files(args.query, args.k, gallery=args.gallery, load_index=args.load_index, kind=args.index,

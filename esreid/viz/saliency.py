@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -51,25 +51,14 @@ def save_pair_figure(
     fig.savefig(out, format="png", dpi=100, bbox_inches="tight")
 
 
-def visualize_main(argv: Optional[List[str]] = None) -> int:
+def visualize_main(args: argparse.Namespace) -> int:
     """``esreid visualize``: CG-RAM maps of a (query, gallery) pair for a trained model, saved as a PNG."""
     from esreid.config import load_config
     from esreid.data.transforms import TestTransform, decode_resize
     from esreid.engine.checkpoint import load_trained_model
     from esreid.erasing.cgram import cgram_pair
 
-    p = argparse.ArgumentParser(prog="esreid visualize", description=visualize_main.__doc__)
-    p.add_argument("--config", required=True, help="the config the model was trained with")
-    p.add_argument("--weights", required=True, help="checkpoint or state dict of the trained model")
-    p.add_argument("--query", required=True, help="query image file")
-    p.add_argument("--gallery", required=True, help="gallery image file")
-    p.add_argument("--out", required=True, help="PNG to write")
-    p.add_argument("--layer", default="", help="module name of the CG-RAM layer (default: the model's)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("opts", nargs="*", help="dotted config overrides")
-    args = p.parse_args(argv)
-
-    cfg = load_config(args.config, args.opts)
+    cfg = load_config(args.config, args.overrides)
     model = load_trained_model(cfg, args.weights)
     device = torch.device(args.device)
     model.to(device).eval()
