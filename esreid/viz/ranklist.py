@@ -190,13 +190,13 @@ def draw_rank_grid(rows: Sequence[RankRow], tile_height: int = 128, border: int 
         k = len(row.matches)
         draw.text((L.margin, y), _row_title(row), fill=TEXT, font=bold)
         y += 2 * L.line
-        q = _tile_rgb(row.query, L)
+        q, gs = _tile_rgb(row.query, L), [_tile_rgb(m.image, L) for m in row.matches]
         mid = [L.column_x(c) + L.cell_w / 2 for c in range(k + 1)]
         centred("query", mid[0], y - L.line)
         paste(q, 0, y, "query", i, "image")
         for j, m in enumerate(row.matches, 1):
             centred(f"#{j}", mid[j], y - L.line)
-            paste(_tile_rgb(m.image, L), j, y, m.label, i, "image")
+            paste(gs[j - 1], j, y, m.label, i, "image")
             centred(f"{m.score:.3f}", mid[j], y + L.cell_h + 2)
         y += L.cell_h + L.line
         if captions[i]:
@@ -208,8 +208,7 @@ def draw_rank_grid(rows: Sequence[RankRow], tile_height: int = 128, border: int 
             y += L.pad
             centred(STRIP_LABELS[strip], mid[0], y + L.cell_h // 2 - L.line)
             for j, m in enumerate(row.matches, 1):
-                g = _tile_rgb(m.image, L)
-                rgb, pmap = (g, m.map) if strip == "gallery_map" else (q, m.query_map)
+                rgb, pmap = (gs[j - 1], m.map) if strip == "gallery_map" else (q, m.query_map)
                 if pmap is not None:
                     paste(overlay(rgb, pmap), j, y, m.label, i, strip)
             y += L.cell_h
@@ -220,7 +219,7 @@ def draw_rank_grid(rows: Sequence[RankRow], tile_height: int = 128, border: int 
             draw.rectangle((x, y + 2, x + L.font_size, y + 2 + L.font_size), fill=COLOURS[label])
             x += L.font_size + 6
             draw.text((x, y), LEGEND[label], fill=TEXT, font=font)
-            x += int(draw.textlength(LEGEND[label], font=font)) + 3 * L.pad
+            x += int(font.getlength(LEGEND[label])) + 3 * L.pad
     return RankGrid(canvas, tiles)
 
 
