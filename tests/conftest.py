@@ -1,8 +1,11 @@
 """Test-wide settings and shared fixtures.
 
 One intra-op thread (tiny tensors run fastest that way and results are reproducible). Shared helpers are fixtures
-here, never imported from another test module: ``tiny_config`` (a factory of tiny synthetic-data training configs)
-and ``layouts`` (writers of the real dataset layouts with their quirks).
+here, never imported from another test module: ``tiny_config`` (a factory of tiny synthetic-data training configs),
+``layouts`` (writers of the real dataset layouts with their quirks), ``storage`` (disk-full / read-only faults),
+``synthetic_files`` and ``chromium``: a headless browser driven over the DevTools pipe (tests/chromium.py); a test
+using it is skipped, with the reason, where no Chromium is installed (``bash scripts/setup.sh`` installs Debian's as
+root).
 """
 
 import errno
@@ -235,3 +238,18 @@ def digest(root):
 def synthetic_files():
     """``MARKET_NAME`` (the Market file-name pattern), ``listing(root)`` and ``digest(root)`` of a generated set."""
     return SimpleNamespace(MARKET_NAME=MARKET_NAME, listing=listing, digest=digest)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Headless Chromium
+# --------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def chromium(tmp_path_factory):
+    from chromium import NAMES, Chromium, find_chromium
+
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip(f"no Chromium on PATH (looked for {', '.join(NAMES)}); bash scripts/setup.sh installs it as root")
+    folder = tmp_path_factory.mktemp("chromium")
+    with Chromium(binary, str(folder / "profile"), str(folder / "browser.log")) as browser:
+        yield browser

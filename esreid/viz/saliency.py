@@ -1,26 +1,19 @@
 """CG-RAM overlays (ES-Net Fig. 5): why did a query match a gallery image?
 
-``save_pair_figure`` draws query | query + map | gallery | gallery + map into a PNG (matplotlib, Agg canvas);
+``save_pair_figure`` draws query | query + map | gallery | gallery + map into a PNG (matplotlib, Agg canvas; the
+overlay is :func:`esreid.viz.images.overlay`, shared with the rank grids);
 ``visualize_main`` is ``esreid visualize --config C --weights W --query IMG --gallery IMG --out PNG``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Optional
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-
-def upsample_map(m: Tensor, size: tuple) -> np.ndarray:
-    """A CG-RAM map (h, w) bilinearly resized to ``size`` = (H, W) and scaled to [0, 1] (all-zero stays zero)."""
-    up = F.interpolate(m[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
-    peak = float(up.max())
-    return (up / peak if peak > 0 else up).cpu().numpy()
+from esreid.viz.images import as_rgb, atomic_write, figure_png, overlay
 
 
 def save_pair_figure(
@@ -30,25 +23,20 @@ def save_pair_figure(
 
     query, gallery: uint8 (3, H, W) RGB; m_query, m_gallery: (h, w) maps; ``score``: the cosine confidence (eq. 2).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 4.5))
-    FigureCanvasAgg(fig)
-    panels = [(query, None, "query"), (query, m_query, "query CG-RAM"),
-              (gallery, None, "gallery"), (gallery, m_gallery, "gallery CG-RAM")]
-    for i, (img, m, title) in enumerate(panels):
+    q, g = as_rgb(query), as_rgb(gallery)
+    panels = [(q, "query"), (overlay(q, m_query), "query CG-RAM"),
+              (g, "gallery"), (overlay(g, m_gallery), "gallery CG-RAM")]
+    for i, (rgb, title) in enumerate(panels):
         ax = fig.add_subplot(1, 4, i + 1)
-        rgb = img.permute(1, 2, 0).cpu().numpy()
         ax.imshow(rgb)
-        if m is not None:
-            ax.imshow(upsample_map(m, rgb.shape[:2]), cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     if score is not None:
         fig.suptitle(f"S(q, g) = {score:.3f}")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, format="png", dpi=100, bbox_inches="tight")
+    atomic_write(out, figure_png(fig))
 
 
 def visualize_main(args: argparse.Namespace) -> int:
