@@ -211,7 +211,7 @@ def test_configs_load_build_and_msmt17_differs_only_in_data(name):
 def test_random_erasing_config_erases_with_the_spec_parameters():
     cfg = config("market1501", "base_random_erasing")
     assert (cfg.model.name, cfg.model.pooling, cfg.data.random_erasing) == ("baseline", "gap", 0.5)
-    assert TrainAugment.ERASE_AREA == (0.02, 0.4)  # spec §1.8: area 0.02-0.4, aspect 0.3-3.33
+    assert TrainAugment.ERASE_AREA == (0.02, 0.4)  # docs/methods.md §1.8: area 0.02-0.4, aspect 0.3-3.33
     assert TrainAugment.ERASE_ASPECT == pytest.approx((0.3, 3.33), abs=0.01)
     torch.manual_seed(0)
     batch = torch.randint(0, 256, (16, 3, H, W), dtype=torch.uint8)

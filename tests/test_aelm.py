@@ -1,4 +1,4 @@
-"""AELM reconstruction (spec §4, §7 #21): IFCN logits / heatmap against brute force, CoAM against a literal float64
+"""AELM reconstruction (docs/methods.md §4, §7 #21): IFCN logits / heatmap against brute force, CoAM against a literal float64
 CBAM, the erase mask on hand-worked maps, loss terms, gradients, eval features without erasing, configs, a tiny run."""
 
 import glob

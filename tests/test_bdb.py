@@ -1,4 +1,4 @@
-"""BDB model (spec §2): loss terms against a step-by-step recomputation, gradients everywhere, eval features,
+"""BDB model (docs/methods.md §2): loss terms against a step-by-step recomputation, gradients everywhere, eval features,
 initialisation, the drop branch's Batch DropBlock, configs, and `esreid train` on the synthetic dataset."""
 
 import glob
@@ -42,7 +42,7 @@ def test_loss_terms_and_every_parameter_gets_a_gradient(backbone):
     c = model.backbone.out_channels
     assert model.drop_bottleneck.conv1.in_channels == c and model.drop_bottleneck.conv1.out_channels == c // 4
     terms = model(images(), PIDS)
-    assert set(terms) == {"global_ce", "global_triplet", "drop_ce", "drop_triplet"}  # spec §2.3
+    assert set(terms) == {"global_ce", "global_triplet", "drop_ce", "drop_triplet"}  # docs/methods.md §2.3
     assert all(t.dim() == 0 and torch.isfinite(t) for t in terms.values())
     sum(terms.values()).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -92,8 +92,8 @@ def test_eval_features_shapes_post_relu_and_batch_of_one():
         g, d = model(images())
         single = model(images()[:1])
     assert g.shape == (len(PIDS), 12) and d.shape == (len(PIDS), 20)
-    assert (g >= 0).all() and (d >= 0).all()  # post-ReLU test features (spec §2.1)
-    assert [f.shape for f in single] == [(1, 12), (1, 20)]  # flatten(1), not squeeze (spec §2.1 pitfall)
+    assert (g >= 0).all() and (d >= 0).all()  # post-ReLU test features (docs/methods.md §2.1)
+    assert [f.shape for f in single] == [(1, 12), (1, 20)]  # flatten(1), not squeeze (docs/methods.md §2.1 pitfall)
     with torch.no_grad():
         again = model(images())
     assert torch.equal(again[0], g) and torch.equal(again[1], d)  # no DropBlock at eval

@@ -32,7 +32,7 @@ def _dF_dl64(a, l):
 
 
 def _dF_da64(a, l):
-    """eq. 7, second line (spec §1.5): [l a_j^(l-1) - (l-1) F a_j^(l-2)] / Σ a^(l-1)."""
+    """eq. 7, second line (docs/methods.md §1.5): [l a_j^(l-1) - (l-1) F a_j^(l-2)] / Σ a^(l-1)."""
     flat = a.reshape(a.shape[0], a.shape[1], -1)
     F = _lehmer64(flat, l)[..., None]
     den = (flat ** (l - 1)).sum(-1, keepdims=True)
@@ -69,7 +69,7 @@ def test_lehmer_order_one_is_gap_and_large_order_tends_to_gmp():
 
 
 def _large_map():
-    """The spec's numerics case: a 24x8 map with max 20 where naive float32 overflows (20^30 > 3.4e38)."""
+    """The numerics case of docs/methods.md §1.5: a 24x8 map with max 20 where naive float32 overflows (20^30 > 3.4e38)."""
     x = _map(seed=5, shape=(2, 4, 24, 8), scale=6.0, zeros=0.3)
     x[:, :, 3, 4] = 20.0
     return x

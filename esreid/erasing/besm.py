@@ -1,7 +1,7 @@
 """BESM: Batch Erasing Salient Method (ES-Net §III-C-2, Algorithm 1), batched, plus the Fig. 3 motivation probe.
 
 Per image, with probability P (Algorithm 1 lines 1-2): upsample its CG-RAM map M to the image size (M*, line 4) and
-set the round(R*H*W) pixels with the largest M* to 0 in every channel (lines 5-10). Choices (spec §7 #6):
+set the round(R*H*W) pixels with the largest M* to 0 in every channel (lines 5-10). Choices (docs/methods.md §7 #6):
     * the erase value 0 is written on the normalised tensor (= the mean colour);
     * M* = bilinear upsampling, align_corners=False; ties among equal M* values are broken by ``torch.topk``;
     * an image whose map is identically 0 (no positive evidence) is left unchanged even if drawn.

@@ -109,7 +109,7 @@ class _ExponentPool(Pool):
     """Shared parametrisation of a learnable exponent kept above a floor: ``value = floor + softplus(raw)``.
 
     Softplus rather than clamping: a clamped exponent that crosses the floor gets zero gradient and stays stuck
-    (spec §7 #7 allows either). The raw parameter is excluded from weight decay, which would otherwise pull the
+    (docs/methods.md §7 #7 allows either). The raw parameter is excluded from weight decay, which would otherwise pull the
     exponent towards the floor.
     """
 
@@ -156,7 +156,7 @@ class GeM(_ExponentPool):
 @POOLING.register("ppool", exponent=True)
 class PPool(_ExponentPool):
     """ES-Net P-pooling (eq. 6-7): Lehmer mean of order ``l = 1 + softplus(raw)``, ONE scalar for all channels
-    (the paper writes a single l). ``l = 1`` is GAP, ``l -> inf`` is GMP. Default init 3 (spec §7 #7; the
+    (the paper writes a single l). ``l = 1`` is GAP, ``l -> inf`` is GMP. Default init 3 (docs/methods.md §7 #7; the
     P-pooling code's near-max start corresponds to init 31). ``(B, C, H, W) -> (B, C)`` float32.
     Exact on zeros (:func:`lehmer_pool`): the ``eps`` constructor argument, shared with GeM, is not used.
     """

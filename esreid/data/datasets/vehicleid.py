@@ -27,7 +27,7 @@ class VehicleID(ReIDDataset):
     protocol = "vehicleid"
     candidates = ("vehicleid", "VehicleID_V1.0", "VehicleID", "")
     required = ("image", "train_test_split/train_list.txt")
-    # fast-reid docstrings (anchors §2.3): test ids / images per size
+    # fast-reid docstrings (the torchreid / fast-reid loaders): test ids / images per size
     published_test = {800: (800, 6493), 1600: (1600, 13377), 2400: (2400, 19777)}
 
     @classmethod

@@ -5,7 +5,7 @@ fc.weight, fc.bias``; BatchNorm ``num_batches_tracked`` included), so ImageNet c
 Bottleneck puts the stride on the 3x3 ``conv2`` (torchvision "ResNet v1.5").
 
 ``last_stride`` sets the stride of ``layer4``'s first block (its strided conv and its downsample). Re-ID uses 1
-(spec §0): a 384x128 image gives a 24x8 ``layer4`` map instead of 12x4.
+(docs/methods.md §0): a 384x128 image gives a 24x8 ``layer4`` map instead of 12x4.
 
 ``forward(x)`` returns the ``layer4`` map; ``fc`` exists only so that ImageNet checkpoints load strictly and is
 removed by :func:`esreid.models.backbones.build_backbone` after loading (re-ID models never use it).
