@@ -1,5 +1,6 @@
-"""AELM reconstruction (docs/methods.md §4, §7 #21): IFCN logits / heatmap against brute force, CoAM against a literal float64
-CBAM, the erase mask on hand-worked maps, loss terms, gradients, eval features without erasing, configs, a tiny run."""
+"""AELM reconstruction (docs/methods.md §4, §7 #21): IFCN logits / heatmap against brute force, CoAM against a literal
+float64 CBAM, the erase mask on hand-worked maps, loss terms, gradients, eval features without erasing, configs, a tiny
+run."""
 
 import glob
 import json

@@ -13,7 +13,8 @@ from esreid.evaluation.metrics import evaluate_rank
 
 
 def brute_force(dist, q_pids, g_pids, q_cams, g_cams, max_rank, official=False):
-    """One query at a time, straight from docs/methods.md §0 (evaluation protocol): stable argsort, drop junk, read the hit ranks."""
+    """One query at a time, straight from docs/methods.md §0 (evaluation protocol): stable argsort, drop junk, read the
+    hit ranks."""
     cmc_sum, aps, inps, skipped = np.zeros(max_rank), [], [], 0
     for q in range(len(q_pids)):
         order = sorted(range(len(g_pids)), key=lambda g: (float(dist[q, g]), g))

@@ -1,4 +1,5 @@
-"""PMM (docs/methods.md §3): loss terms, gradients, train-time mixing of exactly k blocks, eval without mixing, a tiny run."""
+"""PMM (docs/methods.md §3): loss terms, gradients, train-time mixing of exactly k blocks, eval without mixing, a tiny
+run."""
 
 import pytest
 import torch

@@ -69,7 +69,8 @@ def test_lehmer_order_one_is_gap_and_large_order_tends_to_gmp():
 
 
 def _large_map():
-    """The numerics case of docs/methods.md §1.5: a 24x8 map with max 20 where naive float32 overflows (20^30 > 3.4e38)."""
+    """The numerics case of docs/methods.md §1.5: a 24x8 map with max 20 where naive float32 overflows (20^30 >
+    3.4e38)."""
     x = _map(seed=5, shape=(2, 4, 24, 8), scale=6.0, zeros=0.3)
     x[:, :, 3, 4] = 20.0
     return x

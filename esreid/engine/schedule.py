@@ -1,4 +1,5 @@
-"""Learning-rate schedule: linear warm-up per iteration, then multi-step decay per epoch (ES-Net §IV-A, docs/methods.md §1.6)."""
+"""Learning-rate schedule: linear warm-up per iteration, then multi-step decay per epoch (ES-Net §IV-A, docs/methods.md
+§1.6)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ class BatchDropBlock(nn.Module):
     """Zero one ``round(ρ_h·H) x round(ρ_w·W)`` rectangle, the same for every image and channel of the batch.
 
     Args:
-        height_ratio: ρ_h in (0, 1] (persons: 0.33, BDB code; the paper text is recalled as 0.3, docs/methods.md §7 #15).
+        height_ratio: ρ_h in (0, 1] (persons: 0.33, BDB code; the paper text is recalled as 0.3, docs/methods.md §7
+        #15).
         width_ratio: ρ_w in (0, 1] (persons: 1.0; cars, CUB, SOP, In-Shop: 0.5 x 0.5).
 
     ``forward``: ``(B, C, H, W) -> (B, C, H, W)``; identity in eval mode.

@@ -9,7 +9,8 @@ Conventions (the ones torchreid uses):
 Half-precision features (float16 / bfloat16) are promoted to float32 before any arithmetic; float64 stays float64.
 
 Tie rule: items at exactly the same distance are ordered by their index (what a *stable* argsort gives, and what the
-reference implementations get with ``np.argsort(kind="stable")``). :func:`order_within_rows` and :func:`smallest_k` implement it.
+reference implementations get with ``np.argsort(kind="stable")``). :func:`order_within_rows` and :func:`smallest_k`
+implement it.
 """
 
 from __future__ import annotations

@@ -4,11 +4,13 @@ Every entry is ``fn(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric, ap_mo
 -> dict`` with JSON-serialisable values (floats in [0, 1] for the metrics). ``options`` come from
 ``cfg.test.protocol_args``; every protocol accepts ``memory_budget_mb``, ``chunk_size`` and ``device``.
 
-* ``market``: docs/methods.md §0 (evaluation protocol) (see :mod:`esreid.evaluation.metrics`); pid-0 gallery distractors are ordinary negatives.
-* ``cuhk03_sgs``: single-gallery-shot (docs/methods.md §0 (evaluation protocol)): CMC averaged over ``num_repeats`` draws of one gallery image per
-  pid among the query's kept items; AP / mINP on the full kept list.
-* ``vehicleid``: docs/methods.md §0 (evaluation protocol): query and gallery are pooled; per trial t (seed ``base_seed + t``) one random image per
-  id is the gallery and the rest are queries; no junk removal; mean and population std over ``trials``.
+* ``market``: docs/methods.md §0 (evaluation protocol) (see :mod:`esreid.evaluation.metrics`); pid-0 gallery distractors
+are ordinary negatives.
+* ``cuhk03_sgs``: single-gallery-shot (docs/methods.md §0 (evaluation protocol)): CMC averaged over ``num_repeats``
+draws of one gallery image per pid among the query's kept items; AP / mINP on the full kept list.
+* ``vehicleid``: docs/methods.md §0 (evaluation protocol): query and gallery are pooled; per trial t (seed ``base_seed +
+t``) one random image per id is the gallery and the rest are queries; no junk removal; mean and population std over
+``trials``.
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ its own insertion point and the ImageNet-pretrained ``layer4`` sees the input it
 "cascaded into one module which is applied to the outputs of different convolutional layers" reads as side modules.
 
 Train: ``forward_train(images (B, 3, H, W), pids (B,))`` -> per insertion point p ``{p_ce, p_triplet, p_erased_ce}``
-(docs/methods.md §4.3 ``L_AELM = CE(z^A) + CE(z^B)`` per point, + batch-hard triplet on the pooled features [infer]; weights,
-margin and label smoothing from ``model.loss``). Eval: ``features(images)`` -> ``[f_i per insertion point]``, each
-``(B, C_p)``, no erasing and no heads (the evaluator L2-normalises each branch and concatenates).
+(docs/methods.md §4.3 ``L_AELM = CE(z^A) + CE(z^B)`` per point, + batch-hard triplet on the pooled features [infer];
+weights, margin and label smoothing from ``model.loss``). Eval: ``features(images)`` -> ``[f_i per insertion point]``,
+each ``(B, C_p)``, no erasing and no heads (the evaluator L2-normalises each branch and concatenates).
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@
     stage II:  P2 = A-Hard-Mix(P, GradCAM(z1 -> X))  ─ GMP ─ Linear(C->D)+BN1d+ReLU ─ g2 ─ Linear ─ z2
     stage III: P3 = A-Hard-Mix(P, GradCAM(z2 -> P2)) ─ GMP ─ Linear(C->D)+BN1d+ReLU ─ g3 ─ Linear ─ z3
 
-Stage III mixes the un-mixed P again; only its guidance changes (the "progressive" part, docs/methods.md §3.1). C = 2048 and
-D = 512 for ResNet-50; C is taken from the backbone so tiny backbones work. Loss (docs/methods.md §3.4):
-L = sum_s [ triplet(g_s) + CE-LS(z_s) ] with the original labels, via ``branch_losses`` as ``s1_*``, ``s2_*``, ``s3_*``
-(soft margin and label smoothing come from ``model.loss``). Eval: no mixing, ``[g1, g2, g3]`` (post-ReLU, 3 x D).
+Stage III mixes the un-mixed P again; only its guidance changes (the "progressive" part, docs/methods.md §3.1). C = 2048
+and D = 512 for ResNet-50; C is taken from the backbone so tiny backbones work. Loss (docs/methods.md §3.4): L = sum_s [
+triplet(g_s) + CE-LS(z_s) ] with the original labels, via ``branch_losses`` as ``s1_*``, ``s2_*``, ``s3_*`` (soft margin
+and label smoothing come from ``model.loss``). Eval: no mixing, ``[g1, g2, g3]`` (post-ReLU, 3 x D).
 """
 
 from __future__ import annotations

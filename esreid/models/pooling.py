@@ -109,8 +109,8 @@ class _ExponentPool(Pool):
     """Shared parametrisation of a learnable exponent kept above a floor: ``value = floor + softplus(raw)``.
 
     Softplus rather than clamping: a clamped exponent that crosses the floor gets zero gradient and stays stuck
-    (docs/methods.md §7 #7 allows either). The raw parameter is excluded from weight decay, which would otherwise pull the
-    exponent towards the floor.
+    (docs/methods.md §7 #7 allows either). The raw parameter is excluded from weight decay, which would otherwise pull
+    the exponent towards the floor.
     """
 
     floor = 1.0
