@@ -7,11 +7,12 @@
 1. Market-size (3368 x 15913, 751 ids, 6 cameras, synthetic 128-d features with identity signal): the same float32
    distance matrix goes to ``evaluate_rank`` and to ``reference_eval`` (per query: stable argsort, junk removal,
    cumsum; the definitions of docs/methods.md §0 written directly in numpy). Prints median times, the ratio and max
-   |delta|. 2. MSMT17-size (11659 x 82161, 3060 ids, 15 cameras) from features, never materialising the distance matrix:
-   time and peak RSS of the process (run in a child process so the Market step does not count). 3. A 1M-image synthetic
-   gallery indexed with faiss (flat = exact, IVF, HNSW): build time, query latency, recall@k of the approximate indexes
-   against the flat one.
-   """
+   |delta|.
+2. MSMT17-size (11659 x 82161, 3060 ids, 15 cameras) from features, never materialising the distance matrix:
+   time and peak RSS of the process (run in a child process so the Market step does not count).
+3. A 1M-image synthetic gallery indexed with faiss (flat = exact, IVF, HNSW): build time, query latency, recall@k of the
+   approximate indexes against the flat one.
+"""
 
 from __future__ import annotations
 
