@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from esreid.files import atomic_write_bytes
+
 # an image: uint8 (3, H, W) RGB tensor or array, (H, W, 3) array, or an image file path
 ImageLike = Union[torch.Tensor, np.ndarray, str, "os.PathLike[str]"]
 MapLike = Union[torch.Tensor, np.ndarray]
@@ -72,17 +74,8 @@ def figure_png(fig, dpi: int = 100) -> bytes:
 
 
 def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str]) -> str:
-    """Write ``data`` (bytes, or text as UTF-8) to ``path`` through a temporary file in the same folder and
-    ``os.replace``: a reader never sees a half-written file, and an interrupted write leaves the old one. Creates the
-    folder. Returns ``path`` as a string."""
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically (:func:`esreid.files.atomic_write_bytes`: a
+    reader never sees a half-written file, an interrupted write leaves the old one). Returns ``path`` as a string."""
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
     return path
