@@ -3,15 +3,20 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eval_speed.py            # Market + MSMT17 + 1M faiss
     .venv/bin/python benchmarks/eval_speed.py --quick                      # smaller problems, for a smoke run
     .venv/bin/python benchmarks/eval_speed.py --skip-1m --skip-msmt
+    .venv/bin/python benchmarks/eval_speed.py --device cuda --rerank --rerank-msmt --skip-1m   # esreid on a GPU
 
 1. Market-size (3368 x 15913, 751 ids, 6 cameras, synthetic 128-d features with identity signal): the same float32
    distance matrix goes to ``evaluate_rank`` and to ``reference_eval`` (per query: stable argsort, junk removal,
    cumsum; the definitions of docs/methods.md §0 written directly in numpy). Prints median times, the ratio and max
    |delta|.
 2. MSMT17-size (11659 x 82161, 3060 ids, 15 cameras) from features, never materialising the distance matrix:
-   time and peak RSS of the process (run in a child process so the Market step does not count).
+   time and peak RSS of the process (run in a child process so the Market step does not count); with
+   ``--rerank-msmt`` also k-reciprocal re-ranking + evaluation.
 3. A 1M-image synthetic gallery indexed with faiss (flat = exact, IVF, HNSW): build time, query latency, recall@k of the
    approximate indexes against the flat one.
+
+``--device cuda`` runs esreid's evaluation and re-ranking (steps 1 and 2) on the GPU (inputs start on the CPU, as
+the evaluator hands them over; the per-query numpy reference and faiss stay on the CPU).
 """
 
 from __future__ import annotations
@@ -80,9 +85,11 @@ def bench_market(args):
     dist = evaluate_rank  # keep the name short below
     dm = (1 - torch.nn.functional.normalize(torch.from_numpy(qf), dim=1)
           @ torch.nn.functional.normalize(torch.from_numpy(gf), dim=1).T).numpy()
-    t_ours, runs_ours, ours = median_time(lambda: dist(q_pids, g_pids, q_cams, g_cams, distmat=dm), args.runs)
-    t_feat, _, feat = median_time(lambda: dist(q_pids, g_pids, q_cams, g_cams, qf=qf, gf=gf), args.runs)
-    print(f"\n== Market-size {nq} x {ng} (distmat float32 given to all) ==")
+    dev = args.device
+    t_ours, runs_ours, ours = median_time(lambda: dist(q_pids, g_pids, q_cams, g_cams, distmat=dm, device=dev),
+                                          args.runs)
+    t_feat, _, feat = median_time(lambda: dist(q_pids, g_pids, q_cams, g_cams, qf=qf, gf=gf, device=dev), args.runs)
+    print(f"\n== Market-size {nq} x {ng} (distmat float32 given to all; esreid on {dev}) ==")
     print(f"esreid evaluate_rank                   : median {t_ours:8.3f} s  runs {[round(t, 3) for t in runs_ours]}")
     refs = [("per-query numpy, numpy precision", False, args.ref_runs)]
     if not args.skip_slow_ref:
@@ -98,35 +105,44 @@ def bench_market(args):
     print(f"mAP {ours.mAP:.4f}  mINP {ours.mINP:.4f}  R1 {ours.cmc[0]:.4f}  R5 {ours.cmc[4]:.4f}")
     if args.rerank:
         t = time.perf_counter()
-        rr = dist(q_pids, g_pids, q_cams, g_cams, distmat=re_ranking(qf, gf))
+        rr = dist(q_pids, g_pids, q_cams, g_cams, distmat=re_ranking(qf, gf, device=dev), device=dev)
         print(f"k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) + evaluation: {time.perf_counter() - t:.2f} s; "
               f"mAP {rr.mAP:.4f}  R1 {rr.cmc[0]:.4f}")
 
 
 
 
-def _msmt_child(quick, queue):
+def _msmt_child(quick, device, rerank, queue):
     nq, ng, ids = (2915, 20540, 765) if quick else (11659, 82161, 3060)
     qf, gf, q_pids, g_pids, q_cams, g_cams = synthetic(nq, ng, ids, 15, seed=1)
     rss_before = peak_rss_mb()
     t = time.perf_counter()
-    r = evaluate_rank(q_pids, g_pids, q_cams, g_cams, qf=qf, gf=gf)
+    r = evaluate_rank(q_pids, g_pids, q_cams, g_cams, qf=qf, gf=gf, device=device)
     elapsed = time.perf_counter() - t
     peak = peak_rss_mb()
-    queue.put((nq, ng, elapsed, rss_before, peak, r.mAP, r.cmc[0]))
+    rr = None
+    if rerank:
+        t = time.perf_counter()
+        r2 = evaluate_rank(q_pids, g_pids, q_cams, g_cams, distmat=re_ranking(qf, gf, device=device), device=device)
+        rr = (time.perf_counter() - t, r2.mAP, r2.cmc[0])
+    queue.put((nq, ng, elapsed, rss_before, peak, r.mAP, r.cmc[0], rr))
 
 
 def bench_msmt(args):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    p = ctx.Process(target=_msmt_child, args=(args.quick, queue))
+    p = ctx.Process(target=_msmt_child, args=(args.quick, args.device, args.rerank_msmt, queue))
     p.start()
-    nq, ng, elapsed, rss0, peak, m_ap, r1 = queue.get()
+    nq, ng, elapsed, rss0, peak, m_ap, r1, rr = queue.get()
     p.join()
-    print(f"\n== MSMT17-size {nq} x {ng} from 128-d features (fresh process, default 512 MB budget) ==")
+    print(f"\n== MSMT17-size {nq} x {ng} from 128-d features (fresh process, default 512 MB budget, on "
+          f"{args.device}) ==")
     print(f"time {elapsed:.2f} s (goal <= 15 s); peak RSS {peak:.0f} MB (goal <= 2048 MB; {rss0:.0f} MB after "
           f"building the synthetic features); full float32 distmat would be {nq * ng * 4 / 2**20:.0f} MB")
     print(f"mAP {m_ap:.4f}  R1 {r1:.4f}")
+    if rr is not None:
+        print(f"k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) + evaluation: {rr[0]:.2f} s; mAP {rr[1]:.4f}  "
+              f"R1 {rr[2]:.4f}")
 
 
 def bench_faiss(args):
@@ -167,9 +183,11 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--ref-runs", type=int, default=3)
     ap.add_argument("--rerank", action="store_true", help="also time re-ranking on the Market-size problem")
+    ap.add_argument("--rerank-msmt", action="store_true", help="also time re-ranking on the MSMT17-size problem")
     ap.add_argument("--skip-slow-ref", action="store_true", help="skip the ~50 s Python-precision reference")
+    ap.add_argument("--device", default="cpu", help="where esreid evaluates and re-ranks (cpu, cuda)")
     args = ap.parse_args()
-    print("hardware:", hardware())
+    print("hardware:", hardware(torch.device(args.device)))
     bench_market(args)
     if not args.skip_msmt:
         bench_msmt(args)

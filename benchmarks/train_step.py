@@ -1,66 +1,89 @@
-"""Training-step cost of ES-Net against the BoT baseline at the same batch, measured in the same run.
+"""Training-step cost of the methods at the same batch, eager and compiled, measured in the same run.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_step.py                       # ResNet-50, 384x128, batch 8
-    .venv/bin/python benchmarks/train_step.py --backbone resnet_tiny --height 64 --width 32 --steps 10
-    .venv/bin/python benchmarks/train_step.py --device cuda --ids 16 --instances 4 --amp bf16   # the paper's batch
+    .venv/bin/python benchmarks/train_step.py --backbone resnet_tiny --compile          # compiled vs eager, CPU
+    .venv/bin/python benchmarks/train_step.py --device cuda --ids 16 --instances 4 --amp bf16 --channels-last \\
+        --models baseline,esnet,bdb,pmm --compile compiled                               # the paper's batch, GPU
 
-A step = forward (returns the loss dict) + backward of the summed loss + Adam step, on random normalised images
-with a PK label layout. Steps of the two models alternate in blocks (baseline first) so that drift of a shared machine
-hits both; the script prints the median step times, the ratio ES-Net / baseline (goal <= 2.3x; the work floor is
-about 2.24x: AIB and ESB passes each cost one baseline step, plus the ESB-stage forward of the saliency pass) and the
-peak memory (CUDA ``max_memory_allocated`` per model; on CPU the process peak RSS after the baseline-only phase and
-after the ES-Net phase).
+A step = forward (returns the loss dict) + backward of the summed loss + Adam step, on random normalised images with a
+PK label layout. Every (model, eager | compiled) variant is warmed up first (compiled variants compile there:
+``esreid.engine.compile.compile_model``, the regions of ``solver.compile``), then the variants' steps alternate in
+blocks so that drift of a shared machine hits all of them. Printed per variant: median wall time per step and
+images/s, the median process CPU time per step (on a busy shared machine it moves less than the wall time), and the
+peak memory (CUDA: this variant's own ``max_memory_allocated`` above what the other variants hold; CPU: the process
+peak RSS after this variant's warm-up, variants warmed up in the order printed). Then the ratios: ES-Net / baseline
+step time (goal <= 2.3x; the work floor is about 2.24x: AIB and ESB passes each cost one baseline step, plus the
+ESB-stage forward of the saliency pass) and, with ``--compile both``, eager / compiled for each model.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+import os
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from common import hardware, peak_rss_mb
 
-from esreid.config import SolverConfig
+from esreid.config import SolverConfig, load_config
+from esreid.engine.compile import compile_model
 from esreid.engine.evaluator import autocast
 from esreid.engine.schedule import build_optimizer
-from esreid.models.baseline import Baseline, BaselineConfig
-from esreid.models.esnet import ESNet, ESNetConfig
+from esreid.models import build_model
+
+Step = Callable[[], Tuple[float, float]]
 
 
 def make_step(model: torch.nn.Module, images: torch.Tensor, pids: torch.Tensor, device: torch.device,
-              amp: str, compile_model: bool = False) -> Callable[[], float]:
-    """A closure running one optimisation step and returning its wall time in seconds (synchronised on CUDA).
-    With ``compile_model`` the forward runs through ``torch.compile`` (compiled during the warm-up steps)."""
+              amp: str) -> Step:
+    """A closure running one optimisation step; returns its (wall, process CPU) seconds (synchronised on CUDA)."""
     opt = build_optimizer(model, SolverConfig())
     model.train()
-    forward = torch.compile(model) if compile_model else model
 
-    def step() -> float:
+    def step() -> Tuple[float, float]:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         with autocast(device, amp):
-            loss = sum(forward(images, pids).values())
+            loss = sum(model(images, pids).values())
         loss.backward()
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     return step
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return peak_rss_mb()
+def build(name: str, args: argparse.Namespace) -> torch.nn.Module:
+    """Model ``name`` with its method's defaults, random init, for ``args.classes`` identities."""
+    overrides = [f"model.name={name}", f"model.backbone={args.backbone}", f"data.height={args.height}",
+                 f"data.width={args.width}", f"data.ids_per_batch={args.ids}", f"data.instances={args.instances}"]
+    if name == "esnet":
+        overrides.append(f"model.shared_until={args.shared_until}")
+    cfg = load_config(None, overrides)
+    return build_model(cfg.model, args.classes, cfg.test)
+
+
+def own_peak_mb(device: torch.device, warm_up: Callable[[], None]) -> float:
+    """Peak memory of ``warm_up()`` (see the module docstring)."""
+    if device.type != "cuda":
+        warm_up()
+        return peak_rss_mb()
+    held = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    warm_up()
+    return (torch.cuda.max_memory_allocated(device) - held) / 2**20
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="baseline,esnet", help="comma-separated model names (default: %(default)s)")
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--height", type=int, default=384)
     p.add_argument("--width", type=int, default=128)
@@ -68,54 +91,76 @@ def main() -> None:
     p.add_argument("--instances", type=int, default=2, help="K images per identity")
     p.add_argument("--classes", type=int, default=751, help="training identities (classifier size; Market: 751)")
     p.add_argument("--shared-until", default="layer2", choices=["layer2", "layer3", "layer4"])
-    p.add_argument("--steps", type=int, default=3, help="timed steps per model")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per model")
-    p.add_argument("--block", type=int, default=1, help="consecutive steps of one model before switching")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per variant")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant (compiled: 2 cover train mode)")
+    p.add_argument("--block", type=int, default=1, help="consecutive steps of one variant before switching")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     p.add_argument("--channels-last", action="store_true", help="models and images in channels_last memory format")
-    p.add_argument("--compile", action="store_true", help="torch.compile both models (warm-up steps compile)")
+    p.add_argument("--compile", nargs="?", const="both", default="eager", choices=["eager", "both", "compiled"],
+                   help="eager models only (default), eager and compiled side by side (--compile), or compiled only")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend (aot_eager: the same graphs without code generation, for smoke runs)")
+    p.add_argument("--json", help="also write {variant: {step_s, images_per_s, cpu_s, peak_mib}} to this file")
     args = p.parse_args()
 
     device = torch.device(args.device)
-    torch.manual_seed(0)
     batch = args.ids * args.instances
-    images = torch.randn(batch, 3, args.height, args.width, device=device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    images = images.contiguous(memory_format=memory_format)
+    images = torch.randn(batch, 3, args.height, args.width, device=device).contiguous(memory_format=memory_format)
     pids = torch.arange(args.ids, device=device).repeat_interleave(args.instances)
-    common = dict(backbone=args.backbone, last_stride=1)
-    models = {
-        "baseline": Baseline(BaselineConfig(**common), args.classes),
-        "esnet": ESNet(ESNetConfig(shared_until=args.shared_until, **common), args.classes),
-    }
+    kinds = {"eager": ["eager"], "both": ["eager", "compiled"], "compiled": ["compiled"]}[args.compile]
     print(f"hardware: {hardware(device)}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"setting: {args.backbone}, {args.height}x{args.width}, batch {batch} ({args.ids}x{args.instances}), "
-          f"amp {args.amp}, channels_last {args.channels_last}, compile {args.compile}, "
-          f"ES-Net shared_until={args.shared_until}, R=0.2 P=0.5")
+          f"{args.classes} classes, amp {args.amp}, channels_last {args.channels_last}, {'/'.join(kinds)}, ES-Net "
+          f"shared_until={args.shared_until}; load average at start {load:.2f}")
 
-    steps: Dict[str, Callable[[], float]] = {}
+    steps: Dict[str, Step] = {}
     memory: Dict[str, float] = {}
-    for name, model in models.items():  # warm-up, baseline first so its CPU peak RSS is its own
-        model.to(device, memory_format=memory_format)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        steps[name] = make_step(model, images, pids, device, args.amp, args.compile)
-        for _ in range(args.warmup):
-            steps[name]()
-        memory[name] = peak_memory_mb(device)
+    for name in args.models.split(","):
+        torch.manual_seed(0)
+        model = build(name, args).to(device, memory_format=memory_format)
+        for kind in kinds:  # eager and compiled copies start from the same weights
+            variant = model if kind == "eager" else copy.deepcopy(model)
+            if kind == "compiled":
+                compile_model(variant, backend=args.compile_backend)
+            key = f"{name} {kind}"
+            steps[key] = make_step(variant, images, pids, device, args.amp)
+            t0 = time.perf_counter()
+            memory[key] = own_peak_mb(device, lambda s=steps[key]: [s() for _ in range(args.warmup)])
+            print(f"{key:18s} warm-up {time.perf_counter() - t0:7.1f} s", flush=True)
 
-    times: Dict[str, List[float]] = {name: [] for name in models}
-    while min(len(t) for t in times.values()) < args.steps:
-        for name in models:
-            times[name] += [steps[name]() for _ in range(args.block)]
+    wall: Dict[str, List[float]] = {k: [] for k in steps}
+    cpu: Dict[str, List[float]] = {k: [] for k in steps}
+    while min(len(t) for t in wall.values()) < args.steps:
+        for key, step in steps.items():
+            for _ in range(args.block):
+                w, c = step()
+                wall[key].append(w)
+                cpu[key].append(c)
 
-    base, es = (statistics.median(times[n]) for n in ("baseline", "esnet"))
-    for name, med in (("baseline", base), ("esnet", es)):
-        label = "peak CUDA memory" if device.type == "cuda" else "process peak RSS"
-        print(f"{name:9s} median step {med * 1e3:9.1f} ms  ({batch / med:7.1f} img/s)  {label} "
-              f"{memory[name]:8.0f} MiB  (steps: {', '.join(f'{t * 1e3:.0f}' for t in times[name])} ms)")
-    print(f"ratio ES-Net / baseline step time: {es / base:.2f}x (goal <= 2.3x; work floor ~2.24x)")
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    label = "peak CUDA memory" if device.type == "cuda" else "process peak RSS"
+    for key in steps:
+        print(f"{key:18s} median step {med[key] * 1e3:9.1f} ms ({batch / med[key]:8.1f} img/s), CPU "
+              f"{statistics.median(cpu[key]) * 1e3:9.1f} ms; {label} {memory[key]:8.0f} MiB  "
+              f"(steps: {', '.join(f'{t * 1e3:.0f}' for t in wall[key])} ms)")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"load average at the end {load:.2f}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({k: {"step_s": med[k], "images_per_s": batch / med[k], "cpu_s": statistics.median(cpu[k]),
+                           "peak_mib": memory[k]} for k in steps}, f, indent=2)
+    for kind in kinds:
+        if {f"baseline {kind}", f"esnet {kind}"} <= set(med):
+            print(f"ratio ES-Net / baseline step time ({kind}): {med[f'esnet {kind}'] / med[f'baseline {kind}']:.2f}x "
+                  "(goal <= 2.3x; work floor ~2.24x)")
+    if args.compile == "both":
+        for name in args.models.split(","):
+            e, c = f"{name} eager", f"{name} compiled"
+            print(f"compile speed-up {name}: eager / compiled step time {med[e] / med[c]:.2f}x (wall), "
+                  f"{statistics.median(cpu[e]) / statistics.median(cpu[c]):.2f}x (CPU time)")
 
 
 if __name__ == "__main__":

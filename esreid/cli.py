@@ -83,6 +83,11 @@ def resume_value(value: str) -> str:
     return existing_file(value)
 
 
+def threads_value(value: str) -> str:
+    """``auto`` or a positive integer (kept as text: it becomes the override ``threads=<value>``)."""
+    return value if value == "auto" else str(positive_int(value))
+
+
 def positive_int(value: str) -> int:
     try:
         n = int(value)
@@ -97,7 +102,7 @@ def positive_int(value: str) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from esreid.demo import run_demo
 
-    run_demo(quick=args.quick, output_dir=args.output, progress=not args.no_progress)
+    run_demo(quick=args.quick, output_dir=args.output, progress=not args.no_progress, threads=args.threads)
     return 0
 
 
@@ -119,15 +124,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from esreid.config import load_config
     from esreid.data.base import build_dataset
     from esreid.engine.checkpoint import load_trained_model
+    from esreid.engine.compile import place_model
     from esreid.engine.evaluator import evaluate_model
     from esreid.engine.hooks import format_metrics
+    from esreid.engine.threads import apply_threads
     from esreid.engine.trainer import resolve_device
 
     cfg = load_config(args.config, args.overrides)
+    apply_threads(cfg)
     device = resolve_device(cfg.device)
     dataset = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.args)
     print(dataset.summary())
-    model = load_trained_model(cfg, args.weights).to(device)
+    model = place_model(load_trained_model(cfg, args.weights), cfg.solver, device)
     metrics = evaluate_model(model, dataset, cfg, device)
     print(format_metrics(metrics, "eval"))
     if args.json:
@@ -232,6 +240,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--quick", action="store_true", help="a shorter run (under 2 minutes on 2 CPU cores), for CI")
     p.add_argument("--output", default="outputs/demo", help="data, checkpoints and logs (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=threads_value, default="auto", metavar="auto|N",
+                   help="intra-op CPU threads (default: %(default)s, the cores left free; README 'Threads')")
 
 
 def _add_train(sub) -> None:

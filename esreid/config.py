@@ -231,6 +231,7 @@ class SolverConfig(Section):
     gamma: float = param(0.1, gt=0, le=1)
     amp: str = param("none", choices=("none", "bf16", "fp16"))
     channels_last: bool = False
+    compile: bool = False  # compile the model's static regions (trunk stages, heads), training and inference
     sync_bn: bool = False  # DDP on GPUs: synchronise BatchNorm statistics across processes
     grad_clip: float = param(0.0, ge=0)  # max gradient norm; 0 = no clipping
 
@@ -277,6 +278,22 @@ class DiagnosticsConfig(Section):
 
 
 @dataclass
+class CheckpointConfig(Section):
+    """What a run keeps besides ``last.pth`` (written after every epoch, with the optimiser: what resuming reads)."""
+
+    period: int = param(10, ge=0)  # epochs between kept epoch_XXX.pth files; 0 = none
+    keep_last: int = param(0, ge=0)  # keep only the newest N epoch_XXX.pth files; 0 = all
+    best: str = "mAP"  # write model_best.pth when an evaluation improves this metric (mAP, mINP, R<k>); "" = never
+    full: bool = False  # epoch_XXX.pth and model_best.pth also hold the optimiser state (resumable; ~3x larger)
+
+    def check(self, cfg: Config) -> None:
+        metrics = ["mAP", "mINP", *(f"R{k}" for k in cfg.test.ranks)]
+        if self.best and self.best not in metrics:
+            raise Invalid("checkpoint.best", f"expected one of {', '.join(metrics)} (a metric every evaluation "
+                                             f"reports; R<k> for k in test.ranks) or '' for none; got {self.best!r}")
+
+
+@dataclass
 class Config(Section):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -287,7 +304,9 @@ class Config(Section):
     seed: int = param(0, ge=0, lt=2**32)  # numpy accepts seeds below 2^32
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     log_period: int = param(20, ge=0)  # iterations between console/JSONL log lines
-    checkpoint_period: int = param(10, ge=0)  # epochs between kept checkpoints (the latest is always saved)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # intra-op CPU threads: auto (OMP_NUM_THREADS when set, else the cores left free, esreid/engine/threads.py) or N
+    threads: Union[int, str] = param("auto", choices=("auto",), ge=1)
     tensorboard: bool = False
 
     def check(self, cfg: Config) -> None:
@@ -430,7 +449,12 @@ def _coerce(value: Any, tp: Any, key: str, origins: Origins) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], key, origins)
+        for arg in args[:-1]:  # the first type the value fits; the last one's error otherwise
+            try:
+                return _coerce(value, arg, key, origins)
+            except ConfigError:
+                pass
+        return _coerce(value, args[-1], key, origins)
     if dataclasses.is_dataclass(tp):
         if value is None:
             raise ConfigError(f"{where}: key '{key}' is a section but is empty (null); give it keys or leave it out")
@@ -530,7 +554,7 @@ def build_config(raw: Dict[str, Any], origins: Optional[Origins] = None) -> Conf
     cfg = _build(Config, raw, "", origins)
     cfg.model = _build(model_cls, model_raw, "model.", origins)
     vars(cfg)["_origins"] = dict(origins)  # not a field: kept for errors found after loading (invalid())
-    for section in (cfg.model.loss, cfg.model, cfg.data, cfg.solver, cfg.test, cfg.diagnostics, cfg):
+    for section in (cfg.model.loss, cfg.model, cfg.data, cfg.solver, cfg.test, cfg.diagnostics, cfg.checkpoint, cfg):
         try:
             section.check(cfg)
         except Invalid as e:

@@ -51,7 +51,7 @@ def demo_overrides(data_root: str, quick: bool) -> List[str]:
         "solver.lr=3.5e-3",  # from scratch, small net: 10x the fine-tuning lr of the paper
         "test.eval_period=0",
         "device=cpu",
-        "checkpoint_period=0",
+        "checkpoint.period=0",
     ]
 
 
@@ -69,18 +69,17 @@ def chance_level(trainer: Trainer) -> Dict[str, float]:
                                       ranks=(1, 5, 10, 20))
 
 
-def run_demo(quick: bool = False, output_dir: str = "outputs/demo", progress: bool = True) -> Dict[str, Dict]:
-    """Train and evaluate both methods; prints and returns ``{method: metrics}`` (plus the chance row)."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        # Tiny tensors: one intra-op thread is as fast as two on an idle 2-core machine and far faster on a busy
-        # one (measured here: quick demo 11 s with 1 thread vs 174 s with 2 threads at load average 3).
-        torch.set_num_threads(1)
+def run_demo(quick: bool = False, output_dir: str = "outputs/demo", progress: bool = True,
+             threads: str = "auto") -> Dict[str, Dict]:
+    """Train and evaluate both methods; prints and returns ``{method: metrics}`` (plus the chance row).
+    ``threads``: ``auto`` or a number, the ``threads`` config key (esreid.engine.threads)."""
     data_root = os.path.join(output_dir, "synthetic-quick" if quick else "synthetic")
     run_dir = os.path.join(output_dir, time.strftime("%Y%m%d-%H%M%S") + ("-quick" if quick else ""))
     results: Dict[str, Dict] = {}
     for method, extra in METHODS.items():
         folder = os.path.join(run_dir, extra[0].split("=")[1])
-        cfg = load_config(None, demo_overrides(data_root, quick) + extra + [f"output_dir={folder}"])
+        cfg = load_config(None, demo_overrides(data_root, quick) + extra + [f"output_dir={folder}",
+                                                                             f"threads={threads}"])
         print(f"\n=== {method}: {cfg.model.name} / {cfg.model.backbone} / {cfg.data.height}x{cfg.data.width}, "
               f"{cfg.solver.epochs} epochs -> {folder}")
         start = time.perf_counter()

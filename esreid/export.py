@@ -31,6 +31,7 @@ from torch import nn
 
 from esreid.engine.checkpoint import load_trained_model
 from esreid.engine.evaluator import RetrievalModel
+from esreid.engine.threads import apply_threads
 
 TOLERANCE = 1e-4  # max |ONNX - PyTorch| / max(1, max |PyTorch|) accepted by verify_onnx
 
@@ -101,6 +102,7 @@ def export_main(args: argparse.Namespace) -> int:
     from esreid.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    apply_threads(cfg)
     height, width = args.height or cfg.data.height, args.width or cfg.data.width
     model = load_trained_model(cfg, args.weights)
     net = RetrievalModel(model)
@@ -123,6 +125,7 @@ def extract_split(model: nn.Module, dataset, cfg, split: str) -> Tuple[np.ndarra
     from esreid.data.base import DatasetError
     from esreid.data.loader import build_test_loader
     from esreid.data.transforms import TestTransform
+    from esreid.engine.compile import place_model
     from esreid.engine.evaluator import extract_features
     from esreid.engine.trainer import resolve_device
 
@@ -130,9 +133,9 @@ def extract_split(model: nn.Module, dataset, cfg, split: str) -> Tuple[np.ndarra
     if not items:
         raise DatasetError(f"{cfg.data.name} ({cfg.data.root}): split {split!r} has no images")
     device = resolve_device(cfg.device)
-    model.to(device)
+    model = place_model(model, cfg.solver, device)
     feats, pids, camids = extract_features(model, build_test_loader(cfg.data, items), device, TestTransform(cfg.data),
-                                           cfg.solver.amp)
+                                           cfg.solver.amp, cfg.solver.channels_last)
     paths = np.array([item.path for item in items], dtype=str)
     return feats.numpy().astype(np.float32), pids.numpy().astype(np.int64), camids.numpy().astype(np.int64), paths
 
@@ -148,6 +151,7 @@ def extract_main(args: argparse.Namespace) -> int:
     from esreid.data.base import build_dataset
 
     cfg = load_config(args.config, args.overrides)
+    apply_threads(cfg)
     dataset = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.args)
     model = load_trained_model(cfg, args.weights)
     feats, pids, camids, paths = extract_split(model, dataset, cfg, args.split)

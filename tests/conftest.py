@@ -1,6 +1,7 @@
 """Test-wide settings and shared fixtures.
 
-One intra-op thread (tiny tensors run fastest that way and results are reproducible). Shared helpers are fixtures
+One intra-op thread (tiny tensors run fastest that way and results are reproducible), also for the trainer and the
+commands (``threads: auto`` reads ``OMP_NUM_THREADS``). Shared helpers are fixtures
 here, never imported from another test module: ``tiny_config`` (a factory of tiny synthetic-data training configs),
 ``layouts`` (writers of the real dataset layouts with their quirks), ``storage`` (disk-full / read-only faults),
 ``synthetic_files`` and ``chromium``: a headless browser driven over the DevTools pipe (tests/chromium.py); a test
@@ -24,6 +25,7 @@ import esreid.files as files
 from esreid.config import load_config
 
 torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"  # and `threads: auto` (esreid.engine.threads) keeps it, here and in subprocesses
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -40,7 +42,7 @@ def make_tiny_config(root, name="baseline", epochs=2, out="run", extra=()):
         "data.height=32", "data.width=16", "data.ids_per_batch=4", "data.instances=2", "data.workers=0",
         f"model.name={name}", "model.backbone=resnet_tiny", f"solver.epochs={epochs}", "solver.warmup_epochs=1",
         "solver.milestones=[1]", "solver.lr=1e-3", "test.eval_period=1", "device=cpu", "log_period=1",
-        "checkpoint_period=1", f"output_dir={os.path.join(str(root), out)}", *extra,
+        "checkpoint.period=1", f"output_dir={os.path.join(str(root), out)}", *extra,
     ])
 
 

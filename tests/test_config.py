@@ -111,7 +111,8 @@ def test_unknown_dataset_option_is_named(tmp_path):
         build_dataset("market1501", str(tmp_path), labeled=True)
 
 
-@pytest.mark.parametrize("key", ["log_period", "checkpoint_period", "test.eval_period", "data.workers"])
+@pytest.mark.parametrize("key", ["log_period", "checkpoint.period", "checkpoint.keep_last", "test.eval_period",
+                                 "data.workers"])
 def test_negative_periods_are_rejected(key):
     with pytest.raises(ConfigError, match=rf"command line: key '{key}': expected a value >= 0, got -1"):
         load_config(None, [f"{key}=-1"])

@@ -39,7 +39,7 @@ def test_two_process_ddp_training(tmp_path, tiny_config, name):
     generate_synthetic_market(str(tmp_path / "data" / "synthetic"), num_train_ids=16, num_test_ids=8,
                               images_per_id=6, height=64, width=32)
     # 192x64 images give a 12x4 layer4 map, on which every model's default settings are valid (PMM's 3x2 blocks)
-    cfg = tiny_config(name, epochs=2, extra=["checkpoint_period=0", "data.height=192", "data.width=64"])
+    cfg = tiny_config(name, epochs=2, extra=["checkpoint.period=0", "data.height=192", "data.width=64"])
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), cfg), nprocs=2, join=True)
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)

@@ -33,9 +33,11 @@ class RetrievalModel(torch.nn.Module):
 
 
 @torch.no_grad()
-def extract_features(model: torch.nn.Module, loader, device: torch.device, transform,
-                     amp: str = "none") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run ``model`` in eval mode over ``loader``.
+def extract_features(model: torch.nn.Module, loader, device: torch.device, transform, amp: str = "none",
+                     channels_last: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run ``model`` in eval mode over ``loader``, batch by batch, under ``amp`` autocast (none | bf16 | fp16), with
+    the images in channels_last memory format when ``channels_last`` (the model's format: see
+    :func:`esreid.engine.compile.place_model`).
 
     Returns:
         feats (N, D) float32 on the CPU (the model's retrieval vector; with a flip rule each branch's feature is the
@@ -50,6 +52,8 @@ def extract_features(model: torch.nn.Module, loader, device: torch.device, trans
     try:
         for batch in loader:
             images = transform(batch["images"].to(device, non_blocking=True))
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp):
                 feats.append(model.retrieval_features(images).cpu())
             pids.append(batch["pids"])
@@ -75,7 +79,7 @@ def evaluate_model(model: torch.nn.Module, dataset: ReIDDataset, cfg, device: to
         if not items:
             return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
         loader = build_test_loader(cfg.data, items)
-        return extract_features(model, loader, device, transform, cfg.solver.amp)
+        return extract_features(model, loader, device, transform, cfg.solver.amp, cfg.solver.channels_last)
 
     qf, q_pids, q_camids = run(dataset.query)
     gf, g_pids, g_camids = run(dataset.gallery)

@@ -18,6 +18,7 @@ import importlib
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List
@@ -189,17 +190,54 @@ class TrainLog(HookBase):
 
 
 class CheckpointHook(HookBase):
-    """After every epoch: ``last.pth`` (everything needed to resume exactly) and, every ``period`` epochs,
-    ``epoch_XXX.pth``. Runs before the evaluation, so a failing evaluation never loses the epoch."""
+    """After every epoch: ``last.pth`` (everything needed to resume exactly) and, every ``cfg.period`` epochs,
+    ``epoch_XXX.pth`` (model weights only unless ``cfg.full``), keeping the newest ``cfg.keep_last`` of them (0: all).
+    Runs before the evaluation, so a failing evaluation never loses the epoch. ``cfg``: the ``checkpoint`` section."""
 
-    def __init__(self, folder: str, period: int):
-        self.folder, self.period = folder, period
+    def __init__(self, folder: str, cfg: Any):
+        self.folder, self.cfg = folder, cfg
 
     def after_epoch(self) -> None:
         epoch = self.trainer.state.epoch + 1
         self.trainer.save_checkpoint(os.path.join(self.folder, "last.pth"))
-        if self.period and epoch % self.period == 0:
-            self.trainer.save_checkpoint(os.path.join(self.folder, f"epoch_{epoch:03d}.pth"))
+        if self.cfg.period and epoch % self.cfg.period == 0:
+            self.trainer.save_checkpoint(os.path.join(self.folder, f"epoch_{epoch:03d}.pth"), full=self.cfg.full)
+            if self.cfg.keep_last:
+                for old in periodic_checkpoints(self.folder)[: -self.cfg.keep_last]:
+                    os.remove(old)
+
+
+PERIODIC = re.compile(r"epoch_(\d{3,})\.pth")
+
+
+def periodic_checkpoints(folder: str) -> List[str]:
+    """Paths of the ``epoch_XXX.pth`` files in ``folder``, oldest epoch first."""
+    found = [(int(m.group(1)), name) for name in os.listdir(folder) if (m := PERIODIC.fullmatch(name))]
+    return [os.path.join(folder, name) for _, name in sorted(found)]
+
+
+class BestCheckpointHook(HookBase):
+    """``model_best.pth`` (model weights, or everything with ``full``) whenever an evaluation's ``metric`` beats every
+    earlier one of the run (higher is better). The file records the metrics it was written with, so a resumed run
+    reads the value to beat from it. Placed after :class:`EvalHook`."""
+
+    def __init__(self, folder: str, metric: str, full: bool = False):
+        self.path, self.metric, self.full = os.path.join(folder, "model_best.pth"), metric, full
+        self.best = -math.inf
+
+    def before_train(self) -> None:
+        from esreid.engine.checkpoint import load_checkpoint
+
+        self.best = -math.inf
+        if self.trainer.start_epoch > 0 and os.path.exists(self.path):
+            value = load_checkpoint(self.path).get("metrics", {}).get(self.metric)
+            self.best = -math.inf if value is None else float(value)
+
+    def on_record(self, record: Dict[str, Any]) -> None:
+        value = record.get(self.metric) if record["type"] == "eval" else None
+        if isinstance(value, (int, float)) and value > self.best:
+            self.best = float(value)
+            self.trainer.save_checkpoint(self.path, full=self.full)
 
 
 class EvalHook(HookBase):

@@ -30,10 +30,12 @@ from esreid.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from esreid.engine.compile import place_model
 from esreid.engine.distributed import barrier, init_distributed
 from esreid.engine.evaluator import autocast, evaluate_model
 from esreid.engine.preflight import check_test_data, check_training_data
 from esreid.engine.schedule import build_optimizer, build_scheduler
+from esreid.engine.threads import apply_threads
 from esreid.errors import ConfigError
 from esreid.files import atomic_write_text, check_writable, remove_orphans
 from esreid.models import build_model
@@ -71,6 +73,7 @@ class Trainer:
         from esreid.data.loader import build_train_loader
         from esreid.data.transforms import TrainAugment
 
+        apply_threads(cfg)
         self.device = resolve_device(cfg.device)
         self.dist = init_distributed(self.device)
         if self.dist.enabled and self.device.type == "cuda":
@@ -97,9 +100,8 @@ class Trainer:
         seed_everything(cfg.seed)  # the same on every rank while the model is built (see below)
         # resuming replaces every weight: skip the ImageNet weights (a moved file or offline URL must not stop it)
         model_cfg = cfg.model if resume is None else dataclasses.replace(cfg.model, pretrained="")
-        self.model = build_model(model_cfg, self.dataset.num_train_pids, cfg.test).to(self.device)
-        if cfg.solver.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = place_model(build_model(model_cfg, self.dataset.num_train_pids, cfg.test), cfg.solver,
+                                 self.device)
         # Under DDP the model's own generators (BDB's DropBlock region, BESM coin flips) start alike on every rank,
         # so a DropBlock region is drawn once per step for the whole global batch (docs/methods.md §2.2);
         # augmentation and the global RNGs differ per rank. The PK plan uses cfg.seed on every rank.
@@ -139,8 +141,10 @@ class Trainer:
         cfg = self.cfg
         hooks: List[H.HookBase] = [*H.diagnostic_hooks(cfg, self.seed), H.TrainLog(cfg.log_period)]
         if self.dist.is_main:
-            hooks += [H.CheckpointHook(self.out, cfg.checkpoint_period), H.EvalHook(cfg.test.eval_period),
-                      H.JSONLWriter(os.path.join(self.out, "metrics.jsonl")), H.ConsoleWriter()]
+            hooks += [H.CheckpointHook(self.out, cfg.checkpoint), H.EvalHook(cfg.test.eval_period)]
+            if cfg.checkpoint.best:
+                hooks.append(H.BestCheckpointHook(self.out, cfg.checkpoint.best, cfg.checkpoint.full))
+            hooks += [H.JSONLWriter(os.path.join(self.out, "metrics.jsonl")), H.ConsoleWriter()]
             if cfg.tensorboard:
                 hooks.append(H.TensorBoardWriter(os.path.join(self.out, "tensorboard")))
         return hooks
@@ -173,10 +177,13 @@ class Trainer:
             gens.update({f"hook.{k}": g for k, g in hook.generators().items()})
         return gens
 
-    def save_checkpoint(self, path: str) -> None:
+    def save_checkpoint(self, path: str, full: bool = True) -> None:
+        """Save the run at the end of the current epoch: everything needed to resume (``full``), or the model
+        weights with the epoch, config, metrics and class count only (what eval / extract / export read)."""
+        resume = dict(optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+                      generators=self.generators()) if full else {}
         save_checkpoint(path, model=self.model, epoch=self.state.epoch + 1, config=to_dict(self.cfg),
-                        optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-                        metrics=self.state.metrics, generators=self.generators(), num_classes=self.model.num_classes)
+                        metrics=self.state.metrics, num_classes=self.model.num_classes, **resume)
 
     def _resume(self, path: str) -> None:
         # read to the CPU: RNG states must be CPU ByteTensors; the optimiser state follows its parameters' device

@@ -102,6 +102,8 @@ def capture_layer(module: nn.Module) -> Iterator[List[Tensor]]:
     parameters) - this is the "gradient to layer L only" of the training-time CG-RAM. The layer's successors receive a
     copy of the leaf, so an in-place operation after it (the ``ReLU(inplace=True)`` after a BatchNorm) modifies the
     copy, never the leaf: any module with a 4-d output can be explained, BatchNorm outputs included.
+    Compiled regions (``solver.compile``) run their eager code meanwhile, so the hook runs as written instead of
+    being traced into a region's graph.
     """
     captured: List[Tensor] = []
 
@@ -114,7 +116,8 @@ def capture_layer(module: nn.Module) -> Iterator[List[Tensor]]:
 
     handle = module.register_forward_hook(hook)
     try:
-        yield captured
+        with torch.compiler.set_stance("force_eager"):
+            yield captured
     finally:
         handle.remove()
 

@@ -191,6 +191,11 @@ class AELM(ReIDModel):
     def heads(self) -> Dict[str, Head]:
         return dict(self.points.items())
 
+    def compile_regions(self) -> List[nn.Module]:
+        """Each trunk stage and each insertion point's CoAM; the heads' erasing (class heatmaps, thresholds) stays
+        eager (the training path calls :meth:`AELMHead.forward_train`, not the head itself)."""
+        return [*self.trunk.children(), *(head.attention for head in self.points.values())]
+
     def stats(self) -> Dict[str, float]:
         """Fraction of each insertion point's map erased for head B in the last batch."""
         return {**{k: float(v) for k, v in self._last.items()}, **super().stats()}

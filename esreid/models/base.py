@@ -17,6 +17,7 @@ member                                     meaning
 ``generators() -> dict``                   the model's own RNGs (saved in checkpoints, seeded alike under DDP)
 ``no_weight_decay() -> set``               parameter names excluded from weight decay
 ``stats() -> dict``                        values to log once per epoch (pooling exponent, erased fraction, ...)
+``compile_regions() -> list[Module]``      the heavy, static submodules ``solver.compile`` compiles one by one
 ``num_classes``                            training identities the classifiers were built for (saved in checkpoints)
 =========================================  ==========================================================================
 
@@ -141,6 +142,14 @@ class ReIDModel(nn.Module):
     def stats(self) -> Dict[str, float]:
         """Values to log once per epoch: by default each head's statistics as ``<branch>_<name>``."""
         return {f"{branch}_{k}": v for branch, head in self.heads().items() for k, v in head.stats().items()}
+
+    def compile_regions(self) -> List[nn.Module]:
+        """The submodules ``solver.compile`` compiles, each on its own (:func:`esreid.engine.compile.compile_model`):
+        the heavy, static parts (trunk stages, heads). Whatever runs between them stays eager: data-dependent choices
+        (easiest positives, top-k), ``autograd.grad`` to a layer, RNG draws. A region is called with tensors and
+        returns tensors (or a :class:`HeadOutput`); it draws no random numbers, reads no values back to Python and
+        calls no ``autograd.grad``; regions do not nest. Default: the heads; models add their trunk stages."""
+        return list(self.heads().values())
 
 
 def infer_num_classes(build: Any, weights: Dict[str, Tensor]) -> int:

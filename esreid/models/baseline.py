@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from esreid.config import POOLING_NAMES, ModelConfig, param
 from esreid.losses import branch_losses
@@ -49,3 +49,6 @@ class Baseline(ReIDModel):
 
     def heads(self) -> Dict[str, Head]:
         return {"global": self.head}
+
+    def compile_regions(self) -> List[nn.Module]:
+        return [self.backbone, *super().compile_regions()]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from esreid.config import Invalid, ModelConfig, param
 from esreid.erasing.dropblock import BatchDropBlock
@@ -93,4 +93,8 @@ class BDB(ReIDModel):
 
     def generators(self) -> Dict[str, torch.Generator]:
         return {"dropblock": self.dropblock.generator}
+
+    def compile_regions(self) -> List[nn.Module]:
+        """Trunk, the drop branch's Bottleneck, the heads; Batch DropBlock (a region drawn per step) stays eager."""
+        return [self.backbone, self.drop_bottleneck, *super().compile_regions()]
 

@@ -172,6 +172,12 @@ class ESNet(ReIDModel):
     def generators(self) -> Dict[str, torch.Generator]:
         return {"besm": self.generator}
 
+    def compile_regions(self) -> List[nn.Module]:
+        """Shared trunk, each branch's own stages, the heads; the saliency pass (easiest positives, eq. 5's
+        ``autograd.grad``) and BESM (top-k, coin flips) run eagerly between them."""
+        own = [b.stages for b in self.branches().values() if len(b.stages)]
+        return [self.shared, *own, *super().compile_regions()]
+
     def stats(self) -> Dict[str, float]:
         """P-pooling exponent(s), fraction of the last batch erased by BESM, mean saliency value of the last batch."""
         return {**{k: float(v) for k, v in self._last.items()}, **super().stats()}

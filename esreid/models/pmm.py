@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from esreid.config import Invalid, LossConfig, ModelConfig, param
 from esreid.erasing.gradcam import grad_cam, true_class_score
@@ -100,3 +100,8 @@ class PMM(ReIDModel):
 
     def generators(self) -> Dict[str, torch.Generator]:
         return {"hardmix": self.mix.generator}
+
+    def compile_regions(self) -> List[nn.Module]:
+        """Trunk, the part Bottleneck, the stage heads; Grad-CAM guidance and A-Hard-Mix (top-k blocks, partner
+        draws) stay eager."""
+        return [self.backbone, self.part, *super().compile_regions()]

@@ -44,9 +44,11 @@ def visualize_main(args: argparse.Namespace) -> int:
     from esreid.config import load_config
     from esreid.data.transforms import TestTransform, decode_resize
     from esreid.engine.checkpoint import load_trained_model
+    from esreid.engine.threads import apply_threads
     from esreid.erasing.cgram import cgram_pair
 
     cfg = load_config(args.config, args.overrides)
+    apply_threads(cfg)
     model = load_trained_model(cfg, args.weights)
     device = torch.device(args.device)
     model.to(device).eval()

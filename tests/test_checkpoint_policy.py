@@ -1,0 +1,90 @@
+"""What a run keeps (the ``checkpoint`` section): last.pth with the optimiser, weights-only epoch_XXX.pth (the newest
+``keep_last``), model_best.pth written only when the chosen metric improves, also across a resume."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from esreid.config import load_config
+from esreid.engine.checkpoint import load_checkpoint, load_trained_model, save_checkpoint
+from esreid.engine.hooks import BestCheckpointHook
+from esreid.engine.trainer import Trainer
+from esreid.errors import ConfigError
+
+
+def test_periodic_checkpoints_hold_weights_only_and_the_newest_are_kept(tmp_path, tiny_config):
+    cfg = tiny_config(epochs=3, extra=["checkpoint.keep_last=2"])
+    Trainer(cfg, progress=False, log=lambda s: None).train()
+    out = tmp_path / "run"
+    assert sorted(n for n in os.listdir(out) if n.startswith("epoch_")) == ["epoch_002.pth", "epoch_003.pth"]
+    assert load_checkpoint(str(out / "last.pth"))["optimizer"] is not None  # what --resume reads
+    periodic = load_checkpoint(str(out / "epoch_003.pth"))
+    assert periodic["optimizer"] is None and periodic["epoch"] == 3
+    assert load_trained_model(cfg, str(out / "epoch_003.pth")).num_classes == periodic["num_classes"]
+    # the weights are those of the end of epoch 3, the same as last.pth's
+    last = load_checkpoint(str(out / "last.pth"))["model"]
+    assert all(torch.equal(periodic["model"][k], last[k]) for k in last)
+
+
+def test_model_best_is_the_best_evaluation_so_far(tmp_path, tiny_config):
+    Trainer(tiny_config(epochs=3), progress=False, log=lambda s: None).train()
+    out = tmp_path / "run"
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if r["type"] == "eval"]
+    best = max(evals, key=lambda r: r["mAP"])  # max keeps the first of equal values: only improvements write
+    state = load_checkpoint(str(out / "model_best.pth"))
+    assert state["optimizer"] is None
+    assert state["epoch"] == best["epoch"] and state["metrics"]["mAP"] == best["mAP"]
+    assert torch.equal(state["model"]["head.classifier.weight"],
+                       load_checkpoint(str(out / f"epoch_{best['epoch']:03d}.pth"))["model"]["head.classifier.weight"])
+
+
+def test_full_periodic_checkpoints_can_be_resumed(tmp_path, tiny_config):
+    Trainer(tiny_config(epochs=1, extra=["checkpoint.full=true"]), progress=False, log=lambda s: None).train()
+    resumed = Trainer(tiny_config(epochs=2, out="b", extra=["checkpoint.full=true"]),
+                      resume=str(tmp_path / "run" / "epoch_001.pth"), progress=False, log=lambda s: None)
+    assert resumed.start_epoch == 1
+
+
+class FakeTrainer:
+    """What BestCheckpointHook uses of the trainer: ``start_epoch`` and ``save_checkpoint``, which records the
+    metrics of the evaluation being saved (as the trainer does through ``state.metrics``)."""
+
+    def __init__(self, start_epoch):
+        self.start_epoch, self.saved, self.metrics = start_epoch, [], {}
+
+    def save_checkpoint(self, path, full=True):
+        self.saved.append((self.metrics["epoch"], full))
+        save_checkpoint(path, model=torch.nn.Linear(1, 1), epoch=self.metrics["epoch"], config={},
+                        metrics=self.metrics)
+
+
+def feed(hook, values, first_epoch=1):
+    for epoch, value in enumerate(values, start=first_epoch):
+        hook.trainer.metrics = {"epoch": epoch, "mAP": value}
+        hook.on_record({"type": "epoch", "epoch": epoch, "mAP": 1.0})  # not an evaluation: ignored
+        hook.on_record({"type": "eval", **hook.trainer.metrics})
+
+
+def test_best_hook_writes_on_improvement_only_and_resumes_from_the_file(tmp_path):
+    hook = BestCheckpointHook(str(tmp_path), "mAP", full=False)
+    hook.trainer = FakeTrainer(start_epoch=0)
+    hook.before_train()
+    feed(hook, [0.5, 0.4, 0.6, 0.6])
+    assert hook.trainer.saved == [(1, False), (3, False)]
+    resumed = BestCheckpointHook(str(tmp_path), "mAP")
+    resumed.trainer = FakeTrainer(start_epoch=4)
+    resumed.before_train()  # reads 0.6 from model_best.pth
+    feed(resumed, [0.55, 0.7], first_epoch=5)
+    assert resumed.trainer.saved == [(6, False)]
+    assert load_checkpoint(str(tmp_path / "model_best.pth"))["metrics"]["mAP"] == 0.7
+
+
+def test_best_metric_must_be_one_the_evaluation_reports():
+    with pytest.raises(ConfigError, match=r"key 'checkpoint.best': expected one of mAP, mINP, R1, R5, R10, R20 .*"
+                                          r"got 'R3'"):
+        load_config(None, ["checkpoint.best=R3"])
+    assert load_config(None, ["checkpoint.best=R3", "test.ranks=[1,3]"]).checkpoint.best == "R3"
+    assert load_config(None, ["checkpoint.best=''"]).checkpoint.best == ""
