@@ -7,6 +7,7 @@ vs ``torch.load(weights_only=True)``. Runs alternate between the two, medians ar
 read from the page cache (the file was just written); a cold disk read would add the same time to both.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/checkpoint_io.py [--backbone resnet50] [--runs 7] [--dir /tmp]
+    .venv/bin/python benchmarks/checkpoint_io.py --runs 1 --sizes     # + ES-Net file sizes: optimiser vs weights only
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ import time
 import torch
 from common import hardware
 
-from esreid.engine.checkpoint import atomic_save, load_checkpoint
+from esreid.config import SolverConfig
+from esreid.engine.checkpoint import atomic_save, load_checkpoint, save_checkpoint
+from esreid.engine.schedule import build_optimizer
 from esreid.files import atomic_writer, format_size
+from esreid.models import build_model
 from esreid.models.backbones import build_backbone
+from esreid.models.esnet import ESNetConfig
 
 
 def plain_save(obj, path: str) -> None:
@@ -54,6 +59,8 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--dir", default=None, help="folder for the files (default: a temporary folder)")
+    parser.add_argument("--sizes", action="store_true", help="also the file sizes of an ES-Net checkpoint with and "
+                                                             "without the optimiser state")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print("hardware:", hardware())
@@ -69,6 +76,26 @@ def main() -> None:
         print(f"sha256 alone: {1000 * t:.1f} ms ({len(data) / t / 1e9:.2f} GB/s)")
         compare("save", lambda: atomic_save(state, ours), lambda: plain_save(state, ref), args.runs)
         compare("load", lambda: load_checkpoint(ours), lambda: torch.load(ref, weights_only=True), args.runs)
+        if args.sizes:
+            checkpoint_sizes(args.backbone, tmp)
+
+
+def checkpoint_sizes(backbone: str, folder: str) -> None:
+    """File sizes of an ES-Net checkpoint (751 classes) with the Adam state (``last.pth``, ``checkpoint.full``) and
+    with the weights only (``epoch_XXX.pth``, ``model_best.pth`` by default)."""
+    model = build_model(ESNetConfig(backbone=backbone), 751)
+    opt = build_optimizer(model, SolverConfig())
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # Adam's two moments per parameter now exist, as after any training step
+    sizes = {}
+    for kind, extra in (("with optimiser", {"optimizer": opt}), ("weights only", {})):
+        path = os.path.join(folder, f"{kind}.pth")
+        save_checkpoint(path, model=model, epoch=1, config={}, num_classes=751, **extra)
+        sizes[kind] = os.path.getsize(path)
+    print(f"ES-Net ({backbone}, 751 classes) checkpoint: with the optimiser {format_size(sizes['with optimiser'])}, "
+          f"weights only {format_size(sizes['weights only'])} "
+          f"({sizes['with optimiser'] / sizes['weights only']:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3, help="runs of each setting per condition")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--workers", type=int, default=0, help="data.workers of the runs")
+    p.add_argument("--settings", default="auto,1,all", help="thread settings to compare (all = every core)")
+    p.add_argument("--conditions", default="as is,busy loop", help="'as is', 'busy loop' or both (comma-separated)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -80,7 +82,7 @@ def main() -> None:
         return child(args)
 
     cores = os.cpu_count() or 1
-    settings = ["auto", "1", str(cores)]
+    settings = [str(cores) if s == "all" else s for s in args.settings.split(",")]
     print(f"hardware: {hardware()}")
     print(f"tiny ES-Net training run: {args.epochs} epochs of {DATA['num_train_ids']} ids x {DATA['images_per_id']} "
           f"images at 64x32 + evaluation, data.workers={args.workers}; {args.runs} runs per cell, alternating")
@@ -89,7 +91,7 @@ def main() -> None:
         from esreid.data.datasets.synthetic import generate_synthetic_market  # once, outside the timed runs
 
         generate_synthetic_market(os.path.join(folder, "data"), **DATA)
-        for condition in ("as is", "busy loop"):
+        for condition in args.conditions.split(","):
             stop = mp.Event()
             spinner = mp.Process(target=spin, args=(stop,), daemon=True) if condition == "busy loop" else None
             if spinner:

@@ -15,6 +15,11 @@ CASES = {
     "data_pipeline.py": (["--batches", "2", "--backbone", "resnet_tiny", "--height", "64", "--width", "32",
                           "--model-steps", "1", "--workers", "0"], "ratio cache / JPEG"),
     "checkpoint_io.py": (["--backbone", "resnet_tiny", "--runs", "1"], "load: esreid"),
+    "inference.py": (["--batch", "8", "--batches", "2", "--runs", "1", "--height", "64", "--width", "32"],
+                     "ratio extraction / bare forward"),
+    "search_speed.py": (["--gallery", "2000", "--dim", "32", "--queries", "50", "--runs", "1"],
+                        "nearest neighbours agree: True"),
+    "threads.py": (["--runs", "1", "--epochs", "1", "--settings", "1", "--conditions", "as is"], "| as is |"),
 }
 
 
@@ -22,8 +27,21 @@ CASES = {
 @pytest.mark.parametrize("script", sorted(CASES))
 def test_benchmark_runs(script):
     args, expected = CASES[script]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}  # this checkout's esreid
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "hardware:" in out.stdout and expected in out.stdout, out.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_gpu_suite_dry_run(tmp_path):
+    # the whole GPU suite at tiny sizes on the CPU: every part runs and the summary is printed
+    env = {**os.environ, "PYTHONPATH": ROOT, "PYTHON": sys.executable, "SUITE_OUT": str(tmp_path)}
+    out = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_suite.sh"), "--dry-run"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    for part in ("train_fp32", "train_bf16", "train_bf16_cl", "train_bf16_cl_compile", "inference", "eval", "search"):
+        assert f"-- {part}: exit 0" in out.stdout
+    assert "(b) ES-Net Market recipe: 120 epochs x 12,936 images" in out.stdout
+    assert "gpu_suite: 0 failed part(s)" in out.stdout
