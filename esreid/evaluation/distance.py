@@ -43,13 +43,14 @@ class Rows:
         if x.ndim != 2:
             want = "(N, D) feature array" if kind == "features" else "(Nq, Ng) distance matrix"
             raise ValueError(f"{name}: expected a 2-D {want}, got shape {tuple(x.shape)}")
-        dtype = x.dtype if isinstance(x, torch.Tensor) else _torch_dtype(x.dtype, name)
-        if dtype.is_floating_point:
+        dtype = x.dtype if isinstance(x, torch.Tensor) else _torch_dtype(x.dtype)
+        if dtype is not None and dtype.is_floating_point:
             self.dtype = torch.promote_types(dtype, torch.float32)
-        elif kind == "distmat" and dtype != torch.bool and not dtype.is_complex:
+        elif dtype is not None and kind == "distmat" and dtype != torch.bool and not dtype.is_complex:
             self.dtype = torch.float64
         else:
-            want = "floating-point features" if kind == "features" else "a real-valued (float or integer) matrix"
+            want = ("floating-point features (float16, bfloat16, float32 or float64)" if kind == "features" else
+                    "a float (16, 32 or 64-bit) or integer distance matrix")
             raise ValueError(f"{name}: expected {want}, got dtype {x.dtype}")
         self.data, self.name = x, name
         self.shape = tuple(x.shape)
@@ -82,8 +83,8 @@ class Rows:
         if x.dtype == self.dtype and x.device == device and x.is_contiguous():
             return x
         if out is None:
-            return x.to(device=device, dtype=self.dtype, memory_format=torch.contiguous_format)
-        return out.copy_(x)
+            out = empty(tuple(x.shape), self.dtype, device)
+        return out.copy_(x)  # (x.to(memory_format=...) may keep a transposed layout)
 
     def owns(self, t: torch.Tensor) -> bool:
         """Whether ``t`` is memory of its own rather than (a view of) the input: what a block costs."""
@@ -92,13 +93,12 @@ class Rows:
         return t.device.type != "cpu" or not np.may_share_memory(t.numpy(), self.data)
 
 
-def _torch_dtype(dtype: np.dtype, name: str) -> torch.dtype:
+def _torch_dtype(dtype: np.dtype) -> Optional[torch.dtype]:
+    """torch's equivalent of a real numeric numpy dtype; None for bool, complex, strings, objects, float128..."""
     try:
-        if dtype.kind in "fiu":  # not bool, complex, object, strings, datetimes
-            return torch.from_numpy(np.zeros(0, dtype.newbyteorder("="))).dtype
-    except TypeError:  # float128 and other dtypes torch has no equivalent of
-        pass
-    raise ValueError(f"{name}: expected a float16/32/64 or integer array, got dtype {dtype}")
+        return torch.from_numpy(np.zeros(0, dtype.newbyteorder("="))).dtype if dtype.kind in "fiu" else None
+    except TypeError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -141,9 +141,15 @@ def empty(shape: Tuple[int, ...], dtype: torch.dtype, device: Optional[torch.dev
 
 
 def _normalise(x: torch.Tensor) -> Tuple[Prepared, torch.Tensor]:
-    """``F.normalize(x, dim=1)`` bit for bit (the same norm, clamp and division), into a huge-page buffer."""
-    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-    return Prepared(torch.div(x, norm.clamp_min(1e-12), out=empty(x.shape, x.dtype, x.device)), None), norm
+    """``F.normalize(x, dim=1)`` bit for bit (the same norm, clamp and division, row by row), ~1 MiB of rows at a time
+    so that the division reads them from cache (1.8x faster here), into a huge-page buffer."""
+    out = empty(x.shape, x.dtype, x.device)
+    norm = torch.empty(len(x), 1, dtype=x.dtype, device=x.device)
+    step = max(1, 2**20 // max(x.shape[1] * x.element_size(), 1))
+    for s in range(0, len(x), step):
+        torch.linalg.vector_norm(x[s : s + step], dim=1, keepdim=True, out=norm[s : s + step])
+        torch.div(x[s : s + step], norm[s : s + step].clamp_min(1e-12), out=out[s : s + step])
+    return Prepared(out, None), norm
 
 
 def _with_sqnorm(x: torch.Tensor) -> Tuple[Prepared, torch.Tensor]:

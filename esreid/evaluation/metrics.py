@@ -328,9 +328,9 @@ def rank_chunk(dist: torch.Tensor, q_cams: torch.Tensor, g_cams: torch.Tensor, s
         for g0, g1 in _row_groups(dense, m, max_candidates):
             flat = dense.flatnonzero(m[g0:g1]).to(dev)
             row = flat // num_g
-            key = codes(block[g0:g1].reshape(-1)[flat]).bitwise_or_((row + (a + g0)) << 32)
+            key = codes(torch.take(block[g0:g1], flat)).bitwise_or_((row + (a + g0)) << 32)
             place = torch.searchsorted(p_key, key)  # positives with a smaller key (this row's and earlier rows')
-            tie = p_key[place.clamp_max(max(len(p_key) - 1, 0))] == key if len(p_key) else place < 0
+            tie = torch.take(p_key, place.clamp_max(len(p_key) - 1)) == key if len(p_key) else place < 0
             if tie.any():  # same distance as positives: those with a smaller gallery index rank first
                 t = tie.nonzero().squeeze(1)
                 n_tied = torch.searchsorted(p_key, key[t], right=True) - place[t]
