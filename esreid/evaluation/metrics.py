@@ -185,7 +185,7 @@ class DistanceChunks:
             if chunk < 1:
                 need = (self.memory_budget_mb * 2**20 - work + row + one_query) / 2**20
                 raise ValueError(f"memory_budget_mb={self.memory_budget_mb} cannot hold one query against "
-                                 f"{self.num_g} gallery items; it needs at least {need:.3g}")
+                                 f"{self.num_g} gallery items; it needs at least {need:.3g} MB")
         self.chunk_size = max(1, min(chunk, self.num_q))
         self.max_candidates = int(max(work - self.chunk_size * row, one_query) // BYTES_PER_CANDIDATE)
 
@@ -200,8 +200,7 @@ class DistanceChunks:
             if self.gallery is None:
                 d = self.source.block(s, e, self.device, out=buf[: e - s])
             else:
-                q = prepare_rows(self.source, self.metric, s, e, self.device)
-                q = q.to(self.dist_dtype)
+                q = prepare_rows(self.source, self.metric, s, e, self.device).to(self.dist_dtype)
                 d = METRICS.get(self.metric).distance(q, self.gallery, out=buf[: e - s])
             yield s, e, d
 
@@ -285,6 +284,26 @@ def _row_groups(dense, m: torch.Tensor, max_candidates: int) -> Iterator[Tuple[i
         g0 = g1
 
 
+def _place(p_key: torch.Tensor, p_col: torch.Tensor, key: torch.Tensor, flat: torch.Tensor, num_g: int
+           ) -> torch.Tensor:
+    """Index into the sorted positives ``p_key`` of the first one ranked after each candidate negative ``key``.
+
+    A positive with the same key (same query and distance) ranks first iff its gallery index is smaller; the
+    candidates' gallery indices are ``flat % num_g`` (computed for the tied ones only: ties are rare).
+    """
+    place = torch.searchsorted(p_key, key)
+    if not len(p_key):
+        return place
+    tie = (torch.take(p_key, place.clamp_max(len(p_key) - 1)) == key).nonzero().squeeze(1)
+    if len(tie):
+        n = torch.searchsorted(p_key, key[tie], right=True) - place[tie]  # tied positives, ascending index
+        first = torch.repeat_interleave(place[tie], n)
+        tied = first + torch.arange(len(first), device=key.device) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
+        before = p_col[tied] < torch.repeat_interleave(flat[tie] % num_g, n)
+        place.index_add_(0, torch.repeat_interleave(tie, n), before.long())
+    return place
+
+
 def rank_chunk(dist: torch.Tensor, q_cams: torch.Tensor, g_cams: torch.Tensor, same_pid: torch.Tensor,
                ap_term: Callable, max_candidates: int = 2**62, check_nan: bool = True) -> QueryStats:
     """Market-protocol statistics for one chunk (the algorithm of the module docstring).
@@ -303,43 +322,32 @@ def rank_chunk(dist: torch.Tensor, q_cams: torch.Tensor, g_cams: torch.Tensor, s
     pos = valid & (g_cams[col] != q_cams[:, None])  # junk = same pid AND same camera
     num_pos = pos.sum(1)
     pos_d = dist.gather(1, col)
-    nan = torch.full((), torch.nan, dtype=dist.dtype, device=dev)
     hardest = torch.where(pos, pos_d, -torch.inf).amax(1)
-    hardest = torch.where(num_pos > 0, hardest, nan)  # no positive: nothing to rank (NaN compares false)
-    # the positives sorted by (query, distance, gallery index): nonzero is row-major, same_pid ascends in a row
+    hardest = torch.where(num_pos > 0, hardest, torch.nan)  # no positive: nothing to rank (NaN compares false)
+    # the positives sorted by (query, distance, gallery index): nonzero is row-major and same_pid ascends in a row
     p_row, p_slot = pos.nonzero(as_tuple=True)
     codes = SortCodes(pos_d[p_row, p_slot])
     p_key = (p_row << 32) | codes(pos_d[p_row, p_slot])
     order = torch.sort(p_key, stable=True).indices
     p_key, p_row, p_col = p_key[order], p_row[order], col[p_row, p_slot][order]
-    # hist[p_off[r] + r + b]: negatives of row r with b of the row's positives ranked before them
+    # hist[p_off[r] + r + b] counts the negatives of row r that rank after exactly b of its positives
     hist = torch.zeros(len(p_key) + c, dtype=torch.long, device=dev)
     dense = dense_ops(dev)
     rows_per_block = max(1, MASK_BYTES // max(num_g, 1))
     mask = empty((min(rows_per_block, c), num_g), torch.bool, dev)
     for a in range(0, c, rows_per_block):
-        b = min(a + rows_per_block, c)
-        block, m = dist[a:b], mask[: b - a]
+        block, m = dist[a : a + rows_per_block], mask[: min(rows_per_block, c - a)]
         if check_nan and not torch.isfinite(block.sum()) and torch.isnan(block).any():  # the sum is NaN if any is
-            raise ValueError(f"distmat: distances of query rows {a}..{b - 1} (of this chunk) contain NaN")
-        dense.less_equal(block, hardest[a:b], out=m)
-        vr, vs = valid[a:b].nonzero(as_tuple=True)
-        m[vr, col[a:b][vr, vs]] = False  # same-pid items (positives, junk) are not negatives
+            raise ValueError("distmat: contains NaN distances")
+        dense.less_equal(block, hardest[a : a + rows_per_block], out=m)
+        vr, vs = valid[a : a + rows_per_block].nonzero(as_tuple=True)
+        m[vr, col[a + vr, vs]] = False  # same-pid items (positives, junk) are not negatives
         for g0, g1 in _row_groups(dense, m, max_candidates):
-            flat = dense.flatnonzero(m[g0:g1]).to(dev)
-            row = flat // num_g
-            key = codes(torch.take(block[g0:g1], flat)).bitwise_or_((row + (a + g0)) << 32)
-            place = torch.searchsorted(p_key, key)  # positives with a smaller key (this row's and earlier rows')
-            tie = torch.take(p_key, place.clamp_max(len(p_key) - 1)) == key if len(p_key) else place < 0
-            if tie.any():  # same distance as positives: those with a smaller gallery index rank first
-                t = tie.nonzero().squeeze(1)
-                n_tied = torch.searchsorted(p_key, key[t], right=True) - place[t]
-                tied = torch.repeat_interleave(place[t], n_tied)
-                tied += torch.arange(len(tied), device=dev) - torch.repeat_interleave(torch.cumsum(n_tied, 0) - n_tied,
-                                                                                    n_tied)
-                neg_col = torch.repeat_interleave(flat[t] - row[t] * num_g, n_tied)
-                place.index_add_(0, torch.repeat_interleave(t, n_tied), (p_col[tied] < neg_col).long())
-            hist += torch.bincount(place.add_(row).add_(a + g0), minlength=len(hist))
+            flat = dense.flatnonzero(m[g0:g1]).to(dev)  # (row, gallery index) of the candidates, row-major
+            row = flat // num_g + (a + g0)
+            key = codes(torch.take(block[g0:g1], flat)).bitwise_or_(row << 32)
+            place = _place(p_key, p_col, key, flat, num_g)
+            hist += torch.bincount(place.add_(row), minlength=len(hist))
     p_off = torch.cumsum(num_pos, 0) - num_pos
     t = torch.arange(len(p_key), device=dev)
     i = t - p_off[p_row]  # 0-based index of the positive within its query
