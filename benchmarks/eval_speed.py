@@ -9,7 +9,8 @@ GEMM, measured in the same run.
 
 1. Market-size (3368 x 15913, 751 ids, 6 cameras, synthetic 128-d features with identity signal): the same float32
    distance matrix goes to ``evaluate_rank`` and to ``reference_eval`` (per query: stable argsort, junk removal,
-   cumsum; the anchors' definitions written directly in numpy). Prints median times, the ratio and max |delta|.
+   cumsum; the definitions of docs/methods.md §0 written directly in numpy). Prints median times, the ratio and max
+   |delta|.
 2. The floor: Market-size from 2048-d features clustered by identity (noise 3: mAP ~0.9), one thread. Every
    (query, gallery) pair needs its dot product, so the bare GEMM ``q @ g.T`` (float32, into fresh memory) is the
    floor; the full evaluation (normalisation, distances, ranking, metrics) is timed alternately with it and the
@@ -49,11 +50,11 @@ def synthetic(num_q, num_g, num_ids, num_cams, dim=128, noise=1.45, seed=0):
 
 
 def reference_eval(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50, python_precision=False):
-    """Straightforward per-query numpy implementation of the anchors' definitions (CMC, AP = mean precision at hits,
+    """Straightforward per-query numpy implementation of the definitions (CMC, AP = mean precision at hits,
     INP = R / rank of the last hit; junk = same pid and camera; queries without a match skipped).
 
     ``python_precision=True`` computes the precision at every rank with a Python list comprehension, the way the
-    anchors' pure-Python evaluators do (anchors §4: ~48 s on this problem); otherwise with numpy (tight reference).
+    torchreid's and fast-reid's pure-Python evaluators do; otherwise with numpy (tight reference).
     """
     cmc_sum, aps, inps = np.zeros(max_rank), [], []
     for q in range(dist.shape[0]):

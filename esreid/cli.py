@@ -1,15 +1,99 @@
-"""Command-line interface: ``esreid demo | train | eval | datasets check | search | visualize | export | extract``."""
+"""Command-line interface: ``esreid COMMAND ...``; ``esreid --help`` lists the commands.
+
+Error policy (:func:`main`): a mistake the user can fix (any :class:`~esreid.errors.EsreidError`, a command line
+argparse rejects, a file that is missing, exists already or cannot be accessed) prints one line
+``esreid: error: <what, where, how to fix>`` on stderr and exits 2; any other exception is a bug: one line
+``esreid: internal error: <type>: <message> ...``, exit 1.
+``--debug`` (anywhere on the line) prints the traceback first. Ctrl-C prints ``esreid: interrupted`` (and the
+exception's ``hint``, e.g. how to resume) and exits 130.
+
+Parsing: ``key=value`` tokens are config overrides wherever they stand (options and overrides in any order).
+Building the parser imports nothing heavy (no torch, numpy, models): ``--help`` answers at once and each handler
+imports what it needs. ``export``, ``extract``, ``visualize`` and ``search`` are parsed here too, and their handlers
+(``module.function(args)``) are imported only when the command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import re
 import sys
-from typing import List, Optional
+import traceback
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-OVERRIDE_HELP = "dotted overrides of config keys, e.g. solver.lr=1e-4 data.root=/data/reid model.backbone=resnet50"
+from esreid import __version__
+from esreid.errors import EsreidError
+
+OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")  # section.key=value (the value is YAML)
+OVERRIDE_HELP = "config overrides, anywhere on the line, e.g. solver.lr=1e-4 data.root=/data/reid (values are YAML)"
+CONFIG = "configs/market1501/esnet.yaml"
+USER_OS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions to the terminal; keeps indented lines (an epilog's example commands) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(line if line.startswith("  ") else super(HelpFormatter, self)._fill_text(line, width, indent)
+                         for line in text.splitlines())
+
+
+class UsageError(EsreidError):
+    """A command line the parser rejects."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors raise :class:`UsageError` (one line, exit 2 in :func:`main`).
+
+    ``commands`` maps the names of its subcommands to their parsers (empty for a leaf command).
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(**kwargs)
+        self.commands: Dict[str, Parser] = {}
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# --- argument types: checked while parsing, before any expensive work -----------------------------------------------
+def existing_file(path: str) -> str:
+    if not os.path.isfile(path):
+        raise argparse.ArgumentTypeError(f"{path} is a folder, expected a file" if os.path.isdir(path)
+                                         else f"file not found: {path}")
+    return path
+
+
+def existing_dir(path: str) -> str:
+    if not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path} is a file, expected a folder" if os.path.exists(path)
+                                         else f"folder not found: {path}")
+    return path
+
+
+def resume_value(value: str) -> str:
+    """``auto`` or an existing checkpoint file; an override here is a mistake worth naming."""
+    if value == "auto":
+        return value
+    if OVERRIDE.match(value):
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a checkpoint path, got the override {value!r} "
+                                         f"(write: --resume auto {value})")
+    return existing_file(value)
+
+
+def positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
+
+
+# --- handlers: each imports what it needs ----------------------------------------------------------------------------
 def _cmd_demo(args: argparse.Namespace) -> int:
     from esreid.demo import run_demo
 
@@ -19,7 +103,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from esreid.config import load_config
-    from esreid.engine.trainer import Trainer, format_metrics
+    from esreid.engine.hooks import format_metrics
+    from esreid.engine.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
@@ -29,17 +114,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
     from esreid.config import load_config
     from esreid.data.base import build_dataset
     from esreid.engine.checkpoint import load_trained_model
     from esreid.engine.evaluator import evaluate_model
-    from esreid.engine.trainer import format_metrics, resolve_device
+    from esreid.engine.hooks import format_metrics
+    from esreid.engine.trainer import resolve_device
 
     cfg = load_config(args.config, args.overrides)
     device = resolve_device(cfg.device)
     dataset = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.args)
     print(dataset.summary())
-    model = load_trained_model(cfg, args.weights, default_classes=dataset.num_train_pids).to(device)
+    model = load_trained_model(cfg, args.weights).to(device)
     metrics = evaluate_model(model, dataset, cfg, device)
     print(format_metrics(metrics, "eval"))
     if args.json:
@@ -72,92 +160,281 @@ def _cmd_datasets_check(args: argparse.Namespace) -> int:
     return check_main(args.root, args.verify)
 
 
-# Commands with their own argument parser: ``esreid NAME ARGS`` -> ``module.func(ARGS)``.
-DELEGATED = {
-    "search": ("esreid.evaluation.search", "search_main", "top-k search of query features in a gallery index"),
-    "visualize": ("esreid.viz.saliency", "visualize_main", "CG-RAM maps of why a query matched a gallery image"),
-    "export": ("esreid.export", "export_main", "ONNX graph of a trained model, checked with onnxruntime"),
-    "extract": ("esreid.export", "extract_main", "features of a dataset split as .npz (input of esreid search)"),
-}
+def describe(obj: object, registered: Sequence[object]) -> str:
+    """First line of ``obj``'s docstring; else of its module's when the module registers nothing else."""
+    doc = obj.__doc__
+    module = getattr(obj, "__module__", None)
+    if not doc and sum(getattr(o, "__module__", None) == module for o in registered) == 1:
+        doc = sys.modules[module].__doc__
+    return doc.strip().splitlines()[0] if doc and doc.strip() else "(no description)"
 
 
-def _run_delegated(name: str, argv: List[str]) -> int:
-    import importlib
+def _cmd_models(args: argparse.Namespace) -> int:
+    import esreid.data.datasets  # noqa: F401  (registers the loaders)
+    from esreid.data.base import DATASETS
+    from esreid.evaluation.protocols import PROTOCOLS
+    from esreid.evaluation.search import INDEX_KINDS
+    from esreid.models import MODELS
+    from esreid.models.backbones import BACKBONES
+    from esreid.models.pooling import POOLING
 
-    module, func, _ = DELEGATED[name]
-    return int(getattr(importlib.import_module(module), func)(argv) or 0)
+    sections = [("models (model.name)", MODELS), ("backbones (model.backbone)", BACKBONES),
+                ("poolings (model.pooling)", POOLING), ("datasets (data.name)", DATASETS),
+                ("protocols (a dataset's evaluation)", PROTOCOLS), ("search index kinds (esreid search --index)",
+                                                                    INDEX_KINDS)]
+    for title, registry in sections:
+        objs = [obj for _, obj in registry.items()]
+        width = max(map(len, registry.names()))
+        print(f"{title}:")
+        for name, obj in registry.items():
+            print(f"  {name:<{width}}  {describe(obj, objs)}")
+    return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="esreid",
-        description="ES-Net and erasing methods for person and vehicle re-identification.",
-        epilog="Run 'esreid COMMAND --help' for the options of a command.",
-    )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _delegated(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """A handler calling ``module.function(args)`` with the parsed arguments, importing ``module`` only then (the
+    parser itself stays light)."""
 
-    d = sub.add_parser("demo", help="train and evaluate the BoT baseline and ES-Net on built-in synthetic people",
-                       description="Generate a synthetic Market-1501-style dataset, train the BoT baseline and ES-Net "
-                                   "with a tiny ResNet on CPU and print both models' metrics.")
-    d.add_argument("--quick", action="store_true", help="a shorter run (under 2 minutes on 2 CPU cores), for CI")
-    d.add_argument("--output", default="outputs/demo", help="data, checkpoints and logs (default: %(default)s)")
-    d.add_argument("--no-progress", action="store_true", help="no progress bars")
-    d.set_defaults(func=_cmd_demo)
+    def run(args: argparse.Namespace) -> int:
+        import importlib
 
-    t = sub.add_parser("train", help="train a model from a YAML config",
-                       description="Train a model from a YAML config; checkpoints, config.yaml, metrics.jsonl and "
-                                   "results.json go to output_dir.")
-    t.add_argument("--config", required=True, help="YAML config, e.g. configs/market1501/esnet.yaml")
-    t.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                   help="continue a run: a checkpoint path, or 'auto' (also when no value follows) for "
-                        "<output_dir>/last.pth; before overrides write '--resume auto'")
-    t.add_argument("--no-progress", action="store_true", help="no progress bars")
-    t.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
-    t.set_defaults(func=_cmd_train)
+        return int(getattr(importlib.import_module(module), function)(args) or 0)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint with the dataset's protocol",
-                       description="Evaluate trained weights on the query/gallery split of the configured dataset.")
-    e.add_argument("--config", required=True, help="the YAML config the model was trained with")
-    e.add_argument("--weights", required=True, help="checkpoint (.pth) written by esreid train")
-    e.add_argument("--json", action="store_true", help="also print the metrics as JSON")
-    e.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
-    e.set_defaults(func=_cmd_eval)
+    return run
 
-    ds = sub.add_parser("datasets", help="dataset utilities").add_subparsers(dest="datasets_command", required=True,
-                                                                            metavar="SUBCOMMAND")
-    c = ds.add_parser("check", help="find datasets under a root and print their summaries",
-                      description="Print the ids/images/cameras table of every dataset found under ROOT.")
-    c.add_argument("--root", required=True, help="folder holding the datasets (torchreid or fast-reid layout)")
-    c.add_argument("--verify", action="store_true", help="compare the counts with the published ones")
-    c.set_defaults(func=_cmd_datasets_check)
-    k = ds.add_parser("cache", help="decode and resize a dataset once into the memory-mapped cache",
-                      description="Build the decoded-image cache (data.cache_dir, default <data.root>/.esreid_cache) "
-                                  "of every split of the configured dataset at data.height x data.width; runs with "
-                                  "data.cache: true then reuse it. Rebuilt automatically when a file or the size "
-                                  "changes.")
-    k.add_argument("--config", required=True, help="the YAML config of the runs that will use the cache")
-    k.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
-    k.set_defaults(func=_cmd_datasets_cache)
 
-    for name, (_, _, text) in DELEGATED.items():  # listed for --help; main() hands their arguments over
-        sub.add_parser(name, help=text, description=text)
+# --- the parser ------------------------------------------------------------------------------------------------------
+def _command(sub, name: str, help: str, examples: Sequence[str], description: str = "", overrides: bool = False,
+             handler: Optional[Callable[[argparse.Namespace], int]] = None) -> Parser:
+    """A subcommand with its examples as epilog, ``--debug``, and (``overrides``) ``KEY=VALUE`` positionals."""
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+    p = sub.add_parser(name, help=help, description=description or help, epilog=epilog)
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error")
+    if overrides:
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
+    if handler is not None:
+        p.set_defaults(handler=handler)
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    from esreid.config import ConfigError
-    from esreid.data.base import DatasetError
-    from esreid.engine.checkpoint import CheckpointError
+def _trained_model(p: Parser) -> None:
+    """``--config`` and ``--weights``: the trained model a command loads."""
+    p.add_argument("--config", required=True, type=existing_file, help="the YAML config the model was trained with")
+    p.add_argument("--weights", required=True, type=existing_file,
+                   help="checkpoint (.pth) written by esreid train, or a state dict")
 
+
+def _add_demo(sub) -> None:
+    p = _command(sub, "demo", "train and evaluate the BoT baseline and ES-Net on built-in synthetic people",
+                 ["esreid demo --quick", "esreid demo --output outputs/demo --no-progress"],
+                 "Generate a synthetic Market-1501-style dataset, train the BoT baseline and ES-Net with a tiny "
+                 "ResNet on CPU and print both models' metrics.", handler=_cmd_demo)
+    p.add_argument("--quick", action="store_true", help="a shorter run (under 2 minutes on 2 CPU cores), for CI")
+    p.add_argument("--output", default="outputs/demo", help="data, checkpoints and logs (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_train(sub) -> None:
+    p = _command(sub, "train", "train a model from a YAML config",
+                 [f"esreid train --config {CONFIG} data.root=/data/reid solver.amp=bf16",
+                  f"esreid train --config {CONFIG} --resume auto solver.epochs=150"],
+                 "Train a model from a YAML config; checkpoints, config.yaml, metrics.jsonl and results.json go to "
+                 "output_dir. A run already in output_dir is never overwritten: continue it with --resume auto.",
+                 overrides=True, handler=_cmd_train)
+    p.add_argument("--config", required=True, type=existing_file, help=f"YAML config, e.g. {CONFIG}")
+    p.add_argument("--resume", type=resume_value, metavar="auto|CKPT",
+                   help="continue a run: 'auto' for <output_dir>/last.pth, or a checkpoint path")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_eval(sub) -> None:
+    p = _command(sub, "eval", "evaluate a checkpoint with the dataset's protocol",
+                 [f"esreid eval --config {CONFIG} --weights outputs/market1501/esnet/last.pth --json"],
+                 "Evaluate trained weights on the query/gallery split of the configured dataset.",
+                 overrides=True, handler=_cmd_eval)
+    _trained_model(p)
+    p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+
+
+def _add_datasets(sub) -> None:
+    group = sub.add_parser("datasets", help="dataset utilities: check, cache",
+                           description="Dataset utilities; run 'esreid datasets SUBCOMMAND --help'.",
+                           epilog="examples:\n  esreid datasets check --root /data/reid --verify")
+    dsub = group.add_subparsers(dest="datasets_command", required=True, metavar="SUBCOMMAND")
+    c = _command(dsub, "check", "find datasets under a root and print their summaries",
+                 ["esreid datasets check --root /data/reid --verify", "esreid datasets check --root /data/my_people"],
+                 "Print the ids/images/cameras table of every dataset found under ROOT: the known datasets in the "
+                 "torchreid or fast-reid layout, and custom data ({train,query,gallery}.csv or "
+                 "{train,query,gallery}/<identity>/[<camera>/]<image>) in ROOT itself or in a folder of ROOT. Exit "
+                 "status 2 when one cannot be loaded (or, with --verify, does not match the published counts).",
+                 handler=_cmd_datasets_check)
+    c.add_argument("--root", required=True, type=existing_dir, help="folder holding the datasets (or custom data)")
+    c.add_argument("--verify", action="store_true", help="compare the counts with the published ones")
+    k = _command(dsub, "cache", "decode and resize a dataset once into the memory-mapped cache",
+                 [f"esreid datasets cache --config {CONFIG} data.root=/data/reid"],
+                 "Build the decoded-image cache (data.cache_dir, default <data.root>/.esreid_cache) of every split "
+                 "of the configured dataset at data.height x data.width; runs with data.cache: true then reuse it. "
+                 "Rebuilt automatically when a file or the size changes.", overrides=True, handler=_cmd_datasets_cache)
+    k.add_argument("--config", required=True, type=existing_file,
+                   help="the YAML config of the runs that will use the cache")
+    group.commands.update(check=c, cache=k)
+
+
+def _add_models(sub) -> None:
+    _command(sub, "models", "list the registered models, backbones, poolings, datasets and protocols",
+             ["esreid models"], "One line per registered name (the first line of its docstring), for the config "
+             "keys model.name, model.backbone, model.pooling, data.name.", handler=_cmd_models)
+
+
+def _add_search(sub) -> None:
+    p = _command(sub, "search", "top-k gallery images of each query, from features (faiss)",
+                 ["esreid search --gallery gallery.npz --query query.npz -k 10 --output top10.json",
+                  "esreid search --gallery gallery.npz --query query.npz --index hnsw --save-index gallery_index.npz",
+                  "esreid search --load-index gallery_index.npz --query query.npz -k 5 --output top5.csv"],
+                 "Index the gallery features (or load a saved index) and rank the gallery for every query: gallery "
+                 "image path, row, pid, camid and distance per match (paths, pids, camids when the .npz holds them, "
+                 "as esreid extract writes them). -k is capped at the gallery size. Output columns: see "
+                 "esreid.evaluation.search.", handler=_delegated("esreid.evaluation.search", "search_main"))
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--gallery", type=existing_file, metavar="GALLERY.npz",
+                     help=".npz with feats (N, D) and optional ids (pids), camids, paths (N,): esreid extract output")
+    src.add_argument("--load-index", type=existing_file, metavar="INDEX.npz",
+                     help="a gallery index .npz written by --save-index")
+    p.add_argument("--query", required=True, type=existing_file, metavar="QUERY.npz",
+                   help=".npz with feats (M, D) (+ ids, camids, paths)")
+    p.add_argument("-k", type=positive_int, default=10, help="matches per query (default: %(default)s)")
+    p.add_argument("--index", help="index kind of a new index: flat (exact, default), ivf or hnsw (approximate)")
+    p.add_argument("--metric", choices=["cosine", "euclidean"], help="distance of a new index (default: cosine)")
+    p.add_argument("--save-index", metavar="FILE.npz", help="write the built index (with the gallery's paths) here")
+    p.add_argument("--output", metavar="FILE", help="write the matches to FILE.json, FILE.csv or FILE.npz "
+                                                     "(default: print them)")
+
+
+def _add_visualize(sub) -> None:
+    p = _command(sub, "visualize", "CG-RAM maps of why a query matched a gallery image",
+                 [f"esreid visualize --config {CONFIG} --weights W.pth --query q.jpg --gallery g.jpg --out why.png"],
+                 "CG-RAM maps of a (query, gallery) pair for a trained model, saved as a PNG.", overrides=True,
+                 handler=_delegated("esreid.viz.saliency", "visualize_main"))
+    _trained_model(p)
+    p.add_argument("--query", required=True, type=existing_file, help="query image file")
+    p.add_argument("--gallery", required=True, type=existing_file, help="gallery image file")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--layer", default="", help="module name of the CG-RAM layer (default: the model's)")
+    p.add_argument("--device", default="cpu", help="default: %(default)s")
+
+
+def _add_export(sub) -> None:
+    p = _command(sub, "export", "ONNX graph of a trained model, checked with onnxruntime",
+                 [f"esreid export --config {CONFIG} --weights W.pth --out model.onnx --dynamic-batch test.flip=false"],
+                 "A trained model as an ONNX graph (normalised images -> retrieval features), checked with "
+                 "onnxruntime against PyTorch. Needs the onnx extra.", overrides=True,
+                 handler=_delegated("esreid.export", "export_main"))
+    _trained_model(p)
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--height", type=int, help="input height (default: data.height)")
+    p.add_argument("--width", type=int, help="input width (default: data.width)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--dynamic-batch", action="store_true", help="a dynamic batch axis (default: batch fixed to 1)")
+
+
+def _add_extract(sub) -> None:
+    p = _command(sub, "extract", "features of a dataset split as .npz (input of esreid search)",
+                 [f"esreid extract --config {CONFIG} --weights W.pth --split gallery --out gallery.npz "
+                  "data.root=/data/reid"],
+                 "Features of a dataset split (as esreid eval computes them) saved as .npz with feats, ids (pids), "
+                 "camids, paths: the input of esreid search --gallery/--query.", overrides=True,
+                 handler=_delegated("esreid.export", "extract_main"))
+    _trained_model(p)
+    p.add_argument("--split", required=True, choices=["query", "gallery", "train"])
+    p.add_argument("--out", required=True, help=".npz file to write")
+
+
+COMMANDS = [_add_demo, _add_train, _add_eval, _add_datasets, _add_models, _add_search, _add_visualize, _add_export,
+            _add_extract]
+
+
+def build_parser() -> Parser:
+    """The ``esreid`` parser; ``parser.commands`` (and ``parser.commands['datasets'].commands``) hold the commands."""
+    p = Parser(prog="esreid", description="ES-Net and erasing methods for person and vehicle re-identification.",
+               epilog="examples:\n  esreid demo --quick\n"
+                      f"  esreid train --config {CONFIG} data.root=/data/reid\n"
+                      "  esreid models\n\n"
+                      "Run 'esreid COMMAND --help' for the options of a command.")
+    p.add_argument("--version", action="version", version=f"esreid {__version__}")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error (also after COMMAND)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    p.commands.update(sub.choices)
+    return p
+
+
+def _find_command(parser: Parser, tokens: List[str]) -> Tuple[Parser, List[str]]:
+    """The parser of the (sub)command the leading tokens name, and the tokens after its name."""
+    while parser.commands and tokens and tokens[0] in parser.commands:
+        parser, tokens = parser.commands[tokens[0]], tokens[1:]
+    return parser, tokens
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``esreid`` arguments (without the program name); ``--debug`` may stand anywhere.
+
+    The namespace has ``handler`` (the command's function) and ``overrides`` (for commands that take them).
+    Raises :class:`UsageError`; ``--help`` / ``--version`` exit 0.
+    """
+    tokens = [t for t in argv if t != "--debug"]
+    top = build_parser()
+    parser, rest = _find_command(top, tokens)
+    if parser.commands:  # no (valid) command named: --help, --version, or a usage error
+        parser.parse_args(rest)
+        parser.error("expected a command")
+    args = parser.parse_intermixed_args(rest)  # options and KEY=VALUE positionals in any order
+    overrides = getattr(args, "overrides", [])
+    bad = [t for t in overrides if not OVERRIDE.match(t)]
+    if bad:
+        parser.error(f"unexpected argument {bad[0]!r} (config overrides look like section.key=value)")
+    return args
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _user_message(e: BaseException) -> Optional[str]:
+    """The one-line message of a user-fixable error, None for a bug."""
+    if isinstance(e, EsreidError):
+        return _one_line(e)
+    if isinstance(e, USER_OS_ERRORS):
+        return _one_line(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else e)
+    return None
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``esreid ARGS``; returns the exit status (0 ok, 2 user error, 1 internal error, 130 interrupted)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
     try:
-        if argv and argv[0] in DELEGATED:
-            return _run_delegated(argv[0], argv[1:])
-        args = build_parser().parse_args(argv)
-        return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, FileExistsError) as e:
-        print(f"esreid: error: {e}", file=sys.stderr)
-        return 2
+        args = parse_args(argv)
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt as e:
+        if debug:
+            traceback.print_exc()
+        hint = getattr(e, "hint", None) or getattr(e.__cause__, "hint", None)
+        print("esreid: interrupted" + (f"\nesreid: {hint}" if hint else ""), file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `esreid search ... | head`: the reader has gone, nothing is wrong
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes stdout at exit
+        return 0
+    except Exception as e:  # noqa: BLE001 - the one place that turns exceptions into exit codes
+        if debug:
+            traceback.print_exc()
+        message = _user_message(e)
+        if message is not None:
+            print(f"esreid: error: {message}", file=sys.stderr)
+            return 2
+        hint = "please report it" if debug else "rerun with --debug for the traceback; please report it"
+        print(f"esreid: internal error: {type(e).__name__}: {_one_line(e)} ({hint})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,130 +1,298 @@
-"""Typed configuration: YAML files with ``_base_`` inheritance and dotted command-line overrides.
+"""Typed configuration: YAML files with ``_base_`` inheritance and dotted command-line overrides, checked at load time.
 
-A config is a tree of dataclasses (:class:`Config`). The ``model`` section is method-specific: each model
-registers its own dataclass (a subclass of :class:`ModelConfig`) next to its class, and the section is
-validated against the dataclass of ``model.name``. Unknown keys and wrong types raise :class:`ConfigError`
-naming the dotted key and the file (or "command line") it came from.
+A config is a tree of dataclasses (:class:`Config`). The ``model`` section is method-specific: each model registers
+its own dataclass (a subclass of :class:`ModelConfig`) next to its class, and the section is validated against the
+dataclass of ``model.name``.
+
+Every mistake is found when the config is loaded, before any data is read, and raises :class:`ConfigError` naming the
+dotted key and the file (or "command line") it came from:
+
+* unknown keys and wrong types (:func:`_coerce`); floats must be finite;
+* each field's own constraint, declared next to it with :func:`param` (ranges, choices, registry names, lengths);
+* structural checks between fields that need no data: each section's ``check(cfg)`` method raises
+  :class:`Invalid` naming the key to fix (milestones within epochs, Cutout square inside the image, a block size that
+  divides the feature map, ...).
+
+Checks that need the dataset (enough identities for a batch, a readable test split) run right after the dataset scan
+(:func:`esreid.engine.preflight.check_dataset`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
+import importlib
+import math
 import os
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from esreid.errors import EsreidError
+from esreid.errors import ConfigError
 
 
-class ConfigError(EsreidError, ValueError):
-    """A config file or override is wrong; the message names the key and where it came from."""
+class Invalid(Exception):
+    """Raised by a section's ``check(cfg)``: ``key`` (dotted, from the top) holds a value that does not fit."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(key, message)
+        self.key, self.message = key, message
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Field constraints
+# --------------------------------------------------------------------------------------------------------------
+Names = Union[Sequence[str], Callable[[], Sequence[str]]]
+
+
+def registry_names(module: str, attr: str, load: str = "") -> Callable[[], List[str]]:
+    """Names of the registry ``module.attr``, imported when a config is checked (never when this module is imported,
+    so the config layer does not depend on models, data or engine); ``load`` is a module to import first (the one
+    whose import fills the registry)."""
+
+    def names() -> List[str]:
+        if load:
+            importlib.import_module(load)
+        return list(getattr(importlib.import_module(module), attr).names())
+
+    return names
+
+
+@dataclass(frozen=True)
+class Check:
+    """A field's own constraint (see :func:`param`)."""
+
+    ge: Optional[float] = None
+    gt: Optional[float] = None
+    le: Optional[float] = None
+    lt: Optional[float] = None
+    choices: Optional[Names] = None
+    length: Optional[int] = None  # lists: exact number of items
+    nonempty: bool = False  # lists and strings
+
+    def problem(self, value: Any) -> Optional[str]:
+        """What is wrong with ``value`` (already of the field's type), or None. Lists are checked item by item."""
+        if value is None:
+            return None
+        if isinstance(value, list):
+            if self.nonempty and not value:
+                return "expected a non-empty list"
+            if self.length is not None and len(value) != self.length:
+                return f"expected a list of {self.length} items, got {len(value)}"
+            for i, item in enumerate(value):
+                bad = self.problem(item)
+                if bad:
+                    return f"item {i} ({item!r}): {bad}"
+            return None
+        if isinstance(value, str):
+            if self.nonempty and not value:
+                return "expected a non-empty string"
+            if self.choices is not None:
+                names = list(self.choices() if callable(self.choices) else self.choices)
+                if value not in names:
+                    return f"expected one of {', '.join(names)}; got {value!r}"
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            bounds = [(self.ge, ">=", value >= (self.ge or 0)), (self.gt, ">", value > (self.gt or 0)),
+                      (self.le, "<=", value <= (self.le or 0)), (self.lt, "<", value < (self.lt or 0))]
+            failed = [f"{op} {bound:g}" for bound, op, ok in bounds if bound is not None and not ok]
+            if failed:
+                return f"expected a value {' and '.join(failed)}, got {value!r}"
+        return None
+
+
+def param(default: Any = dataclasses.MISSING, *, factory: Optional[Callable[[], Any]] = None, **check: Any) -> Any:
+    """A dataclass field with a :class:`Check` (keywords ``ge, gt, le, lt, choices, length, nonempty``) that the loader
+    applies: ``lr: float = param(3.5e-4, gt=0)``; ``milestones: List[int] = param(factory=..., ge=1)``."""
+    meta = {"check": Check(**check)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Schema
 # --------------------------------------------------------------------------------------------------------------
+STAGE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")  # the backbone stage API (models/backbones)
+
+
+class Section:
+    """Base of the config sections: ``check(cfg)`` raises :class:`Invalid` for a structural problem that a single
+    field's constraint cannot express (it sees the whole config)."""
+
+    def check(self, cfg: Config) -> None:
+        """No structural constraint by default."""
+BACKBONE_NAMES = registry_names("esreid.models.backbones", "BACKBONES")
+POOLING_NAMES = registry_names("esreid.models.pooling", "POOLING")
+
+
 @dataclass
-class LossConfig:
+class LossConfig(Section):
     """Loss weights shared by every method (ES-Net eq. 1 uses unit weights)."""
 
-    ce_weight: float = 1.0
-    label_smoothing: float = 0.0  # ES-Net does not use it (spec §7 #8); BDB/PMM use 0.1
-    triplet_weight: float = 1.0  # 0 disables the triplet term ("Base" of ES-Net Table II is CE only)
-    triplet_margin: float = 0.3
+    ce_weight: float = param(1.0, ge=0)
+    label_smoothing: float = param(0.0, ge=0, lt=1)  # ES-Net does not use it (docs/methods.md §7 #8); BDB/PMM use 0.1
+    triplet_weight: float = param(1.0, ge=0)  # 0 disables the triplet term ("Base" of ES-Net Table II is CE only)
+    triplet_margin: float = param(0.3, ge=0)
     soft_margin: bool = False  # log(1+exp(d_ap-d_an)) instead of the hinge (BDB/PMM)
 
+    def check(self, cfg: Config) -> None:
+        if self.ce_weight == 0 and self.triplet_weight == 0:
+            raise Invalid("model.loss.ce_weight", "both loss weights (ce_weight, triplet_weight) are 0: nothing would "
+                                                  "be trained; set one of them > 0")
+
 
 @dataclass
-class ModelConfig:
-    """Fields every model has. Methods subclass this and register it with their model class."""
+class ModelConfig(Section):
+    """Fields every model has. Methods subclass this and register it with their model class; a subclass adds its
+    own ``check(cfg)`` for structural constraints (call ``super().check(cfg)``)."""
 
     name: str = "baseline"
-    backbone: str = "resnet50"
+    backbone: str = param("resnet50", choices=BACKBONE_NAMES)
     pretrained: str = ""  # path or URL of an ImageNet state dict (torchvision keys); "" = random init
-    last_stride: int = 1
+    last_stride: int = param(1, ge=1, le=2)
     loss: LossConfig = field(default_factory=LossConfig)
 
+    def check(self, cfg: Config) -> None:
+        if self.loss.triplet_weight > 0 and cfg.data.instances < 2:
+            raise Invalid("data.instances", "the triplet loss needs at least 2 images per identity in a batch "
+                                            "(or set model.loss.triplet_weight=0)")
+
+    def backbone_channels(self) -> Dict[str, int]:
+        """Output channels per stage of ``backbone`` (from its registration, without building it)."""
+        from esreid.models.backbones import BACKBONES
+
+        return BACKBONES.meta(self.backbone)["channels"]
+
+    def require_channels_multiple_of(self, multiple: int, why: str) -> None:
+        """Raise :class:`Invalid` on ``model.backbone`` unless its ``layer4`` width is a multiple of ``multiple``."""
+        c = self.backbone_channels()["layer4"]
+        if c % multiple:
+            raise Invalid("model.backbone", f"{self.backbone!r} gives {c} channels but {why} needs a multiple of "
+                                            f"{multiple} (e.g. resnet50, resnet101, resnet_tiny_bottleneck)")
+
+    def feature_size(self, cfg: Config, stage: str = "layer4") -> Tuple[int, int]:
+        """Spatial size of ``stage``'s output for the configured input size."""
+        from esreid.models.backbones import feature_size
+
+        return feature_size(cfg.data.height, cfg.data.width, stage, self.last_stride)
+
+
+def dataset_class(name: str) -> Any:
+    """The registered dataset class ``name`` (imports the loaders, which fill the registry)."""
+    importlib.import_module("esreid.data.datasets")
+    from esreid.data.base import DATASETS
+
+    return DATASETS.get(name)
+
 
 @dataclass
-class DataConfig:
-    name: str = "synthetic"
-    root: str = "data"
+class DataConfig(Section):
+    name: str = param("synthetic", choices=registry_names("esreid.data.base", "DATASETS", load="esreid.data.datasets"))
+    root: str = param("data", nonempty=True)
     args: Dict[str, Any] = field(default_factory=dict)  # dataset-specific keyword arguments
-    height: int = 256
-    width: int = 128
-    ids_per_batch: int = 16  # J
-    instances: int = 4  # K
-    workers: int = 2
+    height: int = param(256, ge=1, le=4096)
+    width: int = param(128, ge=1, le=4096)
+    ids_per_batch: int = param(16, ge=2, le=4096)  # J (the triplet loss and PMM's partners need >= 2 identities)
+    instances: int = param(4, ge=1, le=256)  # K
+    workers: int = param(2, ge=0, le=256)
     cache: bool = False  # decode + resize once into a memory-mapped uint8 array
     cache_dir: str = ""  # default: <root>/.esreid_cache
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    flip_prob: float = 0.5
-    pad: int = 0  # pad-and-random-crop (BoT); ES-Net uses flip + normalise only
-    random_erasing: float = 0.0  # probability of Zhong et al. random erasing
-    cutout_prob: float = 0.0  # probability of one Cutout square per image (DeVries & Taylor; BDB: 0.5)
-    cutout_size: int = 64  # side of the Cutout square in pixels (BDB: 64)
-    test_batch_size: int = 128
+    mean: List[float] = param(factory=lambda: [0.485, 0.456, 0.406], length=3)
+    std: List[float] = param(factory=lambda: [0.229, 0.224, 0.225], length=3, gt=0)
+    flip_prob: float = param(0.5, ge=0, le=1)
+    pad: int = param(0, ge=0, le=1024)  # pad-and-random-crop (BoT); ES-Net uses flip + normalise only
+    random_erasing: float = param(0.0, ge=0, le=1)  # probability of Zhong et al. random erasing
+    cutout_prob: float = param(0.0, ge=0, le=1)  # probability of one Cutout square per image (BDB: 0.5)
+    cutout_size: int = param(64, ge=1)  # side of the Cutout square in pixels (BDB: 64)
+    test_batch_size: int = param(128, ge=1, le=65536)
+
+    def check(self, cfg: Config) -> None:
+        if self.cutout_prob > 0 and self.cutout_size > min(self.height, self.width):
+            raise Invalid("data.cutout_size", f"the {self.cutout_size}x{self.cutout_size} Cutout square does not fit "
+                                              f"in {self.height}x{self.width} images; lower it or set cutout_prob=0")
+        problem = dataset_class(self.name).check_options(self.args)
+        if problem:
+            raise Invalid("data.args", f"dataset {self.name!r}: {problem}")
 
 
 @dataclass
-class SolverConfig:
-    optimizer: str = "adam"
-    lr: float = 3.5e-4
-    weight_decay: float = 5e-4
-    momentum: float = 0.9  # SGD only
-    epochs: int = 120
-    warmup_epochs: int = 10  # linear warm-up per iteration from warmup_factor*lr to lr (ES-Net: from 0)
-    warmup_factor: float = 0.0
-    milestones: List[int] = field(default_factory=lambda: [40, 70])
-    gamma: float = 0.1
-    amp: str = "none"  # none | bf16 | fp16
+class SolverConfig(Section):
+    optimizer: str = param("adam", choices=registry_names("esreid.engine.schedule", "OPTIMIZERS"))
+    lr: float = param(3.5e-4, gt=0)
+    weight_decay: float = param(5e-4, ge=0)
+    momentum: float = param(0.9, ge=0, lt=1)  # SGD only
+    epochs: int = param(120, ge=1, le=100000)
+    warmup_epochs: int = param(10, ge=0)  # linear warm-up per iteration from warmup_factor*lr to lr (ES-Net: from 0)
+    warmup_factor: float = param(0.0, ge=0, le=1)
+    milestones: List[int] = param(factory=lambda: [40, 70], ge=1)
+    gamma: float = param(0.1, gt=0, le=1)
+    amp: str = param("none", choices=("none", "bf16", "fp16"))
     channels_last: bool = False
     sync_bn: bool = False  # DDP on GPUs: synchronise BatchNorm statistics across processes
-    grad_clip: float = 0.0
+    grad_clip: float = param(0.0, ge=0)  # max gradient norm; 0 = no clipping
+
+    def check(self, cfg: Config) -> None:
+        m = self.milestones
+        if any(b <= a for a, b in zip(m, m[1:])):
+            raise Invalid("solver.milestones", f"expected strictly increasing epochs, got {m}")
+        if m and m[-1] > self.epochs:  # = epochs is allowed: a run that will be extended (--resume) decays there
+            raise Invalid("solver.milestones", f"milestone {m[-1]} lies after the last of the {self.epochs} epochs "
+                                               "(0-based epoch from which the lr is multiplied by gamma); lower it")
+        if self.warmup_epochs > self.epochs:
+            raise Invalid("solver.warmup_epochs", f"{self.warmup_epochs} warm-up epochs exceed solver.epochs "
+                                                  f"({self.epochs})")
 
 
 @dataclass
-class TestConfig:
-    flip: bool = True  # average original and horizontally flipped features
-    normalize: bool = True  # L2-normalise each branch's feature before concatenation
-    metric: str = "cosine"  # cosine | euclidean
-    eval_period: int = 10  # epochs; 0 = only at the end
-    ranks: List[int] = field(default_factory=lambda: [1, 5, 10, 20])
-    ap_mode: str = "anchor"  # anchor (mean precision at hits) | official (Market trapezoid)
+class TestConfig(Section):
+    # The retrieval rule: None keeps the method's own (ES-Net / BoT: flip, per-branch L2, cosine; BDB / PMM: no flip,
+    # no L2, Euclidean), a value overrides it (docs/methods.md §1.7, §2.1).
+    flip: Optional[bool] = None  # sum the features of the image and its mirror
+    normalize: Optional[bool] = None  # L2-normalise each branch's feature before concatenation
+    metric: Optional[str] = param(None, choices=registry_names("esreid.evaluation.distance", "METRICS"))
+    eval_period: int = param(10, ge=0)  # epochs; 0 = only at the end
+    ranks: List[int] = param(factory=lambda: [1, 5, 10, 20], ge=1, nonempty=True)
+    ap_mode: str = param("anchor", choices=registry_names("esreid.evaluation.metrics", "AP_MODES"))
     rerank: bool = False
     protocol_args: Dict[str, Any] = field(default_factory=dict)
 
+    def check(self, cfg: Config) -> None:
+        problem = dataset_class(cfg.data.name).check_protocol_options(cfg.data.args, self.protocol_args)
+        if problem:
+            raise Invalid("test.protocol_args", problem)
+
 
 @dataclass
-class DiagnosticsConfig:
-    """ES-Net Fig. 3 ("verification of motivation"): log the model's loss on BESM-erased copies of each batch
-    while it trains on the original images. Costs one extra saliency pass and forward per iteration."""
+class DiagnosticsConfig(Section):
+    """ES-Net Fig. 3 ("verification of motivation") for any model: log the model's loss on BESM-erased copies of each
+    batch while it trains on the original images. Costs one extra saliency pass and forward per iteration."""
 
     erased_loss: bool = False
-    layer: str = "backbone.layer4"  # CG-RAM layer of the probed model (res_conv5 of the baseline)
-    erase_ratio: float = 0.2  # R
-    erase_prob: float = 1.0  # P (1: every copy is erased)
+    layer: str = ""  # CG-RAM layer of the probed model; "" = the model's saliency_layer
+    erase_ratio: float = param(0.2, ge=0, le=1)  # R
+    erase_prob: float = param(1.0, ge=0, le=1)  # P (1: every copy is erased)
 
 
 @dataclass
-class Config:
+class Config(Section):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     test: TestConfig = field(default_factory=TestConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
-    output_dir: str = "outputs/run"
-    seed: int = 0
+    output_dir: str = param("outputs/run", nonempty=True)
+    seed: int = param(0, ge=0, lt=2**32)  # numpy accepts seeds below 2^32
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    log_period: int = 20  # iterations between console/JSONL log lines
-    checkpoint_period: int = 10  # epochs between kept checkpoints (the latest is always saved)
+    log_period: int = param(20, ge=0)  # iterations between console/JSONL log lines
+    checkpoint_period: int = param(10, ge=0)  # epochs between kept checkpoints (the latest is always saved)
     tensorboard: bool = False
+
+    def check(self, cfg: Config) -> None:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+            raise Invalid("device", f"expected auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -209,6 +377,8 @@ def parse_override(item: str) -> Tuple[str, Any]:
 
 
 def apply_overrides(raw: Dict[str, Any], overrides: List[str], origins: Origins) -> None:
+    """Apply ``key=value`` overrides to the merged dict. A mapping value merges into the section it names
+    (``solver={lr: 0.1}`` changes only ``solver.lr``); a section cannot be replaced by a plain value or null."""
     for item in overrides:
         key, value = parse_override(item)
         node = raw
@@ -218,9 +388,33 @@ def apply_overrides(raw: Dict[str, Any], overrides: List[str], origins: Origins)
                 origins[".".join(parts[: i + 1])] = "command line"
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"command line: override {item!r}: '{part}' is not a section")
-        node[parts[-1]] = value
-        origins[key] = "command line"
+                raise ConfigError(f"command line: override {item!r}: '{'.'.join(parts[: i + 1])}' is not a section")
+        leaf = parts[-1]
+        if isinstance(node.get(leaf), dict) and not key.endswith("args"):
+            if not isinstance(value, dict):
+                raise ConfigError(f"command line: override {item!r}: '{key}' is a section; set its keys "
+                                  f"(e.g. {key}.<key>=<value>) or give a mapping ({key}={{<key>: <value>}})")
+            _merge(node[leaf], value, origins, "command line", key + ".")
+        elif _is_section(key) and not isinstance(value, dict):
+            raise ConfigError(f"command line: override {item!r}: '{key}' is a section; set its keys "
+                              f"(e.g. {key}.<key>=<value>)")
+        else:
+            node[leaf] = value
+            origins[key] = "command line"
+            if isinstance(value, dict):
+                for sub in _flatten_keys(value, key + "."):
+                    origins[sub] = "command line"
+
+
+def _is_section(key: str) -> bool:
+    """Whether the dotted ``key`` names a section (a dataclass) of the schema (``model``, ``model.loss``, ...)."""
+    cls: Any = Config
+    for part in key.split("."):
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in hints:
+            return False
+        cls = hints[part]
+    return dataclasses.is_dataclass(cls)
 
 
 def _type_name(tp: Any) -> str:
@@ -228,7 +422,7 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, key: str, origins: Origins) -> Any:
-    where = origins.get(key, _nearest_origin(key, origins))
+    where = _where(key, origins)
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -238,6 +432,8 @@ def _coerce(value: Any, tp: Any, key: str, origins: Origins) -> Any:
             return None
         return _coerce(value, args[0], key, origins)
     if dataclasses.is_dataclass(tp):
+        if value is None:
+            raise ConfigError(f"{where}: key '{key}' is a section but is empty (null); give it keys or leave it out")
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: key '{key}': expected a section (mapping), got {value!r}")
         return _build(tp, value, key + ".", origins)
@@ -249,8 +445,8 @@ def _coerce(value: Any, tp: Any, key: str, origins: Origins) -> Any:
             raise ConfigError(f"{where}: key '{key}': expected a list of {_type_name(item_tp)}, got {value!r}")
         return [_coerce(v, item_tp, f"{key}[{i}]", {**origins, f"{key}[{i}]": where}) for i, v in enumerate(value)]
     if origin in (dict, Dict):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: key '{key}': expected a mapping, got {value!r}")
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where}: key '{key}': expected a mapping with string keys, got {value!r}")
         return dict(value)
     if tp is bool:
         if not isinstance(value, bool):
@@ -262,9 +458,11 @@ def _coerce(value: Any, tp: Any, key: str, origins: Origins) -> Any:
         return value
     if tp is float:
         if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-            return float(value)  # YAML 1.1 reads "1e-3" / "3.5e-4" as strings
+            value = float(value)  # YAML 1.1 reads "1e-3" / "3.5e-4" as strings
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: key '{key}': expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: key '{key}': expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -282,18 +480,29 @@ def _nearest_origin(key: str, origins: Origins) -> str:
     return "defaults"
 
 
+def _where(key: str, origins: Origins) -> str:
+    """The file (or "command line", or "defaults") that set ``key``."""
+    return origins.get(key, _nearest_origin(key, origins))
+
+
 def _build(cls: Any, data: Dict[str, Any], prefix: str, origins: Origins) -> Any:
+    """The dataclass ``cls`` from ``data``: unknown keys, types and each field's :class:`Check` are enforced."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
-        if key not in names:
+        if key not in fields:
             dotted = prefix + str(key)
-            where = origins.get(dotted, _nearest_origin(dotted, origins))
             raise ConfigError(
-                f"{where}: unknown key '{dotted}'; expected one of: {', '.join(sorted(names))}"
+                f"{_where(dotted, origins)}: unknown key '{dotted}'; expected one of: {', '.join(sorted(fields))}"
             )
-    kwargs = {k: _coerce(v, hints[k], prefix + k, origins) for k, v in data.items()}
-    return cls(**kwargs)
+    obj = cls(**{k: _coerce(v, hints[k], prefix + k, origins) for k, v in data.items()})
+    for name, f in fields.items():
+        check = f.metadata.get("check")
+        problem = check.problem(getattr(obj, name)) if check is not None else None
+        if problem:
+            key = prefix + name
+            raise ConfigError(f"{_where(key, origins)}: key '{key}': {problem}")
+    return obj
 
 
 def model_config_class(name: str) -> type:
@@ -303,54 +512,36 @@ def model_config_class(name: str) -> type:
 
 
 def build_config(raw: Dict[str, Any], origins: Optional[Origins] = None) -> Config:
-    """Validate a merged dict against the schema and return a :class:`Config`."""
+    """Validate a merged dict against the schema (types, each field's constraint, each section's structural
+    checks) and return a :class:`Config`; every problem raises :class:`ConfigError` naming the key and its file."""
     origins = origins or {}
     raw = dict(raw)
-    model_raw = raw.pop("model", {}) or {}
+    model_raw = raw.pop("model", {})
     if not isinstance(model_raw, dict):
-        raise ConfigError(f"{origins.get('model', 'defaults')}: key 'model': expected a section")
+        raise ConfigError(f"{_where('model', origins)}: key 'model' is a section: give it keys (e.g. model.name), "
+                          f"got {model_raw!r}")
     name = model_raw.get("name", ModelConfig.name)
     if not isinstance(name, str):
-        raise ConfigError(f"{origins.get('model.name', 'defaults')}: key 'model.name': expected a string, got {name!r}")
+        raise ConfigError(f"{_where('model.name', origins)}: key 'model.name': expected a string, got {name!r}")
     try:
         model_cls = model_config_class(name)
     except KeyError as e:
-        raise ConfigError(f"{origins.get('model.name', 'defaults')}: key 'model.name': {e.args[0]}") from None
+        raise ConfigError(f"{_where('model.name', origins)}: key 'model.name': {e.args[0]}") from None
     cfg = _build(Config, raw, "", origins)
     cfg.model = _build(model_cls, model_raw, "model.", origins)
-    validate(cfg, origins)
+    vars(cfg)["_origins"] = dict(origins)  # not a field: kept for errors found after loading (invalid())
+    for section in (cfg.model.loss, cfg.model, cfg.data, cfg.solver, cfg.test, cfg.diagnostics, cfg):
+        try:
+            section.check(cfg)
+        except Invalid as e:
+            raise invalid(cfg, e.key, e.message) from None
     return cfg
 
 
-_CHOICES = {
-    "solver.optimizer": ("adam", "adamw", "sgd"),
-    "solver.amp": ("none", "bf16", "fp16"),
-    "test.metric": ("cosine", "euclidean"),
-    "test.ap_mode": ("anchor", "official"),
-}
-
-
-def _get(cfg: Config, dotted: str) -> Any:
-    return functools.reduce(getattr, dotted.split("."), cfg)
-
-
-def validate(cfg: Config, origins: Origins) -> None:
-    for key, choices in _CHOICES.items():
-        value = _get(cfg, key)
-        if value not in choices:
-            raise ConfigError(f"{origins.get(key, 'defaults')}: key '{key}': expected one of {choices}, got {value!r}")
-    positive = ("data.height", "data.width", "data.ids_per_batch", "data.instances", "solver.epochs")
-    for key in positive:
-        if _get(cfg, key) <= 0:
-            raise ConfigError(f"{origins.get(key, 'defaults')}: key '{key}': expected a positive integer")
-    for key in ("data.workers", "test.eval_period", "log_period", "checkpoint_period", "solver.warmup_epochs"):
-        if _get(cfg, key) < 0:
-            raise ConfigError(f"{origins.get(key, 'defaults')}: key '{key}': expected 0 or a positive integer")
-    if cfg.data.instances < 2 and cfg.model.loss.triplet_weight > 0:
-        raise ConfigError(
-            f"{origins.get('data.instances', 'defaults')}: key 'data.instances': the triplet loss needs "
-            "at least 2 images per identity in a batch"
-        )
+def invalid(cfg: Config, key: str, message: str) -> ConfigError:
+    """A :class:`ConfigError` for ``key`` of a loaded config, naming the file (or command line) that set it; for
+    problems found after loading, e.g. once the dataset is known."""
+    return ConfigError(f"{_where(key, vars(cfg).get('_origins', {}))}: key '{key}': {message}")
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> Config:

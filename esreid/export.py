@@ -1,10 +1,10 @@
 """Deployment: ONNX export of a trained model (``esreid export``) and split features as ``.npz`` (``esreid extract``).
 
 The exported graph maps a normalised float32 image batch ``(B, 3, H, W)`` to the evaluator's retrieval feature
-``(B, D)``: per-branch post-BN features, the flip-sum when the config's ``test.flip`` is on (in the graph, so the ONNX
-model alone gives the features ``esreid eval`` ranks with; ``test.flip=false`` exports a graph half the cost),
-per-branch L2 normalisation when ``test.normalize`` is on, concatenation (:func:`~esreid.engine.evaluator.
-combine_branches`). Uint8 decoding, resizing and the mean/std normalisation stay outside the graph
+``(B, D)`` by the model's retrieval rule (:meth:`~esreid.models.base.ReIDModel.retrieval_features`): per-branch
+features, the flip-sum when the rule flips (in the graph, so the ONNX model alone gives the features ``esreid eval``
+ranks with; ``test.flip=false`` exports a graph half the cost), per-branch L2 normalisation when it normalises,
+concatenation. Uint8 decoding, resizing and the mean/std normalisation stay outside the graph
 (:class:`~esreid.data.transforms.TestTransform`). The graph always runs in float32: ``solver.amp`` is not exported.
 
 Exporter: torch's TorchScript-based exporter (``dynamo=False``). It needs only ``onnx`` (the ``esreid[onnx]``
@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import warnings
-from typing import List, Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import torch
@@ -95,33 +95,21 @@ def verify_onnx(net: nn.Module, path: str, height: int, width: int, batches: Seq
     return worst
 
 
-def export_main(argv: Optional[List[str]] = None) -> int:
-    """``esreid export``: a trained model as an ONNX graph (normalised images -> retrieval features), checked with
-    onnxruntime against PyTorch."""
+def export_main(args: argparse.Namespace) -> int:
+    """``esreid export`` (arguments: ``esreid export --help``): a trained model as an ONNX graph (normalised images ->
+    retrieval features), checked with onnxruntime against PyTorch; a mismatch raises :class:`ExportError`."""
     from esreid.config import load_config
-
-    p = argparse.ArgumentParser(prog="esreid export", description=export_main.__doc__)
-    p.add_argument("--config", required=True, help="the YAML config the model was trained with")
-    p.add_argument("--weights", required=True, help="checkpoint (.pth) written by esreid train, or a state dict")
-    p.add_argument("--out", required=True, help="ONNX file to write")
-    p.add_argument("--height", type=int, help="input height (default: data.height)")
-    p.add_argument("--width", type=int, help="input width (default: data.width)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
-    p.add_argument("--dynamic-batch", action="store_true", help="a dynamic batch axis (default: batch fixed to 1)")
-    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. test.flip=false")
-    args = p.parse_args(argv)
 
     cfg = load_config(args.config, args.overrides)
     height, width = args.height or cfg.data.height, args.width or cfg.data.width
-    net = RetrievalModel(load_trained_model(cfg, args.weights), cfg.test.flip, cfg.test.normalize)
+    model = load_trained_model(cfg, args.weights)
+    net = RetrievalModel(model)
     export_onnx(net, args.out, height, width, args.opset, args.dynamic_batch, batch=2 if args.dynamic_batch else 1)
-    try:
-        diff = verify_onnx(net, args.out, height, width, batches=(2, 3) if args.dynamic_batch else (1,))
-    except ExportError as e:
-        print(f"esreid export: error: {e}")
-        return 1
+    diff = verify_onnx(net, args.out, height, width, batches=(2, 3) if args.dynamic_batch else (1,))
     shape = ("B" if args.dynamic_batch else "1", 3, height, width)
-    print(f"wrote {args.out}: images {shape} -> feats (flip={cfg.test.flip}, normalize={cfg.test.normalize}); "
+    rule = model.retrieval
+    print(f"wrote {args.out}: images {shape} -> feats (flip={rule.flip}, normalize={rule.normalize}, "
+          f"metric={rule.metric}); "
           f"onnxruntime vs PyTorch max abs diff {diff:.3g}")
     return 0
 
@@ -144,7 +132,7 @@ def extract_split(model: nn.Module, dataset, cfg, split: str) -> Tuple[np.ndarra
     device = resolve_device(cfg.device)
     model.to(device)
     feats, pids, camids = extract_features(model, build_test_loader(cfg.data, items), device, TestTransform(cfg.data),
-                                           cfg.test.flip, cfg.test.normalize, cfg.solver.amp)
+                                           cfg.solver.amp)
     paths = np.array([item.path for item in items], dtype=str)
     return feats.numpy().astype(np.float32), pids.numpy().astype(np.int64), camids.numpy().astype(np.int64), paths
 
@@ -152,23 +140,16 @@ def extract_split(model: nn.Module, dataset, cfg, split: str) -> Tuple[np.ndarra
 SPLITS = ("query", "gallery", "train")
 
 
-def extract_main(argv: Optional[List[str]] = None) -> int:
-    """``esreid extract``: features of a dataset split (as ``esreid eval`` computes them) saved as ``.npz`` with
-    ``feats``, ``ids`` (pids), ``camids``, ``paths``: the input of ``esreid search --gallery/--query``."""
+def extract_main(args: argparse.Namespace) -> int:
+    """``esreid extract`` (arguments: ``esreid extract --help``): features of a dataset split (as ``esreid eval``
+    computes them) saved as ``.npz`` with ``feats``, ``ids`` (pids), ``camids``, ``paths``: the input of
+    ``esreid search --gallery/--query``."""
     from esreid.config import load_config
     from esreid.data.base import build_dataset
 
-    p = argparse.ArgumentParser(prog="esreid extract", description=extract_main.__doc__)
-    p.add_argument("--config", required=True, help="the YAML config the model was trained with")
-    p.add_argument("--weights", required=True, help="checkpoint (.pth) written by esreid train, or a state dict")
-    p.add_argument("--split", required=True, choices=SPLITS)
-    p.add_argument("--out", required=True, help=".npz file to write")
-    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.root=/data/reid device=cpu")
-    args = p.parse_args(argv)
-
     cfg = load_config(args.config, args.overrides)
     dataset = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.args)
-    model = load_trained_model(cfg, args.weights, default_classes=dataset.num_train_pids)
+    model = load_trained_model(cfg, args.weights)
     feats, pids, camids, paths = extract_split(model, dataset, cfg, args.split)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.savez(args.out, feats=feats, ids=pids, camids=camids, paths=paths)

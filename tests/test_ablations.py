@@ -18,7 +18,7 @@ from esreid.losses import batch_hard_triplet, cross_entropy
 from esreid.models import MODELS, build_model
 from esreid.models.bdb import BDBConfig
 from esreid.models.esnet import ESNetConfig
-from esreid.models.neck import BNNeck
+from esreid.models.heads import BNNeckHead
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = 64, 32  # resnet_tiny: a 4x2 layer4 map at last stride 1
@@ -38,7 +38,7 @@ def gradcam_esnet(**kw):
     torch.manual_seed(0)
     cfg = ESNetConfig(backbone="resnet_tiny", esb_pooling="gap", saliency="gradcam", loss=CE_ONLY, **kw)
     model = build_model(cfg, num_classes=3)
-    bn, cls = model.esb.neck.bn, model.esb.neck.classifier
+    bn, cls = model.esb.head.bn, model.esb.head.classifier
     with torch.no_grad():  # non-trivial running statistics and weights: the closed form must use all of them
         bn.running_mean.uniform_(-0.5, 0.5)
         bn.running_var.uniform_(0.5, 2.0)
@@ -53,8 +53,8 @@ def esb_map_input(model, x):
     model.eval()
     with torch.no_grad():
         t = model.shared(x)
-        a = model.esb.layers(t)
-        reuse = (t, model.aib.layers(t)) if model.aib is not None else (None, None)
+        a = model.esb.stages(t)
+        reuse = (t, model.aib.stages(t)) if model.aib is not None else (None, None)
     model.train(was)
     return a, reuse
 
@@ -67,7 +67,7 @@ def test_gradcam_saliency_equals_closed_form_and_grad_cam(shared_until, aib):
     got = model.saliency(x, PIDS, t, a_aib)
     # Closed form in float64 for GAP -> BN (running stats) -> bias-free Linear: d z_{i,y_i} / d A_{i,k,u,v} =
     # W[y_i, k] * gamma_k / sqrt(var_k + eps) / (h*w) for every (u, v), which is alpha_{i,k} itself.
-    bn, cls = model.esb.neck.bn, model.esb.neck.classifier
+    bn, cls = model.esb.head.bn, model.esb.head.classifier
     a64 = a.double()
     scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).double()  # (C,)
     alpha = cls.weight.double()[PIDS] * scale / (a.shape[2] * a.shape[3])  # (B, C)
@@ -78,7 +78,7 @@ def test_gradcam_saliency_equals_closed_form_and_grad_cam(shared_until, aib):
     # the library Grad-CAM on the same A through the same (eval-mode) head
     leaf = a.clone().requires_grad_(True)
     model.esb.eval()
-    logits = model.esb.neck.classifier(model.esb.head(leaf)[1])
+    logits = model.esb.head.classifier(model.esb.head(leaf).feature)
     torch.testing.assert_close(got, grad_cam(true_class_score(logits, PIDS), leaf))
     model.cfg.saliency = "cgram"  # the field is what selects the map: CG-RAM differs on the same model
     assert not torch.allclose(model.saliency(x, PIDS, t, a_aib), got)
@@ -136,23 +136,24 @@ def bnneck_bdb(loss=CE_ONLY):
 
 def test_bnneck_global_head_losses_equal_a_step_by_step_recomputation():
     model = bnneck_bdb(LossConfig(label_smoothing=0.1, triplet_weight=1.0)).double().train()
-    assert isinstance(model.global_head.neck, BNNeck) and model.global_head.neck.bn.num_features == 128
+    assert isinstance(model.global_head, BNNeckHead) and model.global_head.bn.num_features == 128
     x = images().double()
     state = model.dropblock.generator.get_state()
     terms = model(x, PIDS)
     model.dropblock.generator.set_state(state)
     t = model.backbone(x)
     f_t = t.mean(dim=(2, 3))  # GAP, (B, C)
-    bn = model.global_head.neck.bn
+    bn = model.global_head.bn
     f_i = (f_t - f_t.mean(0)) / torch.sqrt(f_t.var(0, unbiased=False) + bn.eps) * bn.weight  # train-mode BN, bias 0
     top, left, rh, rw = model.dropblock.region(t.shape[2], t.shape[3])
     m = model.drop_bottleneck(t).clone()
     m[:, :, top : top + rh, left : left + rw] = 0
-    d = F.relu(model.drop_reduction[1](model.drop_reduction[0](m.amax(dim=(2, 3)))))
+    lin, bn1d = model.drop_head.reduction[:2]
+    d = F.relu(bn1d(m.amax(dim=(2, 3)) @ lin.weight.T + lin.bias))
     expected = {
-        "global_ce": cross_entropy(f_i @ model.global_head.neck.classifier.weight.T, PIDS, 0.1),  # CE on post-BN
+        "global_ce": cross_entropy(f_i @ model.global_head.classifier.weight.T, PIDS, 0.1),  # CE on post-BN
         "global_triplet": batch_hard_triplet(f_t, PIDS, 0.3, False),  # triplet on pre-BN f_t (BoT)
-        "drop_ce": cross_entropy(model.drop_classifier(d), PIDS, 0.1),
+        "drop_ce": cross_entropy(model.drop_head.classifier(d), PIDS, 0.1),
         "drop_triplet": batch_hard_triplet(d, PIDS, 0.3, False),
     }
     assert set(terms) == set(expected)
@@ -166,14 +167,14 @@ def test_bnneck_global_head_ce_only_terms_gradients_and_eval_features():
     assert set(terms) == {"global_ce", "drop_ce"}  # Base: CE only (triplet_weight 0 drops both triplet terms)
     sum(terms.values()).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert missing == [] and not model.global_head.neck.bn.bias.requires_grad  # BNNeck: no shift
-    assert model.global_head.neck.classifier.weight.std() < 0.01  # BoT's init (std 0.001), not BDB's kaiming
+    assert missing == [] and not model.global_head.bn.bias.requires_grad  # BNNeck: no shift
+    assert model.global_head.classifier.weight.std() < 0.01  # BoT's init (std 0.001), not BDB's kaiming
     model.eval()
     with torch.no_grad():
         f_i, d = model(images())
         single = model(images()[:1])
         gap = model.backbone(images()).mean(dim=(2, 3))
-    bn = model.global_head.neck.bn
+    bn = model.global_head.bn
     torch.testing.assert_close(f_i, (gap - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight)
     assert f_i.shape == (len(PIDS), 128) and d.shape == (len(PIDS), 20) and (d >= 0).all()
     assert [f.shape for f in single] == [(1, 128), (1, 20)]
@@ -203,13 +204,14 @@ def test_configs_load_build_and_msmt17_differs_only_in_data(name):
     d, sol = market.data, market.solver
     assert (d.height, d.width, d.ids_per_batch, d.instances, d.pad, d.cutout_prob) == (384, 128, 16, 4, 0, 0.0)
     assert (sol.optimizer, sol.lr, sol.epochs, sol.warmup_epochs, sol.milestones) == ("adam", 3.5e-4, 120, 10, [40, 70])
-    assert (market.test.flip, market.test.normalize) == (True, True)
+    rule = build_model(market.model, 5, market.test).retrieval
+    assert (rule.flip, rule.normalize, rule.metric) == (True, True, "cosine")
 
 
 def test_random_erasing_config_erases_with_the_spec_parameters():
     cfg = config("market1501", "base_random_erasing")
     assert (cfg.model.name, cfg.model.pooling, cfg.data.random_erasing) == ("baseline", "gap", 0.5)
-    assert TrainAugment.ERASE_AREA == (0.02, 0.4)  # spec §1.8: area 0.02-0.4, aspect 0.3-3.33
+    assert TrainAugment.ERASE_AREA == (0.02, 0.4)  # docs/methods.md §1.8: area 0.02-0.4, aspect 0.3-3.33
     assert TrainAugment.ERASE_ASPECT == pytest.approx((0.3, 3.33), abs=0.01)
     torch.manual_seed(0)
     batch = torch.randint(0, 256, (16, 3, H, W), dtype=torch.uint8)

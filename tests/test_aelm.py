@@ -1,5 +1,6 @@
-"""AELM reconstruction (spec §4, §7 #21): IFCN logits / heatmap against brute force, CoAM against a literal float64
-CBAM, the erase mask on hand-worked maps, loss terms, gradients, eval features without erasing, configs, a tiny run."""
+"""AELM reconstruction (docs/methods.md §4, §7 #21): IFCN logits / heatmap against brute force, CoAM against a literal
+float64 CBAM, the erase mask on hand-worked maps, loss terms, gradients, eval features without erasing, configs, a tiny
+run."""
 
 import glob
 import json
@@ -7,9 +8,8 @@ import os
 
 import pytest
 import torch
-from test_engine import tiny_config
 
-from esreid.config import LossConfig, load_config
+from esreid.config import ConfigError, LossConfig, load_config
 from esreid.engine.trainer import Trainer
 from esreid.losses import batch_hard_triplet, cross_entropy
 from esreid.models import MODELS, build_model
@@ -37,30 +37,31 @@ def test_registered_with_its_config():
 
 
 def test_ifcn_logits_equal_linear_then_gap_and_heatmap_is_the_gt_class_map():
-    head = make().heads["layer4"].double().train()
+    head = make().points["layer4"].double().train()
     torch.manual_seed(2)
     x = torch.rand(6, head.head_a.in_channels, 3, 2, dtype=torch.float64)
-    out = head(x, PIDS)
+    out, z_b, erased_mask = head.forward_train(x, PIDS)
     f = head.attention(x)  # F''
     w, b = head.head_a.weight[:, :, 0, 0], head.head_a.bias  # (N, C), (N,)
-    torch.testing.assert_close(out["z_a"], f.mean(dim=(2, 3)) @ w.T + b)  # GAP then Linear (ACoL §3.1)
+    torch.testing.assert_close(out.logits, f.mean(dim=(2, 3)) @ w.T + b)  # GAP then Linear (ACoL §3.1)
     # brute force: the score map position by position, then its mean
     s = torch.zeros(6, 3, 3, 2, dtype=torch.float64)
     for i in range(6):
         for u in range(3):
             for v in range(2):
                 s[i, :, u, v] = w @ f[i, :, u, v] + b
-    torch.testing.assert_close(out["z_a"], s.mean(dim=(2, 3)))
+    torch.testing.assert_close(out.logits, s.mean(dim=(2, 3)))
     cam = s[torch.arange(6), PIDS]  # S^A_y (6, 3, 2)
     lo, hi = cam.amin(dim=(1, 2), keepdim=True), cam.amax(dim=(1, 2), keepdim=True)
     heat = (cam - lo) / (hi - lo)
     torch.testing.assert_close(class_heatmap(s, PIDS).double(), heat, atol=1e-5, rtol=0)
     erased = (heat >= 0.6).double()
-    torch.testing.assert_close(out["erased"].double(), erased)
+    torch.testing.assert_close(erased_mask.double(), erased)
     assert 0 < erased.sum() < erased.numel()  # something, not everything, is erased
     keep = f * (1 - erased)[:, None]
     wb, bb = head.head_b.weight[:, :, 0, 0], head.head_b.bias
-    torch.testing.assert_close(out["z_b"], keep.mean(dim=(2, 3)) @ wb.T + bb)  # head B on F'' ⊙ (1 - E)
+    torch.testing.assert_close(z_b, keep.mean(dim=(2, 3)) @ wb.T + bb)  # head B on F'' ⊙ (1 - E)
+    torch.testing.assert_close(out.metric, f.mean(dim=(2, 3)))  # triplet on the pooled CoAM output
 
 
 def test_coam_equals_a_literal_cbam_in_float64():
@@ -123,11 +124,12 @@ def test_losses_equal_a_step_by_step_recomputation():
     model = make(loss=loss).double().train()
     x = images().double()
     terms = model(x, PIDS)
-    t = model.backbone.stem(x)
-    t3 = model.backbone.layer3(model.backbone.layer2(model.backbone.layer1(t)))
-    t4 = model.backbone.layer4(t3)  # the raw layer3 map continues into layer4 (no attention, no erasing)
+    trunk = model.trunk
+    t = trunk.maxpool(trunk.relu(trunk.bn1(trunk.conv1(x))))
+    t3 = trunk.layer3(trunk.layer2(trunk.layer1(t)))
+    t4 = trunk.layer4(t3)  # the raw layer3 map continues into layer4 (no attention, no erasing)
     for p, m in (("layer3", t3), ("layer4", t4)):
-        head = model.heads[p]
+        head = model.points[p]
         f = head.attention(m)
         s_a = head.head_a(f)
         heat = class_heatmap(s_a, PIDS)
@@ -141,10 +143,10 @@ def test_losses_equal_a_step_by_step_recomputation():
 def test_erase_mask_is_constant():
     model = make().train()
     seen = []
-    model.heads["layer4"].head_b.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
-    out = model.heads["layer4"](torch.rand(6, 128, 4, 2, requires_grad=True), PIDS)
-    assert not out["erased"].requires_grad
-    assert ((seen[0] == 0).all(dim=1) == out["erased"].bool()).all()  # erased positions are zero in every channel
+    model.points["layer4"].head_b.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    _, _, erased = model.points["layer4"].forward_train(torch.rand(6, 128, 4, 2, requires_grad=True), PIDS)
+    assert not erased.requires_grad
+    assert ((seen[0] == 0).all(dim=1) == erased.bool()).all()  # erased positions are zero in every channel
 
 
 def test_eval_features_shapes_no_erasing_and_batch_of_one():
@@ -152,14 +154,14 @@ def test_eval_features_shapes_no_erasing_and_batch_of_one():
     model(images(), PIDS)  # one step of BN running statistics
     model.eval()
     calls = []
-    for head in model.heads.values():
+    for head in model.points.values():
         for conv in (head.head_a, head.head_b):
             conv.register_forward_hook(lambda *a: calls.append(1))
     with torch.no_grad():
         f3, f4 = model(images())
         single = model(images()[:1])
-        t3 = model.backbone.layer3(model.backbone.layer2(model.backbone.layer1(model.backbone.stem(images()))))
-        expected = model.heads["layer3"].bn(model.heads["layer3"].attention(t3).mean(dim=(2, 3)))
+        t3 = model.trunk[:-1](images())  # stem .. layer3
+        expected = model.points["layer3"].bn(model.points["layer3"].attention(t3).mean(dim=(2, 3)))
     assert calls == []  # neither IFCN head runs at eval: no heatmap, no erasing
     assert f3.shape == (len(PIDS), 64) and f4.shape == (len(PIDS), 128)
     assert [f.shape for f in single] == [(1, 64), (1, 128)]
@@ -169,7 +171,8 @@ def test_eval_features_shapes_no_erasing_and_batch_of_one():
 
 def test_one_insertion_point_drops_the_unused_stage():
     model = make(insertion_points=["layer3"]).train()
-    assert not hasattr(model.backbone, "layer4") and list(model.heads) == ["layer3"]
+    assert not hasattr(model.trunk, "layer4") and list(model.points) == ["layer3"]
+    assert model.saliency_layer == "trunk.layer3"
     terms = model(images(), PIDS)
     assert set(terms) == {"layer3_ce", "layer3_triplet", "layer3_erased_ce"}
     sum(terms.values()).backward()
@@ -178,17 +181,20 @@ def test_one_insertion_point_drops_the_unused_stage():
     assert [f.shape for f in model(images())] == [(len(PIDS), 64)]
 
 
-@pytest.mark.parametrize("kw, key", [
-    ({"insertion_points": []}, "insertion_points"),
-    ({"insertion_points": ["layer4", "layer3"]}, "insertion_points"),
-    ({"insertion_points": ["layer5"]}, "insertion_points"),
-    ({"erase_threshold": 1.0}, "erase_threshold"),
-    ({"attention_reduction": 0}, "attention_reduction"),
-    ({"spatial_kernel": 4}, "spatial_kernel"),
+@pytest.mark.parametrize("override, message", [
+    ("model.insertion_points=[]", "key 'model.insertion_points': expected a non-empty list"),
+    ("model.insertion_points=[layer4, layer3]", "key 'model.insertion_points': expected distinct stages in trunk "
+                                                "order, got ['layer4', 'layer3']"),
+    ("model.insertion_points=[layer5]", "key 'model.insertion_points': item 0 ('layer5'): expected one of layer1, "
+                                        "layer2, layer3, layer4; got 'layer5'"),
+    ("model.erase_threshold=1.0", "key 'model.erase_threshold': expected a value < 1, got 1.0"),
+    ("model.attention_reduction=0", "key 'model.attention_reduction': expected a value >= 1, got 0"),
+    ("model.spatial_kernel=4", "key 'model.spatial_kernel': expected an odd size (same-size map), got 4"),
 ])
-def test_bad_settings_name_the_key(kw, key):
-    with pytest.raises(ValueError, match=f"model.{key}"):
-        make(**kw)
+def test_bad_settings_name_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model.name=aelm", override])
+    assert message in str(e.value)
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*", "aelm.yaml"))))
@@ -205,8 +211,8 @@ def test_three_configs_exist():
             } == {"market1501", "dukemtmcreid", "cuhk03"}
 
 
-def test_trainer_runs_one_epoch(tmp_path):
-    cfg = tiny_config(tmp_path, "aelm", epochs=1, extra=["data.height=64", "data.width=32"])
+def test_trainer_runs_one_epoch(tmp_path, tiny_config):
+    cfg = tiny_config("aelm", epochs=1, extra=["data.height=64", "data.width=32"])
     metrics = Trainer(cfg, progress=False, log=lambda s: None).train()
     assert 0.0 <= metrics["mAP"] <= 1.0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from esreid.config import LossConfig, load_config
+from esreid.config import ConfigError, LossConfig, load_config
 from esreid.losses import batch_hard_triplet, cross_entropy
 from esreid.models import MODELS, build_model
 from esreid.models.backbones import BACKBONES
@@ -24,11 +24,11 @@ def test_loss_terms_follow_bnneck_definition():
     images, pids = _batch()
     terms = model(images, pids)
     assert set(terms) == {"ce", "triplet"}
-    f_t = model.pool(model.backbone(images))
-    f_i = model.neck.bn(f_t)
+    f_t = model.backbone(images).mean(dim=(2, 3))  # GAP
+    f_i = model.head.bn(f_t)
     assert terms["triplet"].item() == pytest.approx(batch_hard_triplet(f_t, pids, 0.3).item(), rel=1e-5)
     assert terms["triplet"].item() != pytest.approx(batch_hard_triplet(f_i, pids, 0.3).item(), rel=1e-3)
-    logits = f_i @ model.neck.classifier.weight.t()
+    logits = f_i @ model.head.classifier.weight.t()
     assert terms["ce"].item() == pytest.approx(cross_entropy(logits, pids, 0.1).item(), rel=1e-5)
     ce_only = Baseline(BaselineConfig(backbone="resnet_tiny", loss=LossConfig(triplet_weight=0.0)), num_classes=4)
     assert set(ce_only(images, pids)) == {"ce"}
@@ -60,8 +60,8 @@ def test_no_weight_decay_and_stats():
     assert gap.no_weight_decay() == set() and gap.stats() == {}
     pp = Baseline(BaselineConfig(backbone="resnet_tiny", pooling="ppool", ppool_init=31.0), num_classes=3)
     names = dict(pp.named_parameters())
-    assert pp.no_weight_decay() == {"pool.raw"} and "pool.raw" in names
-    assert pp.stats() == {"pool_l": pytest.approx(31.0)}
+    assert pp.no_weight_decay() == {"head.pool.raw"} and "head.pool.raw" in names
+    assert pp.stats() == {"global_l": pytest.approx(31.0)}
     with pytest.raises(ValueError, match="needs pids"):
         pp(torch.rand(2, 3, 64, 32))
 
@@ -79,6 +79,7 @@ def test_built_from_config():
     cfg = load_config(overrides=["model.name=baseline", "model.backbone=resnet_tiny", "model.pooling=gem"])
     assert isinstance(cfg.model, BaselineConfig) and MODELS.get("baseline") is Baseline
     model = build_model(cfg.model, num_classes=5)
-    assert model.stats() == {"pool_p": pytest.approx(3.0)}
-    with pytest.raises(ValueError, match="model.pooling: unknown pooling 'avg'"):
-        Baseline(BaselineConfig(backbone="resnet_tiny", pooling="avg"), 5)
+    assert model.stats() == {"global_p": pytest.approx(3.0)}
+    with pytest.raises(ConfigError, match="command line: key 'model.pooling': expected one of gap, gem, gmp, ppool; "
+                                          "got 'avg'"):
+        load_config(overrides=["model.pooling=avg"])

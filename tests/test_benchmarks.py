@@ -15,6 +15,7 @@ CASES = {
     "eval_memory.py": (["--quick"], ["peak / budget", "largest peak / budget"]),
     "data_pipeline.py": (["--batches", "2", "--backbone", "resnet_tiny", "--height", "64", "--width", "32",
                           "--model-steps", "1", "--workers", "0"], ["ratio cache / JPEG"]),
+    "checkpoint_io.py": (["--backbone", "resnet_tiny", "--runs", "1"], ["load: esreid"]),
 }
 
 

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from esreid.erasing.besm import besm, erase_count, erased_loss_probe, salient_mask
+from esreid.models.base import ReIDModel
 
 
 def test_erase_count_rounds_half_up():
@@ -63,19 +64,26 @@ def test_bad_arguments():
         besm(torch.zeros(1, 3, 4, 4), torch.ones(2, 2, 2), ratio=0.1, prob=0.5)
 
 
-class LossNet(nn.Module):
-    """Train mode: dict of losses; eval mode: features (the model contract)."""
+class LossNet(ReIDModel):
+    """A minimal model of the contract: loss terms in training, one feature at eval, CG-RAM at ``layer``, an RNG."""
+
+    saliency_layer = "layer"
 
     def __init__(self):
-        super().__init__()
+        super().__init__(cfg=None, num_classes=3)
         self.layer = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
         self.fc = nn.Linear(4, 3)
+        self.generator = torch.Generator().manual_seed(5)
 
-    def forward(self, x, pids=None):
-        f = self.layer(x).mean(dim=(2, 3))
-        if not self.training:
-            return [f]
-        return {"ce": nn.functional.cross_entropy(self.fc(f), pids)}
+    def features(self, x):
+        return [self.layer(x).mean(dim=(2, 3))]
+
+    def forward_train(self, x, pids):
+        noise = torch.rand(1, generator=self.generator)  # the probe must leave the model's RNG as it found it
+        return {"ce": nn.functional.cross_entropy(self.fc(self.features(x)[0]), pids) + 0 * noise}
+
+    def generators(self):
+        return {"noise": self.generator}
 
 
 def test_erased_loss_probe_leaves_the_model_unchanged():
@@ -83,12 +91,15 @@ def test_erased_loss_probe_leaves_the_model_unchanged():
     net = LossNet().train()
     images, pids = torch.randn(4, 3, 8, 4), torch.tensor([0, 0, 1, 1])
     state = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = net.generator.get_state()
     with torch.no_grad():
         full = float(net(images, pids)["ce"])
     net.load_state_dict(state)
-    probe = erased_loss_probe(net, "layer", images, pids, ratio=0.5, prob=1.0)
+    net.generator.set_state(rng)
+    probe = erased_loss_probe(net, images, pids, ratio=0.5, prob=1.0)  # at the model's saliency layer
     assert probe != pytest.approx(full)  # erasing half of every image changes the loss
     for k, v in net.state_dict().items():
         assert torch.equal(v, state[k]), k
+    assert torch.equal(net.generator.get_state(), rng)  # the model's RNG is restored too
     assert net.training and all(p.grad is None for p in net.parameters())
-    assert erased_loss_probe(net, "layer", images, pids, ratio=0.5, prob=0.0) == pytest.approx(full)
+    assert erased_loss_probe(net, images, pids, ratio=0.5, prob=0.0, layer="layer") == pytest.approx(full)

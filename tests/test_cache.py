@@ -1,5 +1,6 @@
-"""Decoded-image cache: contents equal direct decoding, reuse, invalidation, atomic builds, pickling."""
+"""Decoded-image cache: contents equal direct decoding, reuse, invalidation, atomic builds, pickling, disk space."""
 
+import errno
 import os
 import pickle
 
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 
 import esreid.data.cache as cache
+import esreid.files as files
 from esreid.data.base import DatasetError, ImageItem
 from esreid.data.transforms import decode_resize
 
@@ -112,3 +114,69 @@ def test_truncated_array_is_rebuilt_and_source_pickles(tmp_path, count_decodes):
     assert clone._array is None and torch.equal(clone[1], expected)
     with pytest.raises(DatasetError, match="split is empty"):
         cache.build_cache_source([], 8, 4, str(tmp_path / "c"))
+
+
+def test_full_disk_is_an_error_before_decoding(tmp_path, monkeypatch, count_decodes):
+    items = make_items(str(tmp_path / "img"))
+    folder = str(tmp_path / "c")
+    need = 4 * 3 * 8 * 4
+    usage = type(files.shutil.disk_usage(tmp_path))(total=10**9, used=10**9 - need + 1, free=need - 1)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage)
+    with pytest.raises(DatasetError, match=f"image cache of 4 images at 8x4 \\({need} bytes\\) in {folder}: not enough "
+                                           f"free space in {folder} for the image cache: needs {need} bytes, "
+                                           f"{need - 1} bytes free.*data.cache_dir"):
+        cache.build_cache_source(items, 8, 4, folder)
+    assert count_decodes == [] and os.listdir(folder) == []
+
+
+def test_disk_filling_up_while_reserving_is_an_error_not_sigbus(tmp_path, monkeypatch, count_decodes):
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "posix_fallocate", full)
+    items = make_items(str(tmp_path / "img"))
+    with pytest.raises(DatasetError, match=rf"image cache of 4 images at 8x4 \(384 bytes\) in {tmp_path / 'c'}: "
+                                           rf"cannot write {tmp_path / 'c'}/\..*u8.*: No space left on device"):
+        cache.build_cache_source(items, 8, 4, str(tmp_path / "c"))
+    assert count_decodes == [] and os.listdir(tmp_path / "c") == []
+
+
+def test_array_blocks_are_reserved_before_decoding(tmp_path, monkeypatch):
+    """Writing a sparse memory-mapped file on a full disk kills the process (SIGBUS): every block must be allocated
+    before the first image is written into it."""
+    items = make_items(str(tmp_path / "img"))
+    seen = []
+
+    def checking(path, height, width):
+        if not seen:
+            (tmp,) = [os.path.join(tmp_path / "c", n) for n in os.listdir(tmp_path / "c")]
+            st = os.stat(tmp)
+            seen.append((st.st_size, st.st_blocks * 512))
+        return decode_resize(path, height, width)
+
+    monkeypatch.setattr(cache, "decode_resize", checking)
+    cache.build_cache_source(items, 64, 32, str(tmp_path / "c"))
+    size, allocated = seen[0]
+    assert size == 4 * 3 * 64 * 32 and allocated >= size
+
+
+def test_read_only_cache_folder(tmp_path, monkeypatch, storage):
+    items = make_items(str(tmp_path / "img"))
+    (tmp_path / "c").mkdir()
+    storage.simulate_read_only(monkeypatch)
+    with pytest.raises(DatasetError, match=f"image cache folder {tmp_path / 'c'} is not writable "
+                                           r"\(Read-only file system\)"):
+        cache.build_cache_source(items, 8, 4, str(tmp_path / "c"))
+
+
+def test_orphans_of_killed_builds_are_removed(tmp_path, storage):
+    items = make_items(str(tmp_path / "img"))
+    folder = tmp_path / "c"
+    folder.mkdir()
+    key, host, dead = cache.cache_key([it.path for it in items], 8, 4), files._host(), storage.dead_pid()
+    orphans = [f".{key}.u8.{host}.{dead}.0a1b2c3d.esreid-tmp", f"{key}.u8.tmp{dead}", f"{key}.json.tmp{dead}"]
+    live = f".{key}.u8.{host}.{os.getppid()}.0a1b2c3d.esreid-tmp"  # another process building it now
+    for name in orphans + [live]:
+        (folder / name).write_bytes(b"\0" * 100)
+    cache.build_cache_source(items, 8, 4, str(folder))
+    assert sorted(os.listdir(folder)) == sorted([f"{key}.u8", f"{key}.json", live])

@@ -7,14 +7,17 @@ import torch
 from torch import nn
 
 from esreid.erasing.cgram import batch_confidence, cgram_batch, cgram_pair, easiest_positive, salient_map
+from esreid.models.base import ReIDModel, RetrievalRule
 
 
-class TinyNet(nn.Module):
-    """stem -> layer (the CG-RAM layer) -> head; eval forward returns two branch features like ES-Net."""
+class TinyNet(ReIDModel):
+    """stem (conv, BN, in-place ReLU) -> layer (the default CG-RAM layer) -> two branch features, like ES-Net."""
 
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+    saliency_layer = "layer"
+
+    def __init__(self, rule=RetrievalRule(flip=False)):
+        super().__init__(cfg=None, num_classes=0, retrieval=rule)
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True))
         self.layer = nn.Sequential(nn.Conv2d(4, 5, 3, stride=2, padding=1), nn.ReLU())
         self.head_a = nn.Sequential(nn.Flatten(), nn.Linear(5 * 4 * 3, 6), nn.BatchNorm1d(6))
         self.head_b = nn.Linear(5, 3)
@@ -22,21 +25,24 @@ class TinyNet(nn.Module):
     def head(self, a):
         return [self.head_a(a), self.head_b(a.mean(dim=(2, 3)))]
 
-    def forward(self, x):
+    def features(self, x):
         return self.head(self.layer(self.stem(x)))
 
+    def forward_train(self, images, pids):  # only to collect running statistics
+        return {"zero": sum(f.sum() for f in self.features(images)) * 0}
 
-def make_net():
+
+def make_net(rule=RetrievalRule(flip=False)):
     torch.manual_seed(0)
-    net = TinyNet().double()
+    net = TinyNet(rule).double()
     net.train()
     for _ in range(2):  # non-trivial running statistics
-        net(torch.randn(6, 3, 8, 6, dtype=torch.float64))
+        net(torch.randn(6, 3, 8, 6, dtype=torch.float64), torch.zeros(6))
     return net
 
 
-def retrieval(feats):
-    return torch.cat([f / f.norm(dim=1, keepdim=True) for f in feats], dim=1)
+def retrieval(feats, normalize=True):
+    return torch.cat([f / f.norm(dim=1, keepdim=True) if normalize else f for f in feats], dim=1)
 
 
 def brute_map(score_of_a, a):
@@ -50,7 +56,7 @@ def test_cgram_pair_matches_brute_force_and_leaves_model_untouched():
     q, g = torch.randn(2, 3, 8, 6, dtype=torch.float64), torch.randn(2, 3, 8, 6, dtype=torch.float64)
     buffers = {k: v.clone() for k, v in net.state_dict().items()}
 
-    mq, mg, s = cgram_pair(net, "layer", q, g)
+    mq, mg, s = cgram_pair(net, q, g)  # the model's default layer
     assert net.training and net.stem[1].training  # modes restored
 
     net.eval()
@@ -125,7 +131,7 @@ def test_cgram_batch_matches_brute_force(detach_weight):
     net = make_net()
     images = torch.randn(7, 3, 8, 6, dtype=torch.float64)
     pids = torch.tensor([0, 0, 0, 1, 1, 2, 2])
-    maps = cgram_batch(net, net.layer, images, pids, detach_weight=detach_weight)
+    maps = cgram_batch(net, images, pids, net.layer, detach_weight=detach_weight)
 
     net.eval()
     with torch.no_grad():
@@ -139,8 +145,8 @@ def test_detached_weight_changes_the_map():
     net = make_net()
     images = torch.randn(4, 3, 8, 6, dtype=torch.float64)
     pids = torch.tensor([0, 0, 1, 1])
-    literal = cgram_batch(net, "layer", images, pids)
-    detached = cgram_batch(net, "layer", images, pids, detach_weight=True)
+    literal = cgram_batch(net, images, pids, "layer")
+    detached = cgram_batch(net, images, pids, "layer", detach_weight=True)
     assert not torch.allclose(literal, detached)
 
 
@@ -148,45 +154,74 @@ def test_layer_errors():
     net = make_net()
     x = torch.randn(2, 3, 8, 6, dtype=torch.float64)
     with pytest.raises(KeyError, match="nolayer"):
-        cgram_pair(net, "nolayer", x, x)
+        cgram_pair(net, x, x, "nolayer")
     with pytest.raises(ValueError, match="same shape"):
-        cgram_pair(net, "layer", x, x[:1])
-    twice = nn.Sequential(net.stem, net.layer[1], net.layer[1], nn.Flatten())
-    with pytest.raises(RuntimeError, match="2 times"):
-        cgram_pair(twice, twice[1], x, x)
+        cgram_pair(net, x, x[:1])
+    with pytest.raises(RuntimeError, match="2 times for 1 forward"):
+        cgram_pair(net, x, x, _twice(net))
 
 
-def test_visualize_main_writes_a_png(tmp_path):
-    from PIL import Image
-
-    from esreid.models import build_model
-    from esreid.models.esnet import ESNetConfig
-    from esreid.viz.saliency import visualize_main
-
-    cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text("model: {name: esnet, backbone: resnet_tiny}\ndata: {height: 32, width: 16}\n")
-    torch.manual_seed(0)
-    model = build_model(ESNetConfig(backbone="resnet_tiny"), num_classes=5)
-    torch.save(model.state_dict(), tmp_path / "w.pth")
-    for name in ("q.png", "g.png"):
-        Image.fromarray((torch.rand(40, 20, 3) * 255).byte().numpy()).save(tmp_path / name)
-    out = tmp_path / "out" / "pair.png"
-    args = ["--config", str(cfg_path), "--weights", str(tmp_path / "w.pth"), "--query", str(tmp_path / "q.png"),
-            "--gallery", str(tmp_path / "g.png"), "--out", str(out)]
-    assert visualize_main(args) == 0
-    with Image.open(out) as img:
-        assert img.format == "PNG" and img.width > img.height
+def _twice(net):
+    """Make the layer's ReLU run twice per forward (a layer off the single path of the features)."""
+    relu = net.layer[1]
+    net.layer.append(relu)
+    return relu
 
 
-@pytest.mark.parametrize("name", ["baseline", "esnet", "bdb", "pmm", "aelm"])
-def test_default_layer_runs_in_the_eval_forward_of_every_model(name):
-    """``esreid visualize`` without --layer: the default CG-RAM layer must be one the retrieval forward runs (AELM's
-    erasing head is also named ``heads.layer4`` but is train-only) and must give a non-zero map."""
-    from esreid.models import MODELS, build_model
-    from esreid.viz.saliency import default_layer
+def brute_pair_maps(net, q, g, layer_in, layer_out):
+    """Test-time CG-RAM by definition for any retrieval rule: ``layer_in`` maps images to the layer's output A,
+    ``layer_out`` maps A to the branch features; with flip the mirrored images' A' enters too, each pass's
+    contributions sum_k dS/dA^k A^k are taken from the full Jacobian, the mirrored one flipped back, summed, ReLU."""
+    rule = net.retrieval
+    x = torch.cat([q, g])
+    net.eval()
+    with torch.no_grad():
+        a = layer_in(x)
+        a_m = layer_in(torch.flip(x, dims=[3]))
+    b = len(q)
 
-    torch.manual_seed(0)
-    model = build_model(MODELS.meta(name)["config"](backbone="resnet_tiny"), num_classes=3).eval()
-    x = torch.randn(2, 3, 64, 32)
-    m_q, m_g, _ = cgram_pair(model, default_layer(model), x[:1], x[1:])
-    assert m_q.shape == m_g.shape == (1, 4, 2) and float(m_q.sum() + m_g.sum()) > 0
+    def feats(a_, a_m_):
+        branches = layer_out(a_)
+        if rule.flip:
+            branches = [u + v for u, v in zip(branches, layer_out(a_m_))]
+        return retrieval(branches, rule.normalize)
+
+    def score(a_, a_m_):
+        f = feats(a_, a_m_)
+        if rule.metric == "cosine":
+            return sum((f[i] @ f[i + b]) / (f[i].norm() * f[i + b].norm()) for i in range(b))  # eq. 2
+        return -sum(((f[i] - f[i + b]) ** 2).sum() for i in range(b))  # minus the squared Euclidean distance
+
+    ja, ja_m = torch.autograd.functional.jacobian(score, (a, a_m))
+    total = (ja * a).sum(dim=1)
+    if rule.flip:
+        total = total + torch.flip((ja_m * a_m).sum(dim=1), dims=[2])
+    return torch.relu(total), score(a, a_m)
+
+
+@pytest.mark.parametrize("rule", [RetrievalRule(flip=True), RetrievalRule(flip=False, normalize=False,
+                                                                          metric="euclidean"),
+                                  RetrievalRule(flip=True, normalize=False, metric="euclidean")])
+def test_cgram_pair_explains_the_similarity_of_the_retrieval_rule(rule):
+    """The map explains what the evaluator ranks: flip-summed features when the rule flips, per-branch L2 or not,
+    cosine or (minus) squared Euclidean distance. A map computed with the unflipped cosine of normalised features
+    (the explanation of another similarity) fails this test."""
+    net = make_net(rule)
+    q, g = torch.randn(2, 3, 8, 6, dtype=torch.float64), torch.randn(2, 3, 8, 6, dtype=torch.float64)
+    mq, mg, s = cgram_pair(net, q, g)
+    expected, total = brute_pair_maps(net, q, g, lambda x: net.layer(net.stem(x)), net.head)
+    torch.testing.assert_close(torch.cat([mq, mg]), expected)
+    assert (expected > 0).any()
+    assert float(s.sum()) == pytest.approx(float(total.detach()), rel=1e-9)
+
+
+def test_cgram_explains_a_batchnorm_output_followed_by_an_in_place_relu():
+    """A BatchNorm output is a valid CG-RAM layer even though an in-place ReLU follows it (it used to fail with 'a
+    leaf Variable that requires grad is being used in an in-place operation')."""
+    net = make_net(RetrievalRule(flip=True))
+    q, g = torch.randn(2, 3, 8, 6, dtype=torch.float64), torch.randn(2, 3, 8, 6, dtype=torch.float64)
+    mq, mg, _ = cgram_pair(net, q, g, "stem.1")
+    expected, _ = brute_pair_maps(net, q, g, lambda x: net.stem[1](net.stem[0](x)),
+                                  lambda a: net.head(net.layer(torch.relu(a))))
+    assert mq.shape == (2, 8, 6)
+    torch.testing.assert_close(torch.cat([mq, mg]), expected)

@@ -1,26 +1,257 @@
-"""The command line: help texts, clear errors with exit code 2, and the quick demo end to end."""
+"""The command line: help texts and examples, parsing, the error policy (exit codes), lazy imports, the quick demo."""
 
 import json
+import os
+import shlex
+import subprocess
+import sys
 
 import pytest
 
-from esreid.cli import build_parser, main
+import esreid
+from esreid import cli
+from esreid.cli import build_parser, main, parse_args
+from esreid.errors import EsreidError
+
+CONFIG = "configs/market1501/esnet.yaml"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMANDS = [["demo"], ["train"], ["eval"], ["models"], ["search"], ["visualize"], ["export"], ["extract"],
+            ["datasets", "check"], ["datasets", "cache"]]
 
 
-@pytest.mark.parametrize("argv", [[], ["demo"], ["train"], ["eval"], ["datasets", "check"]])
-def test_help_lists_the_options(capsys, argv):
+def help_text(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv + ["--help"])
     assert e.value.code == 0
-    out = capsys.readouterr().out
-    assert "usage: esreid" in out
-    if argv[:1] == ["train"]:
-        assert "--config" in out and "--resume" in out and "solver.lr=1e-4" in out
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [[], ["datasets"]] + COMMANDS)
+def test_every_help_screen_has_an_example_that_parses(capsys, monkeypatch, argv):
+    out = help_text(argv, capsys)
+    assert out.startswith("usage: esreid" + "".join(f" {a}" for a in argv))
+    examples = out.split("examples:\n", 1)[1].splitlines()
+    commands = [shlex.split(line) for line in examples if line.startswith("  esreid ")]
+    assert commands and all(c[1:1 + len(argv)] == argv for c in commands)
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(os.path, "isfile", lambda p: True)  # the examples name files (W.pth) that need not exist
+    monkeypatch.setattr(os.path, "isdir", lambda p: True)
+    for c in commands:
+        if len(c) > 1 + len(argv):  # a complete command line, not just 'esreid datasets ...'
+            assert parse_args(c[1:]).handler is not None
+
+
+def test_train_help_names_the_options(capsys):
+    out = help_text(["train"], capsys)
+    assert "--config" in out and "--resume auto|CKPT" in out and "KEY=VALUE" in out and "solver.lr=1e-4" in out
 
 
 def test_subcommands_are_all_there():
-    sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"demo", "train", "eval", "datasets", "search", "visualize", "export", "extract"}
+    assert set(build_parser().commands) == {"demo", "train", "eval", "datasets", "models", "search", "visualize",
+                                            "export", "extract"}
+    assert set(build_parser().commands["datasets"].commands) == {"check", "cache"}
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"esreid {esreid.__version__}\n"
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "solver.lr=1e-3", "--config", CONFIG],
+    ["train", "--config", CONFIG, "solver.lr=1e-3", "--resume", "auto", "data.root=/d"],
+    ["train", "solver.lr=1e-3", "--no-progress", "data.root=/d", "--config", CONFIG, "--resume", "auto"],
+])
+def test_overrides_anywhere(monkeypatch, argv):
+    monkeypatch.chdir(REPO)
+    args = parse_args(argv)
+    assert args.config == CONFIG and args.handler is cli._cmd_train
+    assert args.overrides == [t for t in argv if "=" in t]
+    assert args.resume == ("auto" if "--resume" in argv else None)
+
+
+def one_error_line(capsys):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err.rstrip("\n")
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "esreid: error: the following arguments are required: COMMAND (see 'esreid --help')"),
+    (["trian"], "esreid: error: argument COMMAND: invalid choice: 'trian'"),
+    (["train"], "esreid: error: the following arguments are required: --config (see 'esreid train --help')"),
+    (["train", "--config", CONFIG, "--resume", "solver.epochs=10"],
+     "esreid: error: argument --resume: expected 'auto' or a checkpoint path, got the override 'solver.epochs=10' "
+     "(write: --resume auto solver.epochs=10)"),
+    (["train", "--config", CONFIG, "--resume"], "argument --resume: expected one argument"),
+    (["train", "--config", CONFIG, "solver.lr=1", "--bogus"],
+     "esreid: error: unrecognized arguments: --bogus (see 'esreid train --help')"),  # not the top-level usage
+    (["train", "--config", CONFIG, "solver.lr"], "unexpected argument 'solver.lr' (config overrides look like"),
+    (["train", "--config", "nowhere.yaml"], "esreid: error: argument --config: file not found: nowhere.yaml"),
+    (["eval", "--config", CONFIG, "--weights", "configs"], "argument --weights: configs is a folder, expected a file"),
+    (["demo", "a=1"], "esreid: error: unrecognized arguments: a=1 (see 'esreid demo --help')"),
+    (["datasets", "check", "--root", "nowhere"], "argument --root: folder not found: nowhere"),
+    (["datasets"], "the following arguments are required: SUBCOMMAND (see 'esreid datasets --help')"),
+])
+def test_usage_errors_are_one_line_and_exit_2(monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(REPO)
+    assert main(argv) == 2
+    assert message in one_error_line(capsys)
+
+
+def test_usage_error_from_the_console_script():
+    """The real process: exit status 2, one stderr line, nothing on stdout (no usage dump)."""
+    proc = subprocess.run([sys.executable, "-m", "esreid.cli", "train", "--config"], capture_output=True,
+                          text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "esreid: error: argument --config: expected one argument (see 'esreid train --help')\n"
+
+
+def raising(exc):
+    def handler(args):
+        raise exc
+
+    return handler
+
+
+@pytest.mark.parametrize("exc, code, line", [
+    (EsreidError("data.root: /d has no market1501/; set data.root"), 2,
+     "esreid: error: data.root: /d has no market1501/; set data.root"),
+    (EsreidError("two\nlines"), 2, "esreid: error: two; lines"),
+    (FileExistsError("output_dir o already holds a run; pass --resume auto"), 2,
+     "esreid: error: output_dir o already holds a run; pass --resume auto"),
+    (FileNotFoundError(2, "No such file or directory", "/x/y.jpg"), 2,
+     "esreid: error: /x/y.jpg: No such file or directory"),
+    (RuntimeError("shape mismatch"), 1,
+     "esreid: internal error: RuntimeError: shape mismatch (rerun with --debug for the traceback; please report it)"),
+    (KeyError("k"), 1,
+     "esreid: internal error: KeyError: 'k' (rerun with --debug for the traceback; please report it)"),
+])
+def test_error_policy(monkeypatch, capsys, exc, code, line):
+    monkeypatch.setattr(cli, "_cmd_models", raising(exc))
+    assert main(["models"]) == code
+    assert one_error_line(capsys) == line
+
+
+@pytest.mark.parametrize("argv", [["--debug", "models"], ["models", "--debug"]])
+def test_debug_shows_the_traceback(monkeypatch, capsys, argv):
+    monkeypatch.setattr(cli, "_cmd_models", raising(RuntimeError("shape mismatch")))
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):") and 'raise exc' in err
+    assert err.endswith("esreid: internal error: RuntimeError: shape mismatch (please report it)\n")
+    monkeypatch.setattr(cli, "_cmd_models", raising(EsreidError("fix it")))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and err.endswith("esreid: error: fix it\n")
+
+
+def interrupt(hint=None, on_cause=False):
+    e = KeyboardInterrupt()
+    if hint and on_cause:
+        cause = RuntimeError("stopped")
+        cause.hint = hint
+        e.__cause__ = cause
+    elif hint:
+        e.hint = hint
+    return e
+
+
+HINT = "interrupted at epoch 3, iteration 17; continue with: esreid train --config C --resume auto"
+
+
+@pytest.mark.parametrize("exc, err", [
+    (interrupt(), "esreid: interrupted\n"),
+    (interrupt(HINT), f"esreid: interrupted\nesreid: {HINT}\n"),
+    (interrupt(HINT, on_cause=True), f"esreid: interrupted\nesreid: {HINT}\n"),
+])
+def test_ctrl_c_exits_130_with_the_hint(monkeypatch, capsys, exc, err):
+    monkeypatch.setattr(cli, "_cmd_models", raising(exc))
+    assert main(["models"]) == 130
+    assert capsys.readouterr().err == err
+
+
+def test_closed_stdout_is_not_an_error(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_cmd_models", raising(BrokenPipeError(32, "Broken pipe")))
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # restored after main() points it at os.devnull
+    assert main(["models"]) == 0 and capsys.readouterr().err == ""
+
+
+HEAVY = ["torch", "numpy", "matplotlib", "scipy", "PIL", "yaml", "faiss", "onnx", "onnxruntime", "tqdm",
+         "esreid.models", "esreid.engine", "esreid.data", "esreid.evaluation", "esreid.config"]
+
+
+def test_parser_and_help_import_nothing_heavy():
+    """In a fresh interpreter: build the parser and print every help screen; none of HEAVY may be imported."""
+    code = f"""
+import contextlib, io, sys
+import esreid.cli as cli
+cli.build_parser()
+for argv in {[[]] + COMMANDS + [["datasets"]]!r}:
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            cli.main(argv + ["--help"])
+        except SystemExit:
+            pass
+print(sorted(m for m in {HEAVY!r} if m in sys.modules))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": REPO})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_models_lists_every_registry(capsys):
+    import esreid.data.datasets  # noqa: F401
+    from esreid.data.base import DATASETS
+    from esreid.evaluation.protocols import PROTOCOLS
+    from esreid.evaluation.search import INDEX_KINDS
+    from esreid.models import MODELS
+    from esreid.models.backbones import BACKBONES
+    from esreid.models.pooling import POOLING
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    sections = {}
+    for line in out.splitlines():
+        if not line.startswith(" "):
+            title = line.rstrip(":")
+            sections[title] = {}
+        else:
+            name, text = line.strip().split(None, 1)
+            sections[title][name] = text
+    registries = [MODELS, BACKBONES, POOLING, DATASETS, PROTOCOLS, INDEX_KINDS]
+    assert len(sections) == len(registries)
+    for (title, listed), registry in zip(sections.items(), registries):
+        assert sorted(listed) == registry.names(), title
+    assert sections["poolings (model.pooling)"]["gap"] == POOLING.get("gap").__doc__.splitlines()[0]
+    assert sections["datasets (data.name)"]["market1501"] == "Market-1501 (Zheng et al., ICCV 2015)."  # module's
+
+
+def test_describe_uses_the_docstring_or_a_module_of_its_own():
+    import types
+
+    mod = types.ModuleType("fake_mod", "Module summary.\n\nDetails.")
+    sys.modules["fake_mod"] = mod
+    try:
+        def documented():
+            """First line.
+            Second line."""
+
+        def bare():
+            pass
+
+        def other():
+            pass
+
+        for f in (documented, bare, other):
+            f.__module__ = "fake_mod"
+        assert cli.describe(documented, [documented, bare, other]) == "First line."
+        assert cli.describe(bare, [bare, print]) == "Module summary."  # the only one registered from its module
+        assert cli.describe(bare, [bare, other]) == "(no description)"  # the module describes several
+    finally:
+        del sys.modules["fake_mod"]
 
 
 def test_config_error_is_reported_with_key_and_file(tmp_path, capsys):

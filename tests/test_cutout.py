@@ -1,5 +1,5 @@
-"""Cutout in TrainAugment (BDB's person recipe, spec §2.3) against its definition: one whole square per image, its
-top-left corner uniform over the positions inside the image, filled with 0 after normalisation, applied with
+"""Cutout in TrainAugment (BDB's person recipe, docs/methods.md §2.3) against its definition: one whole square per
+image, its top-left corner uniform over the positions inside the image, filled with 0 after normalisation, applied with
 probability ``cutout_prob``."""
 
 import pytest

@@ -3,7 +3,6 @@
 import os
 
 import pytest
-from test_datasets_market import write_files, write_image
 
 from esreid.data.base import DatasetError, build_dataset
 
@@ -12,13 +11,13 @@ def rel(items, root):
     return [(os.path.relpath(it.path, root), it.pid, it.camid) for it in items]
 
 
-def test_custom_folders_named_ids_and_cameras(tmp_path):
+def test_custom_folders_named_ids_and_cameras(tmp_path, layouts):
     root = str(tmp_path)
-    write_files(os.path.join(root, "train", "alice", "front"), ["a.jpg", "b.png"])
-    write_files(os.path.join(root, "train", "bob"), ["c.jpeg", "Thumbs.db"])
-    write_files(os.path.join(root, "query", "carol", "side"), ["d.jpg"])
-    write_files(os.path.join(root, "gallery", "carol", "front"), ["e.jpg"])
-    write_files(os.path.join(root, "gallery", "dave"), ["f.jpg"])
+    layouts.write_files(os.path.join(root, "train", "alice", "front"), ["a.jpg", "b.png"])
+    layouts.write_files(os.path.join(root, "train", "bob"), ["c.jpeg", "Thumbs.db"])
+    layouts.write_files(os.path.join(root, "query", "carol", "side"), ["d.jpg"])
+    layouts.write_files(os.path.join(root, "gallery", "carol", "front"), ["e.jpg"])
+    layouts.write_files(os.path.join(root, "gallery", "dave"), ["f.jpg"])
     ds = build_dataset("custom", root, verbose=False)
     assert rel(ds.train, root) == [("train/alice/front/a.jpg", 0, 0), ("train/alice/front/b.png", 0, 0),
                                    ("train/bob/c.jpeg", 1, 0)]
@@ -28,19 +27,19 @@ def test_custom_folders_named_ids_and_cameras(tmp_path):
     assert ds.ignored_files == 1
 
 
-def test_custom_folders_numeric_ids_keep_their_numbers(tmp_path):
+def test_custom_folders_numeric_ids_keep_their_numbers(tmp_path, layouts):
     root = str(tmp_path)
     for split, ident in [("train", "17"), ("train", "5"), ("query", "42"), ("gallery", "42")]:
-        write_files(os.path.join(root, split, ident), ["x.jpg"])
+        layouts.write_files(os.path.join(root, split, ident), ["x.jpg"])
     ds = build_dataset("custom", root, verbose=False)
     assert [it.pid for it in ds.train] == [1, 0]  # folders "17", "5"; numeric relabelling: 5 -> 0, 17 -> 1
     assert [(it.pid, it.camid) for it in ds.query + ds.gallery] == [(42, 0), (42, 1)]
 
 
-def test_custom_csv(tmp_path):
+def test_custom_csv(tmp_path, layouts):
     root = str(tmp_path)
     for name in ["img/a.jpg", "img/b.jpg", "img/c.jpg"]:
-        write_image(os.path.join(root, name))
+        layouts.write_image(os.path.join(root, name))
     rows = {"train": ["img/a.jpg,3,0", "img/b.jpg,8,1"], "query": ["img/c.jpg,5,0"], "gallery": ["img/a.jpg,5,2"]}
     for split, lines in rows.items():
         with open(os.path.join(root, f"{split}.csv"), "w") as f:
@@ -62,14 +61,14 @@ def test_custom_csv(tmp_path):
         build_dataset("custom", root, verbose=False)
 
 
-def test_custom_errors(tmp_path):
+def test_custom_errors(tmp_path, layouts):
     root = str(tmp_path)
     with pytest.raises(DatasetError, match="root .*nope does not exist"):
         build_dataset("custom", os.path.join(root, "nope"))
-    write_files(os.path.join(root, "train", "1"), ["a.jpg"])
-    write_files(os.path.join(root, "query", "1"), ["a.jpg"])
+    layouts.write_files(os.path.join(root, "train", "1"), ["a.jpg"])
+    layouts.write_files(os.path.join(root, "query", "1"), ["a.jpg"])
     with pytest.raises(DatasetError, match=f"expected {root}/gallery/ .* or {root}/gallery.csv, found neither"):
         build_dataset("custom", root)
-    write_files(os.path.join(root, "gallery", "1"), ["notes.txt"])
+    layouts.write_files(os.path.join(root, "gallery", "1"), ["notes.txt"])
     with pytest.raises(DatasetError, match="gallery split is empty"):
         build_dataset("custom", root)

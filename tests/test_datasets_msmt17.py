@@ -3,7 +3,6 @@
 import os
 
 import pytest
-from test_datasets_market import write_image
 
 from esreid.data.base import DatasetError, build_dataset
 
@@ -16,14 +15,14 @@ LISTS = {
 }
 
 
-def make_msmt(root, version="MSMT17_V1", prefix="msmt17"):
+def make_msmt(layouts, root, version="MSMT17_V1", prefix="msmt17"):
     train_dir, test_dir = {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2", "mask_test_v2")}[version]
     base = os.path.join(root, prefix, version)
     for list_name, lines in LISTS.items():
         image_dir = train_dir if list_name in ("list_train.txt", "list_val.txt") else test_dir
         for line in lines:
             if line:
-                write_image(os.path.join(base, image_dir, line.split()[0]))
+                layouts.write_image(os.path.join(base, image_dir, line.split()[0]))
         os.makedirs(base, exist_ok=True)
         with open(os.path.join(base, list_name), "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -31,8 +30,8 @@ def make_msmt(root, version="MSMT17_V1", prefix="msmt17"):
 
 
 @pytest.mark.parametrize("version", ["MSMT17_V1", "MSMT17_V2"])
-def test_msmt17_versions(tmp_path, version):
-    base = make_msmt(str(tmp_path), version)
+def test_msmt17_versions(tmp_path, layouts, version):
+    base = make_msmt(layouts, str(tmp_path), version)
     ds = build_dataset("msmt17", str(tmp_path), verbose=False)
     assert ds.data_dir == base
     assert [(os.path.basename(it.path), it.pid, it.camid) for it in ds.train] == [
@@ -45,15 +44,15 @@ def test_msmt17_versions(tmp_path, version):
     assert ds.published["train"] == (1041, 30248)
 
 
-def test_msmt17_combine_val(tmp_path):
-    make_msmt(str(tmp_path), "MSMT17_V2", prefix="")
+def test_msmt17_combine_val(tmp_path, layouts):
+    make_msmt(layouts, str(tmp_path), "MSMT17_V2", prefix="")
     ds = build_dataset("msmt17", str(tmp_path), combine_val=True, verbose=False)
     assert [(it.pid, it.camid) for it in ds.train] == [(0, 0), (0, 14), (1, 2), (1, 6), (2, 1)]
     assert ds.published["train"] == (1041, 32621)
 
 
-def test_msmt17_errors(tmp_path):
-    base = make_msmt(str(tmp_path))
+def test_msmt17_errors(tmp_path, layouts):
+    base = make_msmt(layouts, str(tmp_path))
     with open(os.path.join(base, "list_query.txt"), "a") as f:
         f.write("0000/0000_000_05_x.jpg\n")
     with pytest.raises(DatasetError, match=r"list_query.txt line 2: expected '<relative image path> <pid>'"):

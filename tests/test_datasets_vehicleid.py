@@ -3,28 +3,12 @@
 import os
 
 import pytest
-from test_datasets_market import write_files
 
 from esreid.data.base import DatasetError, build_dataset
 
-TRAIN = ["0000001 10", "0000002 10", "0000003 42"]
-TESTS = {800: ["0000100 7", "0000101 7", "0000102 8"], 1600: ["0000100 7", "0000103 9"], 2400: ["0000104 11"]}
 
-
-def make_vehicleid(root, prefix="VehicleID_V1.0"):
-    base = os.path.join(root, prefix)
-    names = {line.split()[0] + ".jpg" for lines in [TRAIN, *TESTS.values()] for line in lines}
-    write_files(os.path.join(base, "image"), sorted(names) + ["Thumbs.db"])
-    split_dir = os.path.join(base, "train_test_split")
-    os.makedirs(split_dir)
-    for list_name, lines in [("train_list.txt", TRAIN)] + [(f"test_list_{n}.txt", v) for n, v in TESTS.items()]:
-        with open(os.path.join(split_dir, list_name), "w") as f:
-            f.write("\n".join(lines) + "\n")
-    return base
-
-
-def test_vehicleid_sizes(tmp_path):
-    make_vehicleid(str(tmp_path))
+def test_vehicleid_sizes(tmp_path, layouts):
+    layouts.make_vehicleid(str(tmp_path))
     ds = build_dataset("vehicleid", str(tmp_path), verbose=False)
     assert [(os.path.basename(it.path), it.pid, it.camid) for it in ds.train] == [
         ("0000001.jpg", 0, 0), ("0000002.jpg", 0, 1), ("0000003.jpg", 1, 2)]
@@ -37,9 +21,9 @@ def test_vehicleid_sizes(tmp_path):
     assert len(build_dataset("vehicleid", str(tmp_path), test_size=1600, verbose=False).query) == 2
 
 
-def test_vehicleid_errors(tmp_path):
-    base = make_vehicleid(str(tmp_path), "vehicleid")
-    with pytest.raises(DatasetError, match=r"test_size must be one of \(800, 1600, 2400\), got 13164"):
+def test_vehicleid_errors(tmp_path, layouts):
+    base = layouts.make_vehicleid(str(tmp_path), "vehicleid")
+    with pytest.raises(DatasetError, match=r"test_size.: expected one of \(800, 1600, 2400\), got 13164"):
         build_dataset("vehicleid", str(tmp_path), test_size=13164, verbose=False)
     with open(os.path.join(base, "train_test_split", "test_list_800.txt"), "a") as f:
         f.write("0000999 3\n")

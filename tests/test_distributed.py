@@ -2,14 +2,13 @@
 
 import os
 import socket
-from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_engine import tiny_config
 
 from esreid.engine.trainer import Trainer
+from esreid.models import MODELS
 
 
 def _free_port() -> int:
@@ -18,11 +17,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, tmp: str, name: str) -> None:
+def _worker(rank: int, world: int, port: int, tmp: str, cfg) -> None:
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    cfg = tiny_config(Path(tmp), name, epochs=2, out="run", extra=["checkpoint_period=0"])
     trainer = Trainer(cfg, progress=False, log=lambda s: None)
     assert len(trainer.train_loader) == len(trainer.train_loader.batch_sampler) and trainer.dist.world_size == world
     trainer.train()
@@ -33,14 +31,16 @@ def _worker(rank: int, world: int, port: int, tmp: str, name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["baseline", "esnet", "bdb"])
-def test_two_process_ddp_training(tmp_path, name):
+@pytest.mark.parametrize("name", MODELS.names())
+def test_two_process_ddp_training(tmp_path, tiny_config, name):
     # generate the data once, before the processes race for it
     from esreid.data.datasets.synthetic import generate_synthetic_market
 
     generate_synthetic_market(str(tmp_path / "data" / "synthetic"), num_train_ids=16, num_test_ids=8,
                               images_per_id=6, height=64, width=32)
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), name), nprocs=2, join=True)
+    # 192x64 images give a 12x4 layer4 map, on which every model's default settings are valid (PMM's 3x2 blocks)
+    cfg = tiny_config(name, epochs=2, extra=["checkpoint_period=0", "data.height=192", "data.width=64"])
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), cfg), nprocs=2, join=True)
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for key in a:

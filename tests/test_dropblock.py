@@ -1,5 +1,6 @@
-"""Batch DropBlock against its definition (spec §2.2): one band of round(ρ_h·H) x round(ρ_w·W) zeroed for every image
-and channel, the same region across the batch, no rescaling, identity in eval, every start position drawn."""
+"""Batch DropBlock against its definition (docs/methods.md §2.2): one band of round(ρ_h·H) x round(ρ_w·W) zeroed for
+every image and channel, the same region across the batch, no rescaling, identity in eval, every start position
+drawn."""
 
 import pytest
 import torch

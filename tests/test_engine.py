@@ -6,25 +6,13 @@ import os
 import pytest
 import torch
 
-from esreid.config import load_config
 from esreid.engine.checkpoint import load_checkpoint
 from esreid.engine.trainer import Trainer
 
 
-def tiny_config(tmp_path, name="baseline", epochs=2, out="run", extra=()):
-    args = '{"num_train_ids": 16, "num_test_ids": 8, "images_per_id": 6, "height": 64, "width": 32}'
-    return load_config(None, [
-        "data.name=synthetic", f"data.root={tmp_path / 'data'}", f"data.args={args}",
-        "data.height=32", "data.width=16", "data.ids_per_batch=4", "data.instances=2", "data.workers=0",
-        f"model.name={name}", "model.backbone=resnet_tiny", f"solver.epochs={epochs}", "solver.warmup_epochs=1",
-        "solver.milestones=[1]", "solver.lr=1e-3", "test.eval_period=1", "device=cpu", "log_period=1",
-        "checkpoint_period=1", f"output_dir={tmp_path / out}", *extra,
-    ])
-
-
 @pytest.mark.parametrize("name", ["baseline", "esnet"])
-def test_train_writes_logs_checkpoints_and_metrics(tmp_path, name):
-    cfg = tiny_config(tmp_path, name)
+def test_train_writes_logs_checkpoints_and_metrics(tmp_path, name, tiny_config):
+    cfg = tiny_config(name)
     metrics = Trainer(cfg, progress=False, log=lambda s: None).train()
     assert {"mAP", "R1", "mINP"} <= set(metrics) and 0.0 <= metrics["mAP"] <= 1.0
     out = tmp_path / "run"
@@ -37,8 +25,8 @@ def test_train_writes_logs_checkpoints_and_metrics(tmp_path, name):
     assert state["epoch"] == 2 and state["config"]["model"]["name"] == name
 
 
-def test_refuses_to_overwrite_an_existing_run(tmp_path):
-    cfg = tiny_config(tmp_path, epochs=1)
+def test_refuses_to_overwrite_an_existing_run(tmp_path, tiny_config):
+    cfg = tiny_config(epochs=1)
     Trainer(cfg, progress=False, log=lambda s: None).train()
     before = (tmp_path / "run" / "last.pth").read_bytes()
     with pytest.raises(FileExistsError, match="already holds a run"):
@@ -47,12 +35,12 @@ def test_refuses_to_overwrite_an_existing_run(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["baseline", "esnet"])
-def test_resume_equals_uninterrupted_run(tmp_path, name):
-    straight = Trainer(tiny_config(tmp_path, name, epochs=2, out="a"), progress=False, log=lambda s: None)
+def test_resume_equals_uninterrupted_run(tmp_path, name, tiny_config):
+    straight = Trainer(tiny_config(name, epochs=2, out="a"), progress=False, log=lambda s: None)
     straight.train()
-    first = Trainer(tiny_config(tmp_path, name, epochs=1, out="b"), progress=False, log=lambda s: None)
+    first = Trainer(tiny_config(name, epochs=1, out="b"), progress=False, log=lambda s: None)
     first.train()
-    resumed = Trainer(tiny_config(tmp_path, name, epochs=2, out="b"), resume="auto", progress=False,
+    resumed = Trainer(tiny_config(name, epochs=2, out="b"), resume="auto", progress=False,
                       log=lambda s: None)
     assert resumed.start_epoch == 1
     resumed.train()
@@ -61,8 +49,8 @@ def test_resume_equals_uninterrupted_run(tmp_path, name):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_fig3_diagnostic_logs_the_erased_loss(tmp_path):
-    cfg = tiny_config(tmp_path, epochs=1, extra=["diagnostics.erased_loss=true", "diagnostics.erase_ratio=0.3"])
+def test_fig3_diagnostic_logs_the_erased_loss(tmp_path, tiny_config):
+    cfg = tiny_config(epochs=1, extra=["diagnostics.erased_loss=true", "diagnostics.erase_ratio=0.3"])
     Trainer(cfg, progress=False, log=lambda s: None).train()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["type"] == "train"]
@@ -71,18 +59,18 @@ def test_fig3_diagnostic_logs_the_erased_loss(tmp_path):
     assert "erased_loss" in epoch
 
 
-def test_tensorboard_events_are_written(tmp_path):
+def test_tensorboard_events_are_written(tmp_path, tiny_config):
     pytest.importorskip("tensorboard")
-    cfg = tiny_config(tmp_path, epochs=1, extra=["tensorboard=true"])
+    cfg = tiny_config(epochs=1, extra=["tensorboard=true"])
     Trainer(cfg, progress=False, log=lambda s: None).train()
     events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
 
 
-def test_eval_command_reproduces_the_training_metrics(tmp_path, capsys):
+def test_eval_command_reproduces_the_training_metrics(tmp_path, capsys, tiny_config):
     from esreid.cli import main
 
-    cfg = tiny_config(tmp_path, "esnet", epochs=1)
+    cfg = tiny_config("esnet", epochs=1)
     metrics = Trainer(cfg, progress=False, log=lambda s: None).train()
     (tmp_path / "run.yaml").write_text((tmp_path / "run" / "config.yaml").read_text())
     capsys.readouterr()
@@ -93,9 +81,9 @@ def test_eval_command_reproduces_the_training_metrics(tmp_path, capsys):
         assert again[key] == pytest.approx(metrics[key], abs=1e-6)
 
 
-def test_fp16_on_cpu_trains_with_loss_scaling(tmp_path):
+def test_fp16_on_cpu_trains_with_loss_scaling(tmp_path, tiny_config):
     # fp16 gradients underflow without loss scaling, on any device; the scaler state goes into the checkpoint
-    trainer = Trainer(tiny_config(tmp_path, epochs=1, extra=["solver.amp=fp16"]), progress=False, log=lambda s: None)
+    trainer = Trainer(tiny_config(epochs=1, extra=["solver.amp=fp16"]), progress=False, log=lambda s: None)
     assert trainer.scaler.is_enabled()
     trainer.train()
     state = load_checkpoint(str(tmp_path / "run" / "last.pth"))
@@ -103,42 +91,42 @@ def test_fp16_on_cpu_trains_with_loss_scaling(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_resume_on_cuda(tmp_path):
+def test_resume_on_cuda(tmp_path, tiny_config):
     # RNG states must be CPU ByteTensors: a checkpoint mapped onto cuda made every GPU resume fail
-    Trainer(tiny_config(tmp_path, epochs=1, extra=["device=cuda"]), progress=False, log=lambda s: None).train()
-    resumed = Trainer(tiny_config(tmp_path, epochs=2, extra=["device=cuda"]), resume="auto", progress=False,
+    Trainer(tiny_config(epochs=1, extra=["device=cuda"]), progress=False, log=lambda s: None).train()
+    resumed = Trainer(tiny_config(epochs=2, extra=["device=cuda"]), resume="auto", progress=False,
                       log=lambda s: None)
     assert resumed.start_epoch == 1
     resumed.train()
 
 
-def test_resume_and_eval_do_not_read_the_pretrained_weights(tmp_path):
+def test_resume_and_eval_do_not_read_the_pretrained_weights(tmp_path, tiny_config):
     # the checkpoint replaces every weight: a moved ImageNet file (or an offline URL) must not stop them
     from esreid.cli import main
 
-    Trainer(tiny_config(tmp_path, epochs=1), progress=False, log=lambda s: None).train()
+    Trainer(tiny_config(epochs=1), progress=False, log=lambda s: None).train()
     gone = ["model.pretrained=/nonexistent/resnet.pth"]
-    resumed = Trainer(tiny_config(tmp_path, epochs=2, extra=gone), resume="auto", progress=False, log=lambda s: None)
+    resumed = Trainer(tiny_config(epochs=2, extra=gone), resume="auto", progress=False, log=lambda s: None)
     assert resumed.start_epoch == 1
     (tmp_path / "run.yaml").write_text((tmp_path / "run" / "config.yaml").read_text())
     assert main(["eval", "--config", str(tmp_path / "run.yaml"), "--weights", str(tmp_path / "run" / "last.pth"),
                  *gone]) == 0
 
 
-def test_metrics_log_has_no_records_of_interrupted_epochs(tmp_path):
+def test_metrics_log_has_no_records_of_interrupted_epochs(tmp_path, tiny_config):
     # records written after the checkpoint a run resumes from (or by a run that never checkpointed) are dropped
     def keys(out):
         lines = (tmp_path / out / "metrics.jsonl").read_text().splitlines()
         return [(r["type"], r["epoch"], r.get("iter")) for r in map(json.loads, lines)]
 
-    Trainer(tiny_config(tmp_path, epochs=2, out="a"), progress=False, log=lambda s: None).train()
-    Trainer(tiny_config(tmp_path, epochs=1, out="b"), progress=False, log=lambda s: None).train()
+    Trainer(tiny_config(epochs=2, out="a"), progress=False, log=lambda s: None).train()
+    Trainer(tiny_config(epochs=1, out="b"), progress=False, log=lambda s: None).train()
     crashed = json.dumps({"type": "train", "epoch": 2, "iter": 99, "loss": 1.0})
     with open(tmp_path / "b" / "metrics.jsonl", "a") as f:  # epoch 2 was cut short after logging
         f.write(crashed + "\n" + crashed[:20])  # ... and killed in the middle of a line
-    Trainer(tiny_config(tmp_path, epochs=2, out="b"), resume="auto", progress=False, log=lambda s: None).train()
+    Trainer(tiny_config(epochs=2, out="b"), resume="auto", progress=False, log=lambda s: None).train()
     assert keys("b") == keys("a")
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "metrics.jsonl").write_text(crashed + "\n")  # a run that died before its first checkpoint
-    Trainer(tiny_config(tmp_path, epochs=2, out="c"), progress=False, log=lambda s: None).train()
+    Trainer(tiny_config(epochs=2, out="c"), progress=False, log=lambda s: None).train()
     assert keys("c") == keys("a")

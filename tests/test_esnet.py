@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from esreid.config import load_config
+from esreid.config import ConfigError, load_config
 from esreid.erasing.besm import erase_count
 from esreid.erasing.cgram import cgram_batch
 from esreid.models import MODELS, build_model
@@ -51,7 +51,7 @@ def test_saliency_pass_matches_generic_cgram(shared_until):
     model = make(shared_until=shared_until).train()  # float32: P-pooling computes in float32 by design
     x = images()
     inline = model.saliency(x, PIDS)
-    generic = cgram_batch(model, model.cgram_layer, x, PIDS, feature_fn=lambda feats: feats[-1])
+    generic = cgram_batch(model, x, PIDS, feature_fn=lambda feats: feats[-1])  # the ESB feature, default layer
     assert inline.shape == (len(PIDS), H // 16, W // 16)
     torch.testing.assert_close(inline, generic)
     assert (inline > 0).any()
@@ -61,18 +61,18 @@ def test_saliency_reuses_the_aib_pass_and_changes_nothing():
     for shared_until, esb_runs in (("layer2", 2), ("layer4", 1)):
         model = make(shared_until=shared_until).train()
         shared_calls = count_calls(model.shared)
-        esb_calls = count_calls(model.esb.layers)
+        esb_calls = count_calls(model.esb.stages)
         model(images(), PIDS)
         assert len(shared_calls) == 2  # on I (AIB pass, reused by the saliency pass) and on I*
         assert len(esb_calls) == esb_runs  # layer2: saliency + I*; layer4: I* only (empty stages)
     model = make().train()
     t = model.shared(images())
-    a = model.aib.layers(t)
+    a = model.aib.stages(t)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.saliency(images(), PIDS, t, a)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
-    assert model.esb.training and model.esb.neck.bn.training
+    assert model.esb.training and model.esb.head.bn.training
 
 
 @pytest.mark.parametrize("esb_pooling", ["gap", "ppool"])
@@ -82,7 +82,7 @@ def test_saliency_head_is_float32_under_bf16_autocast(esb_pooling):
     model = make(shared_until="layer4", esb_pooling=esb_pooling).train()  # A = the given layer4 output
     x = images()
     t = model.shared(x)
-    a = model.aib.layers(t).bfloat16()  # as the AIB pass produces it under autocast
+    a = model.aib.stages(t).bfloat16()  # as the AIB pass produces it under autocast
     ref = model.saliency(x, PIDS, t, a.float())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = model.saliency(x, PIDS, t, a)
@@ -116,39 +116,42 @@ def test_eval_features_and_variants():
     base_besm.cfg.loss.triplet_weight = 0.0
     assert set(base_besm(images(), PIDS)) == {"esb_ce"}
     assert base_besm.no_weight_decay() == set()
-    assert set(make(aib_pooling="ppool").no_weight_decay()) == {"aib.pool.raw", "esb.pool.raw"}
+    assert set(make(aib_pooling="ppool").no_weight_decay()) == {"aib.head.pool.raw", "esb.head.pool.raw"}
 
 
 @pytest.mark.parametrize("shared_until", ["layer2", "layer4"])
 @pytest.mark.parametrize("aib, esb", [(True, True), (False, True), (True, False)])
-def test_cgram_layer_names_a_layer4_of_the_model(shared_until, aib, esb):
+def test_saliency_layer_names_a_layer4_of_the_model(shared_until, aib, esb):
     model = make(shared_until=shared_until, aib=aib, esb=esb)
-    layer = dict(model.named_modules())[model.cgram_layer]  # the visualiser's default layer must exist
+    layer = dict(model.named_modules())[model.saliency_layer]  # the explanations' default layer must exist
     owner = model.esb if esb else model.aib
-    assert layer is (owner.layers.layer4 if shared_until == "layer2" else model.shared.layer4)
+    assert layer is (owner.stages.layer4 if shared_until == "layer2" else model.shared.layer4)
 
 
 def test_no_weight_decay_names_and_branch_copies():
     model = make()
     names = dict(model.named_parameters())
-    assert model.no_weight_decay() == {"esb.pool.raw"} and "esb.pool.raw" in names
+    assert model.no_weight_decay() == {"esb.head.pool.raw"} and "esb.head.pool.raw" in names
     # reading A: both branches own a layer3/layer4 initialised from the same weights, not shared tensors
-    a, e = names["aib.layers.layer3.0.conv1.weight"], names["esb.layers.layer3.0.conv1.weight"]
+    a, e = names["aib.stages.layer3.0.conv1.weight"], names["esb.stages.layer3.0.conv1.weight"]
     assert torch.equal(a, e) and a.data_ptr() != e.data_ptr()
-    assert "shared.layer2.0.conv1.weight" in names and "aib.layers.layer2.0.conv1.weight" not in names
+    assert "shared.layer2.0.conv1.weight" in names and "aib.stages.layer2.0.conv1.weight" not in names
 
 
-def test_bad_config_values():
-    with pytest.raises(ValueError, match="model.shared_until"):
-        make(shared_until="layer1")
-    with pytest.raises(ValueError, match="model.esb_pooling"):
-        make(esb_pooling="median")
-    with pytest.raises(ValueError, match="model.erase_ratio"):
-        make(erase_ratio=1.5)
-    with pytest.raises(ValueError, match="model.aib"):
-        make(aib=False, esb=False)
-    with pytest.raises(ValueError, match="model.saliency"):
-        make(saliency="gradcam++")
+@pytest.mark.parametrize("override, message", [
+    ("model.shared_until=layer1", "key 'model.shared_until': expected one of layer2, layer3, layer4; got 'layer1'"),
+    ("model.esb_pooling=median", "key 'model.esb_pooling': expected one of gap, gem, gmp, ppool; got 'median'"),
+    ("model.erase_ratio=1.5", "key 'model.erase_ratio': expected a value <= 1, got 1.5"),
+    ("model.erase_prob=-0.1", "key 'model.erase_prob': expected a value >= 0, got -0.1"),
+    ("model.saliency=foo", "key 'model.saliency': expected one of cgram, gradcam; got 'foo'"),
+    ("model.ppool_init=1.0", "key 'model.ppool_init': expected a value > 1, got 1.0"),
+    ("model.aib=false", "key 'model.esb': model.aib and model.esb are both false"),
+])
+def test_bad_config_values_are_named_at_load_time(override, message):
+    extra = ["model.esb=false"] if override == "model.aib=false" else []
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model.name=esnet", override, *extra])
+    assert message in str(e.value) and str(e.value).startswith("command line: ")
 
 
 def test_configs_load_with_the_paper_values():

@@ -19,7 +19,7 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-H, W = 32, 16
+H, W = 192, 64  # a 12x4 layer4 map: every model's defaults are valid (PMM's 3x2 blocks)
 TINY = ["model.backbone=resnet_tiny", "model.pretrained=", f"data.height={H}", f"data.width={W}"]
 # every registered model with its defaults, plus ES-Net with P-pooling in both branches (autocast off + pow)
 CASES = [(name, []) for name in MODELS.names()] + [("esnet", ["model.aib_pooling=ppool", "model.esb_pooling=ppool"])]
@@ -42,10 +42,16 @@ def trained_like(name, extra=(), num_classes=5, seed=0):
     return cfg, model.eval()
 
 
+def retrieval_net(model, **rule):
+    """The exported wrapper of ``model`` with its retrieval rule changed as given (flip, normalize, metric)."""
+    model.retrieval = model.retrieval.replace(**rule)
+    return RetrievalModel(model)
+
+
 @pytest.mark.parametrize("name,extra", CASES, ids=[n + ("_ppool" if e else "") for n, e in CASES])
 def test_dynamic_batch_export_matches_pytorch(tmp_path, name, extra):
     cfg, model = trained_like(name, extra)
-    net = RetrievalModel(model, flip=True, normalize=True)
+    net = retrieval_net(model, flip=True, normalize=True)
     path = str(tmp_path / "m.onnx")
     export_onnx(net, path, H, W, dynamic_batch=True)
     assert verify_onnx(net, path, H, W, batches=(1, 3, 5)) <= 1e-4
@@ -60,9 +66,10 @@ def test_wrapper_equals_evaluator_features(flip, normalize):
     _, model = trained_like("esnet", ["model.esb_pooling=ppool"])
     images = torch.randn(3, 3, H, W, dtype=torch.float64).float()
     batch = {"images": images, "pids": torch.zeros(3, dtype=torch.long), "camids": torch.zeros(3, dtype=torch.long)}
-    want, _, _ = extract_features(model, [batch], torch.device("cpu"), lambda x: x, flip, normalize)
+    model.retrieval = model.retrieval.replace(flip=flip, normalize=normalize)
+    want, _, _ = extract_features(model, [batch], torch.device("cpu"), lambda x: x)
     with torch.no_grad():
-        got = RetrievalModel(model, flip, normalize)(images)
+        got = retrieval_net(model, flip=flip, normalize=normalize)(images)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     # by hand: branch sums over {x, flip(x)}, per-branch L2, concatenation
     with torch.no_grad():
@@ -74,7 +81,7 @@ def test_wrapper_equals_evaluator_features(flip, normalize):
 
 def test_fixed_batch_graph_and_flip_outside_graph(tmp_path):
     _, model = trained_like("baseline")
-    net = RetrievalModel(model, flip=False, normalize=True)
+    net = retrieval_net(model, flip=False, normalize=True)
     path = str(tmp_path / "m.onnx")
     export_onnx(net, path, H, W, batch=1)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -89,7 +96,7 @@ def test_fixed_batch_graph_and_flip_outside_graph(tmp_path):
 
 def test_verify_fails_loudly_when_graph_and_model_differ(tmp_path):
     _, model = trained_like("baseline")
-    net = RetrievalModel(model, flip=True, normalize=False)
+    net = retrieval_net(model, flip=True, normalize=False)
     path = str(tmp_path / "m.onnx")
     export_onnx(net, path, H, W, dynamic_batch=True)
     with torch.no_grad():
@@ -114,7 +121,7 @@ def test_esreid_export_command(tmp_path, capsys):
     x = torch.randn(2, 3, H, W)
     (got,) = session.run(["feats"], {"images": x.numpy()})
     with torch.no_grad():
-        want = RetrievalModel(model, flip=True, normalize=True)(x)
+        want = retrieval_net(model, flip=True, normalize=True)(x)
     np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
     assert main(["export", "--config", config, "--weights", str(tmp_path / "none.pth"), "--out", str(out)]) == 2
     assert "none.pth" in capsys.readouterr().err
@@ -122,14 +129,16 @@ def test_esreid_export_command(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_trained_model_loads_without_knowing_the_number_of_ids(tmp_path, name):
-    """``esreid export`` / ``visualize`` have no dataset: the classifier size must come from the file for every model
-    (AELM's classifiers are the 1x1 convs ``head_a`` / ``head_b``)."""
-    from esreid.engine.checkpoint import classifier_size, load_trained_model
+    """``esreid export`` / ``visualize`` have no dataset: the classifier size comes from the checkpoint (recorded by
+    the trainer), or, for a bare state dict, from the shapes of the model's classifiers (AELM's are 1x1 convs)."""
+    from esreid.engine.checkpoint import load_trained_model, save_checkpoint
 
     cfg, model = trained_like(name, num_classes=7)
-    assert classifier_size(model.state_dict(), default=1) == 7
     torch.save(model.state_dict(), tmp_path / "w.pth")
     loaded = load_trained_model(cfg, str(tmp_path / "w.pth"))
+    assert loaded.num_classes == 7
+    save_checkpoint(str(tmp_path / "c.pth"), model=model, epoch=1, config={}, num_classes=7)
+    assert load_trained_model(cfg, str(tmp_path / "c.pth")).num_classes == 7
     x = torch.randn(2, 3, H, W)
     with torch.no_grad():
         assert all(torch.equal(a, b) for a, b in zip(loaded(x), model(x)))
@@ -140,7 +149,7 @@ def test_tolerance_is_relative_to_the_feature_scale(tmp_path):
     _, model = trained_like("baseline")
     with torch.no_grad():  # features around 1e6: rounding differences far above 1e-4 in absolute terms
         next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)).weight.mul_(1e6)
-    net = RetrievalModel(model, flip=True, normalize=False)
+    net = retrieval_net(model, flip=True, normalize=False)
     path = str(tmp_path / "big.onnx")
     export_onnx(net, path, H, W)
     worst = verify_onnx(net, path, H, W)

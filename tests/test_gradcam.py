@@ -1,4 +1,4 @@
-"""Grad-CAM of the true-ID logit (spec §3.2) against a brute-force float64 computation on a tiny network."""
+"""Grad-CAM of the true-ID logit (docs/methods.md §3.2) against a brute-force float64 computation on a tiny network."""
 
 import copy
 

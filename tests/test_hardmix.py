@@ -1,4 +1,4 @@
-"""Attentive Hard-Mix (spec §3.3) against hand-worked examples."""
+"""Attentive Hard-Mix (docs/methods.md §3.3) against hand-worked examples."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Losses against brute-force float64 per-anchor loops; BNNeck against its definition (spec §0)."""
+"""Losses against brute-force float64 per-anchor loops."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 
 from esreid.config import LossConfig
 from esreid.losses import batch_hard_triplet, branch_losses, cross_entropy, pairwise_euclidean
-from esreid.models.neck import BNNeck
+from esreid.models.heads import HeadOutput
 
 
 def _pk_batch(seed, P=4, K=3, D=5):
@@ -81,32 +81,13 @@ def test_branch_losses_weights_and_names():
     x, pids = _pk_batch(3)
     logits = torch.randn(len(pids), 4)
     cfg = LossConfig(ce_weight=0.5, label_smoothing=0.1, triplet_weight=2.0, triplet_margin=0.7, soft_margin=False)
-    terms = branch_losses(logits, x.float(), pids, cfg, prefix="esb_")
+    out = HeadOutput(metric=x.float(), feature=torch.zeros(len(pids), 1), logits=logits)
+    terms = branch_losses(out, pids, cfg, prefix="esb_")
     assert set(terms) == {"esb_ce", "esb_triplet"}
     assert terms["esb_ce"].item() == pytest.approx(0.5 * cross_entropy(logits, pids, 0.1).item())
     assert terms["esb_triplet"].item() == pytest.approx(2.0 * _triplet_loop(x, pids, 0.7, False), rel=1e-5)
-    assert set(branch_losses(logits, x.float(), pids, LossConfig(triplet_weight=0.0))) == {"ce"}
-    assert set(branch_losses(logits, x.float(), pids, LossConfig(ce_weight=0.0))) == {"triplet"}
-
-
-def test_bnneck():
-    torch.manual_seed(0)
-    neck = BNNeck(512, 300)
-    assert torch.all(neck.bn.weight == 1) and torch.all(neck.bn.bias == 0)
-    assert not neck.bn.bias.requires_grad and neck.classifier.bias is None
-    assert abs(neck.classifier.weight.std().item() - 0.001) < 1e-4
-    f_t = torch.randn(8, 512) * 3 + 1
-    f_i, logits = neck(f_t)
-    ref = (f_t - f_t.mean(0)) / torch.sqrt(f_t.var(0, unbiased=False) + neck.bn.eps)  # train-mode BN, no shift
-    torch.testing.assert_close(f_i, ref, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(logits, f_i @ neck.classifier.weight.t())
-    logits.sum().backward()
-    assert neck.bn.bias.grad is None and neck.bn.weight.grad is not None
-    neck.eval()
-    f_i, logits = neck(f_t)
-    assert logits is None and f_i.shape == (8, 512)
-    with pytest.raises(ValueError, match=r"\(B, 512\)"):
-        neck(torch.randn(8, 256))
+    assert set(branch_losses(out, pids, LossConfig(triplet_weight=0.0))) == {"ce"}
+    assert set(branch_losses(out, pids, LossConfig(ce_weight=0.0))) == {"triplet"}
 
 
 def test_triplet_is_float32_under_bf16_autocast():

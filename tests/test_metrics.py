@@ -1,4 +1,4 @@
-"""The chunked evaluator against a literal per-query computation of the anchors' definitions (float64)."""
+"""The chunked evaluator against a literal per-query computation of the definitions (docs/methods.md §0) (float64)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from esreid.evaluation.metrics import evaluate_rank
 
 
 def brute_force(dist, q_pids, g_pids, q_cams, g_cams, max_rank, official=False):
-    """One query at a time, straight from anchors §3.1/§3.2: stable argsort, drop junk, read the hit ranks."""
+    """One query at a time, straight from docs/methods.md §0 (evaluation protocol): stable argsort, drop junk, read the
+    hit ranks."""
     cmc_sum, aps, inps, skipped = np.zeros(max_rank), [], [], 0
     for q in range(len(q_pids)):
         order = sorted(range(len(g_pids)), key=lambda g: (float(dist[q, g]), g))

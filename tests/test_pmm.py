@@ -1,8 +1,8 @@
-"""PMM (spec §3): loss terms, gradients, train-time mixing of exactly k blocks, eval without mixing, a tiny run."""
+"""PMM (docs/methods.md §3): loss terms, gradients, train-time mixing of exactly k blocks, eval without mixing, a tiny
+run."""
 
 import pytest
 import torch
-from test_engine import tiny_config
 
 from esreid.config import load_config
 from esreid.engine.checkpoint import load_checkpoint
@@ -39,7 +39,7 @@ def test_loss_terms_and_every_parameter_gets_a_gradient():
 
 
 def test_default_losses_are_pmm_s():
-    cfg = load_config(None, ["model.name=pmm"]).model
+    cfg = load_config(None, ["model.name=pmm", "data.height=384"]).model  # 24x8 map: the 3x2 blocks fit
     assert (cfg.loss.label_smoothing, cfg.loss.soft_margin, cfg.block_size, cfg.top_k) == (0.1, True, [3, 2], 3)
 
 
@@ -59,8 +59,8 @@ def test_training_mixes_k_blocks_of_the_unmixed_part_map_where_grad_cam_points()
     x, p = seen["backbone"][1], seen["part"][1]
     p2, p3 = seen["stage2"][0], seen["stage3"][0]
     # stage II guidance: Grad-CAM of z1 w.r.t. X; stage III: of z2 w.r.t. P2; both mix the un-mixed P
-    omega2 = salient_blocks(grad_cam(true_class_score(seen["stage1"][1][1], pids), x), (2, 1), 1)
-    omega3 = salient_blocks(grad_cam(true_class_score(seen["stage2"][1][1], pids), p2), (2, 1), 1)
+    omega2 = salient_blocks(grad_cam(true_class_score(seen["stage1"][1].logits, pids), x), (2, 1), 1)
+    omega3 = salient_blocks(grad_cam(true_class_score(seen["stage2"][1].logits, pids), p2), (2, 1), 1)
     for mixed, omega in ((p2, omega2), (p3, omega3)):
         changed = (mixed != p).any(dim=1)  # (B, h, w)
         assert not changed[omega == 0].any()  # outside Omega: P itself (for stage III: not P2)
@@ -98,11 +98,11 @@ def test_errors():
         build_model(PMMConfig(backbone="resnet_tiny", reduction_dim=8), 4).train()(*batch())
 
 
-def test_tiny_training_run(tmp_path):
-    cfg = tiny_config(tmp_path, "pmm", epochs=1, extra=[
+def test_tiny_training_run(tmp_path, tiny_config):
+    cfg = tiny_config("pmm", epochs=1, extra=[
         "data.height=64", "data.width=32", "model.block_size=[2, 1]", "model.top_k=1", "model.reduction_dim=32",
         "test.normalize=false", "test.metric=euclidean", "test.flip=false",
     ])
     metrics = Trainer(cfg, progress=False, log=lambda s: None).train()
     assert 0.0 <= metrics["mAP"] <= 1.0
-    assert "model.mix" in load_checkpoint(str(tmp_path / "run" / "last.pth"))["generators"]  # partner RNG saved
+    assert "model.hardmix" in load_checkpoint(str(tmp_path / "run" / "last.pth"))["generators"]  # partner RNG saved

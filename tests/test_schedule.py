@@ -1,4 +1,4 @@
-"""The lr schedule against the ES-Net recipe (spec §1.6) and the optimiser's weight-decay groups."""
+"""The lr schedule against the ES-Net recipe (docs/methods.md §1.6) and the optimiser's weight-decay groups."""
 
 import pytest
 import torch

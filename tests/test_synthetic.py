@@ -1,9 +1,12 @@
 """The synthetic-people generator: exact Market-1501 layout and naming, determinism, idempotence, identity signal."""
 
-import hashlib
 import json
 import os
-import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -13,25 +16,7 @@ from PIL import Image
 from esreid.data.base import DATASETS, DatasetError
 from esreid.data.datasets.synthetic import SyntheticMarket, generate_synthetic_market
 
-MARKET_NAME = re.compile(r"^(-1|\d{4})_c([1-6])s(\d+)_(\d{6})_(\d{2})\.jpg$")
 SMALL = dict(num_train_ids=10, num_test_ids=12, images_per_id=6, height=64, width=32, num_junk=5, num_distractors=4)
-
-
-def listing(root):
-    out = {}
-    for folder in ("bounding_box_train", "query", "bounding_box_test"):
-        out[folder] = sorted(os.listdir(os.path.join(root, folder)))
-    return out
-
-
-def digest(root):
-    h = hashlib.sha256()
-    for folder, names in listing(root).items():
-        for name in names:
-            h.update(name.encode())
-            with open(os.path.join(root, folder, name), "rb") as f:
-                h.update(f.read())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +26,14 @@ def small(tmp_path_factory):
     return root, info
 
 
-def test_market_layout_and_naming(small):
+def test_market_layout_and_naming(small, synthetic_files):
     root, info = small
-    files = listing(root)
+    files = synthetic_files.listing(root)
     parsed = defaultdict(list)  # folder -> (pid, cam)
     for folder, names in files.items():
         assert names, f"{folder} is empty"
         for name in names:
-            m = MARKET_NAME.match(name)
+            m = synthetic_files.MARKET_NAME.match(name)
             assert m, f"{folder}/{name} is not a Market-1501 name"
             parsed[folder].append((int(m.group(1)), int(m.group(2))))
             assert Image.open(os.path.join(root, folder, name)).size == (32, 64)
@@ -74,49 +59,110 @@ def test_market_layout_and_naming(small):
     assert counts["gallery"] == [len(gallery_ids - {-1}), len(gallery_pids) - 5]  # junk is not counted
 
 
-def test_dataset_class_parses_with_market_loader(small, tmp_path):
+def test_dataset_class_parses_with_market_loader(small, tmp_path, synthetic_files):
     assert DATASETS.get("synthetic") is SyntheticMarket
     ds = SyntheticMarket(str(tmp_path), verbose=False, seed=3, **SMALL)
     assert ds.check_counts() == []
     assert sorted({it.pid for it in ds.train}) == list(range(10))  # relabelled
     assert all(it.pid != -1 for it in ds.gallery) and any(it.pid == 0 for it in ds.gallery)
-    assert listing(str(tmp_path / "synthetic")) == listing(small[0])  # same seed + options, same files
+    # same seed + options, same files
+    assert synthetic_files.listing(str(tmp_path / "synthetic")) == synthetic_files.listing(small[0])
 
 
-def test_deterministic_per_seed(small, tmp_path):
+def test_deterministic_per_seed(small, tmp_path, synthetic_files):
     root, _ = small
     again = str(tmp_path / "again")
     generate_synthetic_market(again, seed=3, **SMALL)
-    assert digest(again) == digest(root)
+    assert synthetic_files.digest(again) == synthetic_files.digest(root)
     other = str(tmp_path / "other")
     generate_synthetic_market(other, seed=4, **SMALL)
-    assert digest(other) != digest(root)
+    assert synthetic_files.digest(other) != synthetic_files.digest(root)
 
 
-def test_idempotent_and_regenerates_on_change(tmp_path):
+def test_idempotent_and_regenerates_on_change(tmp_path, synthetic_files):
     root = str(tmp_path / "s")
     opts = dict(SMALL, num_train_ids=4, num_test_ids=3)
     generate_synthetic_market(root, **opts)
     marker = os.path.join(root, "synthetic.json")
     stamp = os.stat(marker).st_mtime_ns
-    first = listing(root)
+    first = synthetic_files.listing(root)
     generate_synthetic_market(root, **opts)
-    assert os.stat(marker).st_mtime_ns == stamp and listing(root) == first
+    assert os.stat(marker).st_mtime_ns == stamp and synthetic_files.listing(root) == first
     generate_synthetic_market(root, **dict(opts, num_train_ids=5))
     with open(marker) as f:
         assert json.load(f)["params"]["num_train_ids"] == 5
-    assert len({n[:4] for n in listing(root)["bounding_box_train"]}) == 5
+    assert len({n[:4] for n in synthetic_files.listing(root)["bounding_box_train"]}) == 5
+    assert os.listdir(tmp_path) == ["s"]  # the replaced dataset is gone, nothing left beside it
 
 
 def test_refuses_to_overwrite_foreign_data(tmp_path):
     os.makedirs(tmp_path / "query")
     with pytest.raises(DatasetError, match="refusing to overwrite"):
         generate_synthetic_market(str(tmp_path), **SMALL)
-    with pytest.raises(ValueError, match="images_per_id"):
+    assert os.listdir(tmp_path) == ["query"]
+    (tmp_path / "query").rmdir()
+    (tmp_path / "notes.txt").write_text("mine")  # any other content: the folder is not the generator's to replace
+    with pytest.raises(DatasetError, match="not empty"):
+        generate_synthetic_market(str(tmp_path), **SMALL)
+    assert os.listdir(tmp_path) == ["notes.txt"]
+    with pytest.raises(DatasetError, match="images_per_id"):
         generate_synthetic_market(str(tmp_path / "x"), **dict(SMALL, images_per_id=3))
+    root = tmp_path / "s"
+    generate_synthetic_market(str(root), **SMALL)
+    (root / "notes.txt").write_text("mine")  # regenerating replaces the folder: not with a file it did not write
+    with pytest.raises(DatasetError, match="notes.txt"):
+        generate_synthetic_market(str(root), **dict(SMALL, seed=1))
+    assert (root / "notes.txt").read_text() == "mine" and json.loads((root / "synthetic.json").read_text())
 
 
-def test_identity_signal_nearest_neighbour_beats_chance(tmp_path):
+KILLED = dict(num_train_ids=40, num_test_ids=20, images_per_id=10, seed=5, num_junk=5, num_distractors=5)
+
+
+def test_killed_generation_leaves_no_partial_dataset(tmp_path, synthetic_files):
+    """SIGKILL a generating process midway: the root never appears half-written; the next call removes the dead
+    generator's folder and regenerates, byte-identical to an uninterrupted generation."""
+    root = tmp_path / "data" / "s"
+    code = (
+        "import sys; from esreid.data.datasets.synthetic import generate_synthetic_market as g; "
+        f"g(sys.argv[1], **{KILLED!r})"
+    )
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        written = 0
+        while written < 40 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+            written = sum(len(files) for _, _, files in os.walk(root.parent))
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert written >= 40, "the generator did not start writing (or finished before it was killed)"
+    assert proc.returncode == -signal.SIGKILL and not root.exists()
+    (partial,) = os.listdir(root.parent)  # what the killed generator left: a hidden folder beside the root
+    assert partial.startswith(".s.partial-")
+    info = generate_synthetic_market(str(root), **KILLED)
+    assert os.listdir(root.parent) == ["s"]
+    reference = tmp_path / "reference"
+    assert generate_synthetic_market(str(reference), **KILLED) == info
+    assert synthetic_files.digest(str(root)) == synthetic_files.digest(str(reference))
+
+
+def test_stale_folders_of_dead_generators_removed_live_ones_kept(tmp_path):
+    root = tmp_path / "s"
+    generate_synthetic_market(str(root), **SMALL)
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()  # reaped: its pid now belongs to no process (pids are not reused this fast)
+    host = socket.gethostname()
+    stale = [tmp_path / f".s.partial-{host}-{dead.pid}", tmp_path / f".s.old-{host}-{dead.pid}"]
+    kept = [tmp_path / f".s.partial-{host}-{os.getppid()}", tmp_path / f".s.partial-otherhost-{dead.pid}"]
+    for folder in stale + kept:
+        (folder / "query").mkdir(parents=True)
+    generate_synthetic_market(str(root), **SMALL)  # unchanged parameters: nothing generated, stale folders removed
+    assert sorted(os.listdir(tmp_path)) == sorted(["s"] + [k.name for k in kept])
+
+
+def test_identity_signal_nearest_neighbour_beats_chance(tmp_path, synthetic_files):
     """Rank-1 of raw-pixel nearest neighbour clearly beats chance.
 
     Pixels of 16x8 images, central half of the width (the person), each channel standardised per image (removes the
@@ -133,7 +179,7 @@ def test_identity_signal_nearest_neighbour_beats_chance(tmp_path):
             img = Image.open(os.path.join(root, folder, name)).resize((8, 16), Image.BILINEAR)
             x = np.asarray(img, dtype=np.float64)[:, 2:6]
             feats.append(((x - x.mean((0, 1))) / (x.std((0, 1)) + 1e-6)).ravel())
-            m = MARKET_NAME.match(name)
+            m = synthetic_files.MARKET_NAME.match(name)
             pids.append(int(m.group(1)))
             cams.append(int(m.group(2)))
         return np.stack(feats), np.array(pids), np.array(cams)

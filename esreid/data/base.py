@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
-from esreid.errors import EsreidError
+from esreid.errors import DatasetError  # noqa: F401  (re-exported for the loaders)
 from esreid.registry import Registry
 
 DATASETS = Registry("dataset")
@@ -20,10 +20,6 @@ class ImageItem(NamedTuple):
     path: str  # absolute path of the image file
     pid: int  # identity (relabelled 0..N-1 in train; raw in query/gallery; 0 = Market distractor)
     camid: int  # 0-based camera id
-
-
-class DatasetError(EsreidError, ValueError):
-    """A dataset could not be read; the message names the path, what was expected and where it looked."""
 
 
 class ReIDDataset:
@@ -73,6 +69,38 @@ class ReIDDataset:
         lines.append("  ----------------------------------------")
         return "\n".join(lines)
 
+    # --- options (checked when a config is loaded, before any file is read) ------------------------------------
+    @classmethod
+    def check_options(cls, options: Dict[str, Any]) -> Optional[str]:
+        """What is wrong with ``data.args`` for this dataset (None when nothing): unknown option names by default;
+        datasets with numeric options add range checks."""
+        params = inspect.signature(cls).parameters
+        try:
+            inspect.signature(cls).bind("root", **options)
+        except TypeError as e:
+            accepted = [p for p in params if p not in ("root", "kwargs", "options", "verbose")]
+            return f"bad option ({e}); it accepts: {', '.join(accepted) or 'none'}"
+        for key, value in options.items():
+            default = params[key].default if key in params else inspect.Parameter.empty
+            if isinstance(default, bool) and not isinstance(value, bool):
+                return f"option {key!r}: expected true/false, got {value!r}"
+            if type(default) is int and (isinstance(value, bool) or not isinstance(value, int)):
+                return f"option {key!r}: expected an integer, got {value!r}"
+        return None
+
+    @classmethod
+    def protocol_name(cls, options: Dict[str, Any]) -> str:
+        """The evaluation protocol this dataset uses with ``options`` (``data.args``)."""
+        return cls.protocol
+
+    @classmethod
+    def check_protocol_options(cls, options: Dict[str, Any], protocol_args: Dict[str, Any]) -> Optional[str]:
+        """What is wrong with ``test.protocol_args`` for the protocol this dataset uses with ``options`` (or None)."""
+        from esreid.evaluation.protocols import PROTOCOLS
+
+        name = cls.protocol_name(options)
+        return PROTOCOLS.meta(name)["options"].problem(protocol_args, name)
+
     def check_counts(self, expected: Optional[Dict[str, tuple]] = None) -> List[str]:
         """Compare (ids, images) per split with the published counts; returns the mismatches (empty = ok)."""
         expected = self.published if expected is None else expected
@@ -90,14 +118,13 @@ def relabel(items: Sequence[ImageItem]) -> List[ImageItem]:
     return [it._replace(pid=mapping[it.pid]) for it in items]
 
 
-def build_dataset(name: str, root: str, **kwargs: Any) -> ReIDDataset:
-    """Instantiate a registered dataset: ``DATASETS.get(name)(root, **kwargs)``."""
+def build_dataset(name: str, root: str, verbose: bool = True, **options: Any) -> ReIDDataset:
+    """Instantiate a registered dataset: ``DATASETS.get(name)(root, verbose=verbose, **options)``; ``options`` are
+    ``data.args``, checked first (:meth:`ReIDDataset.check_options`)."""
     import esreid.data.datasets  # noqa: F401  (registers the loaders)
 
     cls = DATASETS.get(name)
-    try:
-        inspect.signature(cls).bind(root, **kwargs)
-    except TypeError as e:
-        params = [p for p in inspect.signature(cls).parameters if p not in ("root", "kwargs", "options")]
-        raise DatasetError(f"dataset {name!r}: bad option in data.args ({e}); it accepts: {', '.join(params)}") from None
-    return cls(root, **kwargs)
+    problem = cls.check_options(options)
+    if problem:
+        raise DatasetError(f"dataset {name!r}: data.args: {problem}")
+    return cls(root, verbose=verbose, **options)

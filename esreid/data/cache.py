@@ -7,9 +7,15 @@ version)::
     <key>.json   index: version, H, W, and per image its path, mtime (ns) and size (bytes)
 
 The cache is rebuilt when any source file's mtime or size differs from the index (or a file vanished), when the
-size changes (a different key), or when the array file is missing or has the wrong length. Both files are written
-to temporary names and renamed; the index is removed first and renamed last, so an interrupted build never leaves
-an index that vouches for a half-written array.
+size changes (a different key), or when the array file is missing or has the wrong length. The array is built under
+a temporary name (:func:`esreid.files.temp_path`) and renamed; the index is removed first and written last
+(atomically), so an interrupted build never leaves an index that vouches for a half-written array. Temporary files of
+killed builds are removed (:func:`esreid.files.remove_orphans`) before a cache is looked up.
+
+Disk space: before decoding, the folder must be writable and hold the whole array (``N * 3 * H * W`` bytes), and the
+array file's blocks are reserved at once (:func:`esreid.files.allocate_file`). Writing through a memory map
+into a sparse file on a full disk kills the process with SIGBUS, no message; with the blocks reserved, a full disk
+is a :class:`DatasetError` naming the folder and the bytes needed, raised before any decoding.
 
 An image that cannot be decoded does not stop the build: its slot stays zero, the index records the error, and
 reading that slot raises the same :class:`DatasetError` naming the file that decoding it would, so the training
@@ -30,6 +36,17 @@ import torch
 
 from esreid.data.base import DatasetError, ImageItem
 from esreid.data.transforms import decode_resize
+from esreid.files import (
+    StorageError,
+    allocate_file,
+    atomic_write_text,
+    check_writable,
+    ensure_free_space,
+    format_size,
+    remove_orphans,
+    reported,
+    temp_path,
+)
 
 CACHE_VERSION = 1
 
@@ -94,8 +111,9 @@ def build_cache_source(items: Sequence[ImageItem], height: int, width: int, cach
     """The cache of ``items`` at ``(height, width)`` in ``cache_dir``, built (or rebuilt) if needed.
 
     Raises:
-        DatasetError: a source image is missing (the message names it). An image that exists but cannot be decoded
-            raises only when its slot is read (module docstring).
+        DatasetError: a source image is missing (the message names it); or ``cache_dir`` cannot be written or lacks
+            the space for the array (the message names the folder and the bytes needed). An image that exists but
+            cannot be decoded raises only when its slot is read (module docstring).
     """
     if not items:
         raise DatasetError(f"image cache: nothing to cache into {cache_dir} (the split is empty)")
@@ -103,35 +121,49 @@ def build_cache_source(items: Sequence[ImageItem], height: int, width: int, cach
     key = cache_key(paths, height, width)
     array_path, index_path = os.path.join(cache_dir, f"{key}.u8"), os.path.join(cache_dir, f"{key}.json")
     expected = {"version": CACHE_VERSION, "height": height, "width": width, "paths": paths, "stamps": _stamps(paths)}
+    remove_orphans(cache_dir)
     bad = _fresh_bad(index_path, array_path, expected)
     if bad is None:
-        bad = _build(paths, height, width, array_path, index_path, expected)
+        try:
+            bad = _build(paths, height, width, array_path, index_path, expected)
+        except StorageError as e:
+            size = format_size(len(paths) * 3 * height * width)
+            raise DatasetError(f"image cache of {len(paths)} images at {height}x{width} ({size}) in {cache_dir}: "
+                               f"{e} (data.cache_dir sets the cache folder; data.cache: false decodes the images on "
+                               "the fly instead)") from None
     return CacheSource(array_path, len(paths), height, width, bad)
 
 
 def _build(paths: Sequence[str], height: int, width: int, array_path: str, index_path: str,
            index: dict) -> Dict[int, str]:
-    """Decode every image into the array; returns ``{index: error}`` of the undecodable ones (slots left zero)."""
-    os.makedirs(os.path.dirname(array_path) or ".", exist_ok=True)
-    tmp_array, tmp_index = f"{array_path}.tmp{os.getpid()}", f"{index_path}.tmp{os.getpid()}"
+    """Decode every image into the array; returns ``{index: error}`` of the undecodable ones (slots left zero).
+
+    Raises:
+        StorageError: the folder cannot be written or the disk cannot hold the array (checked before decoding).
+    """
+    cache_dir = os.path.dirname(array_path) or "."
+    shape = (len(paths), 3, height, width)
+    nbytes = int(np.prod(shape))
+    check_writable(cache_dir, "image cache folder")
+    ensure_free_space(cache_dir, nbytes, "the image cache")
+    tmp_array = temp_path(array_path)
     bad: Dict[int, str] = {}
     try:
-        array = np.memmap(tmp_array, dtype=np.uint8, mode="w+", shape=(len(paths), 3, height, width))
-        for i, path in enumerate(paths):
-            try:
-                array[i] = decode_resize(path, height, width).numpy()
-            except DatasetError as e:
-                bad[i] = str(e)
-        array.flush()
-        del array
-        with open(tmp_index, "w", encoding="utf-8") as f:
-            json.dump({**index, "bad": {str(i): msg for i, msg in bad.items()}}, f)
-        with contextlib.suppress(FileNotFoundError):  # another process (DDP rank) may be replacing it too
-            os.remove(index_path)
-        os.replace(tmp_array, array_path)
-        os.replace(tmp_index, index_path)
+        allocate_file(tmp_array, nbytes)
+        with reported(array_path):
+            array = np.memmap(tmp_array, dtype=np.uint8, mode="r+", shape=shape)
+            for i, path in enumerate(paths):
+                try:
+                    array[i] = decode_resize(path, height, width).numpy()
+                except DatasetError as e:
+                    bad[i] = str(e)
+            array.flush()
+            del array
+            with contextlib.suppress(FileNotFoundError):  # another process (DDP rank) may be replacing it too
+                os.remove(index_path)
+            os.replace(tmp_array, array_path)
+        atomic_write_text(index_path, json.dumps({**index, "bad": {str(i): msg for i, msg in bad.items()}}))
     finally:
-        for tmp in (tmp_array, tmp_index):
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_array)
     return bad

@@ -130,7 +130,7 @@ class TrainAugment:
     ImageNet mean (0.4914, ...) into the *normalised* tensor, a quirk we do not copy; random-noise filling is not
     offered.
 
-    Cutout (DeVries & Taylor 2017) as in BDB's person recipe (spec §2.3: p=0.5, one 64x64 square): with probability
+    Cutout (DeVries & Taylor 2017) as in BDB's person recipe (docs/methods.md §2.3: p=0.5, one 64x64 square): with probability
     ``cutout_prob`` per image, one whole ``cutout_size`` square, its top-left corner uniform over the positions that
     keep it inside the image (BDB code's ``Cutout``), is filled with 0 on the normalised tensor. Deviation from
     DeVries & Taylor's code, which centres the square on a uniform pixel and clips it at the borders (a smaller mean

@@ -1,28 +1,39 @@
-"""Checkpoints: everything needed to resume exactly, written atomically, loaded with ``weights_only=True``.
+"""Checkpoints: everything needed to resume exactly, written atomically with a checksum, loaded with ``weights_only``.
 
-A checkpoint is a dict ``{format, model, optimizer, scheduler, scaler, epoch, rng, config, metrics}``. Files are written
-to a temporary name in the same folder and moved into place with ``os.replace``, so an interrupted save never leaves a
-half-written file and never destroys the previous one.
+A checkpoint is a dict ``{format, model, optimizer, scheduler, scaler, epoch, num_classes, rng, generators, config,
+metrics}``. Files are written
+through :func:`esreid.files.atomic_writer` (a temporary name in the same folder moved into place with
+``os.replace``), so an interrupted save never leaves a half-written file and never destroys the previous one; the free
+space is checked first, and a full disk or read-only folder raises a :class:`~esreid.files.StorageError`.
+
+Integrity: every file written by :func:`atomic_save` is the ``torch.save`` zip followed by an 81-byte footer
+``b"\\n#esreid-sha256:" + <64 hex digits> + b"\\n"``, the SHA-256 of every byte before the footer. ``torch.load`` (and
+``zipfile``) ignore bytes after the zip's end record, so the file stays an ordinary PyTorch file for other tools.
+:func:`load_checkpoint` re-computes the hash before unpickling anything (so verifying trusts nothing in the payload)
+and raises :class:`CheckpointError` on a mismatch: a flipped byte anywhere, tensor data included (which
+``torch.load`` alone loads silently), is caught. A file without a footer is accepted unverified when it ends with the
+zip end record (checkpoints of esreid versions before the footer, bare ``torch.save(state_dict)`` files) or is not
+a zip (PyTorch's legacy format); a zip that ends with neither is truncated or damaged and rejected. (A file cut
+exactly before its footer is thus indistinguishable from an old one and loads unverified: the price of reading old
+files.)
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import random
-import tempfile
+import re
 from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 
-from esreid.errors import EsreidError
+from esreid.errors import CheckpointError
+from esreid.files import atomic_writer, ensure_free_space
 
 FORMAT = "esreid-checkpoint-v1"
-
-
-class CheckpointError(EsreidError, ValueError):
-    """A checkpoint (or ImageNet weights file) could not be read or does not fit the model; the message names the
-    file and the offending keys."""
 
 
 def rng_state() -> Dict[str, Any]:
@@ -52,28 +63,120 @@ def _as_tuple(x: Any) -> Any:
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
+_FOOTER_START = b"\n#esreid-sha256:"
+_FOOTER = re.compile(re.escape(_FOOTER_START) + rb"([0-9a-f]{64})\n")
+FOOTER_SIZE = len(_FOOTER_START) + 64 + 1
+_ZIP_START, _ZIP_END = b"PK\x03\x04", b"PK\x05\x06"  # local file header; end of central directory (22 bytes)
+
+
+class _HashingWriter:
+    """File-like ``write`` target for ``torch.save`` that hashes what it passes on and keeps the first ``OSError``
+    (torch's zip writer then fails again while closing and raises a ``RuntimeError`` instead)."""
+
+    def __init__(self, f: Any):
+        self.f, self.sha256, self.error = f, hashlib.sha256(), None
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file next to ``path`` then ``os.replace`` it into place."""
+    """``torch.save(obj)`` plus its SHA-256 footer (module docstring) to ``path``, atomically.
+
+    Raises:
+        StorageError: not enough free space for the estimated size (the previous file at ``path`` or the bytes of
+            ``obj``'s tensors, whichever is larger), or the disk filled up / the folder is read-only while writing;
+            the previous file is left intact either way.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    previous = os.path.getsize(path) if os.path.isfile(path) else 0
+    ensure_free_space(folder, max(previous, tensor_bytes(obj)), f"checkpoint {os.path.basename(path)}")
+    with atomic_writer(path) as f:
+        writer = _HashingWriter(f)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is None:
+                raise
+            raise writer.error from None  # e.g. disk full, for atomic_writer to report
+        f.write(_FOOTER_START + writer.sha256.hexdigest().encode() + b"\n")
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the dense tensor storages inside ``obj`` (nested dicts, lists, tuples), each shared storage counted
+    once (sparse tensors are left out of this estimate)."""
+    seen: Dict[int, int] = {}
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor) and x.layout == torch.strided:
+            storage = x.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return sum(seen.values())
+
+
+def verify_checkpoint(path: str) -> bool:
+    """Check ``path`` against its SHA-256 footer: True when it matches, False for a file without one that is whole
+    as far as can be told (module docstring).
+
+    Raises:
+        CheckpointError: checksum mismatch, or a zip cut short / damaged at its end; the message suggests the other
+            checkpoints of the folder.
+    """
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(len(_ZIP_START))
+            f.seek(max(0, size - FOOTER_SIZE))
+            tail = f.read()
+            footer = _FOOTER.fullmatch(tail)
+            if footer is None:
+                if head == _ZIP_START and not (tail[-22:-18] == _ZIP_END and tail[-2:] == b"\x00\x00"):
+                    raise CheckpointError(_corrupt(path, "truncated or damaged: it ends with neither its checksum nor "
+                                                         "the end of a zip archive"))
+                return False
+            f.seek(0)
+            sha256, left = hashlib.sha256(), size - FOOTER_SIZE
+            while left:
+                chunk = f.read(min(left, 1 << 20))
+                if not chunk:  # shrunk while being read
+                    break
+                sha256.update(chunk)
+                left -= len(chunk)
+    except OSError as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e.strerror})") from None
+    if sha256.hexdigest() != footer.group(1).decode():
+        raise CheckpointError(_corrupt(path, "checksum mismatch: its bytes changed after it was written, e.g. a disk "
+                                             "or copy error"))
+    return True
+
+
+def _corrupt(path: str, why: str) -> str:
+    folder, name = os.path.split(os.path.abspath(path))
+    others = sorted((n for n in os.listdir(folder) if n.endswith(".pth") and not n.startswith(".") and n != name),
+                    reverse=True)
+    where = f" ({', '.join(others[:5])}{' ...' if len(others) > 5 else ''} in {folder})" if others else ""
+    return f"checkpoint {path} is corrupt ({why}); use another checkpoint{where} or retrain"
 
 
 def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, config: Dict[str, Any],
                     optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None, scaler: Any = None,
                     metrics: Optional[Dict[str, Any]] = None,
-                    generators: Optional[Dict[str, torch.Generator]] = None) -> None:
-    """Save a full training checkpoint; ``generators`` are extra named RNGs (augmentation, BESM coin flips)."""
+                    generators: Optional[Dict[str, torch.Generator]] = None, num_classes: Optional[int] = None) -> None:
+    """Save a full training checkpoint; ``generators`` are extra named RNGs (augmentation, BESM coin flips),
+    ``num_classes`` the size of the model's classifiers (what inference builds the model with)."""
     state = {
         "format": FORMAT,
         "model": unwrap(model).state_dict(),
@@ -81,6 +184,7 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, config: Di
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "epoch": epoch,
+        "num_classes": num_classes,
         "rng": rng_state(),
         "generators": {k: g.get_state() for k, g in (generators or {}).items()},
         "config": config,
@@ -90,9 +194,10 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, config: Di
 
 
 def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
-    """Read a checkpoint (or a bare model state dict) safely; errors name the file."""
+    """Read a checkpoint (or a bare model state dict) safely after :func:`verify_checkpoint`; errors name the file."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    verify_checkpoint(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling/format problem becomes a named error
@@ -126,26 +231,24 @@ def load_model_weights(model: torch.nn.Module, state: Dict[str, Any], path: str)
     unwrap(model).load_state_dict(weights, strict=True)
 
 
-# Weight names of the id classifiers (N, C) / (N, C, 1, 1): ``*classifier`` (BNNeck, BDB, PMM) and AELM's IFCN
-# 1x1-conv heads ``head_a`` / ``head_b``; tests/test_export.py checks every registered model against this list.
-CLASSIFIER_WEIGHTS = ("classifier.weight", "head_a.weight", "head_b.weight")
+def load_trained_model(cfg: Any, weights: str) -> torch.nn.Module:
+    """Build ``cfg.model`` (with ``cfg.test``'s retrieval overrides) without ImageNet weights (the file replaces
+    every weight) for the number of classes the file records, and load ``weights`` strictly. CPU, eval mode.
 
-
-def classifier_size(weights: Dict[str, torch.Tensor], default: int) -> int:
-    """Number of training ids the weights' classifier was built for (``default`` when there is none or several)."""
-    sizes = {v.shape[0] for k, v in weights.items() if k.endswith(CLASSIFIER_WEIGHTS) and v.dim() in (2, 4)}
-    return sizes.pop() if len(sizes) == 1 else default
-
-
-def load_trained_model(cfg: Any, weights: str, default_classes: int = 1) -> torch.nn.Module:
-    """Build ``cfg.model`` without ImageNet weights (the file replaces every weight) and load ``weights`` strictly;
-    the classifier size is read from the file (``default_classes`` when it has none). CPU, eval mode."""
-    import dataclasses
-
-    from esreid.models import build_model  # late import: models import this module for CheckpointError
+    Files without a recorded class count (esreid 0.1 checkpoints, bare state dicts) get it from the shapes of their
+    classifier weights (:func:`~esreid.models.base.infer_num_classes`)."""
+    from esreid.models import build_model  # late import: the engine sits above the models
+    from esreid.models.base import infer_num_classes
 
     state = load_checkpoint(weights, map_location="cpu")
-    model = build_model(dataclasses.replace(cfg.model, pretrained=""), classifier_size(state["model"], default_classes))
+    model_cfg = dataclasses.replace(cfg.model, pretrained="")
+    num_classes = state.get("num_classes")
+    if num_classes is None:
+        try:
+            num_classes = infer_num_classes(lambda n: build_model(model_cfg, n), state["model"])
+        except ValueError as e:
+            raise CheckpointError(f"{weights}: {e}") from None
+    model = build_model(model_cfg, int(num_classes), cfg.test)
     load_model_weights(model, state, weights)
     return model.eval()
 

@@ -1,4 +1,5 @@
-"""Learning-rate schedule: linear warm-up per iteration, then multi-step decay per epoch (ES-Net §IV-A, spec §1.6)."""
+"""Learning-rate schedule: linear warm-up per iteration, then multi-step decay per epoch (ES-Net §IV-A, docs/methods.md
+§1.6)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from bisect import bisect_right
 from typing import Sequence
 
 import torch
+
+from esreid.registry import Registry
 
 
 def lr_factor(iteration: int, iters_per_epoch: int, warmup_epochs: int, warmup_factor: float,
@@ -37,7 +40,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, solver_cfg, iters_per_epoc
 
 def build_optimizer(model: torch.nn.Module, solver_cfg) -> torch.optim.Optimizer:
     """Adam/AdamW/SGD; parameters named by ``model.no_weight_decay()`` (e.g. the P-pooling exponent) get no decay."""
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    skip = model.no_weight_decay()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -45,12 +48,11 @@ def build_optimizer(model: torch.nn.Module, solver_cfg) -> torch.optim.Optimizer
     groups = [{"params": decay, "weight_decay": solver_cfg.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
-    opt = OPTIMIZERS[solver_cfg.optimizer]
+    opt = OPTIMIZERS.get(solver_cfg.optimizer)
     return opt(groups, solver_cfg)
 
 
-OPTIMIZERS = {
-    "adam": lambda groups, c: torch.optim.Adam(groups, lr=c.lr),
-    "adamw": lambda groups, c: torch.optim.AdamW(groups, lr=c.lr),
-    "sgd": lambda groups, c: torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=True),
-}
+OPTIMIZERS = Registry("optimizer")  # solver.optimizer -> (param groups, solver config) -> optimiser
+OPTIMIZERS.register("adam")(lambda groups, c: torch.optim.Adam(groups, lr=c.lr))
+OPTIMIZERS.register("adamw")(lambda groups, c: torch.optim.AdamW(groups, lr=c.lr))
+OPTIMIZERS.register("sgd")(lambda groups, c: torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=True))

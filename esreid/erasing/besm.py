@@ -1,7 +1,7 @@
 """BESM: Batch Erasing Salient Method (ES-Net §III-C-2, Algorithm 1), batched, plus the Fig. 3 motivation probe.
 
 Per image, with probability P (Algorithm 1 lines 1-2): upsample its CG-RAM map M to the image size (M*, line 4) and
-set the round(R*H*W) pixels with the largest M* to 0 in every channel (lines 5-10). Choices (spec §7 #6):
+set the round(R*H*W) pixels with the largest M* to 0 in every channel (lines 5-10). Choices (docs/methods.md §7 #6):
     * the erase value 0 is written on the normalised tensor (= the mean colour);
     * M* = bilinear upsampling, align_corners=False; ties among equal M* values are broken by ``torch.topk``;
     * an image whose map is identically 0 (no positive evidence) is left unchanged even if drawn.
@@ -59,36 +59,42 @@ def besm(
 # Fig. 3 "verification of motivation": the loss of a model on BESM-erased copies of the batch it trains on
 # ----------------------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def frozen_buffers(model: nn.Module) -> Iterator[nn.Module]:
-    """Restore every buffer (BatchNorm running statistics, counters) on exit, so a train-mode probe leaves no trace."""
-    saved = {name: buf.detach().clone() for name, buf in model.named_buffers()}
+def frozen_state(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore every buffer (BatchNorm running statistics, counters) and the model's own RNGs (``generators()``) on
+    exit, so a train-mode probe leaves no trace: a run with the probe trains exactly like one without it."""
+    buffers = {name: buf.detach().clone() for name, buf in model.named_buffers()}
+    rngs = {name: g.get_state() for name, g in model.generators().items()}
     try:
         yield model
     finally:
         with torch.no_grad():
             for name, buf in model.named_buffers():
-                buf.copy_(saved[name])
+                buf.copy_(buffers[name])
+        for name, g in model.generators().items():
+            g.set_state(rngs[name])
 
 
 def erased_loss_probe(
     model: nn.Module,
-    layer: Union[str, nn.Module],
     images: Tensor,
     pids: Tensor,
     ratio: float,
     prob: float,
     generator: Optional[torch.Generator] = None,
+    layer: Optional[Union[str, nn.Module]] = None,
     loss_fn: Optional[Callable[[Dict[str, Tensor]], Tensor]] = None,
 ) -> float:
-    """The loss ``model`` would have on BESM-erased copies of ``images`` (ES-Net Fig. 3); changes nothing in the model.
+    """The loss a :class:`~esreid.models.base.ReIDModel` would have on BESM-erased copies of ``images`` (ES-Net
+    Fig. 3); changes nothing in the model.
 
-    CG-RAM runs at ``layer`` with the batch's easiest positives (eq. 5), the batch is erased with Algorithm 1, and the
-    train-mode loss dict of ``model(erased, pids)`` is summed (or reduced by ``loss_fn``) without gradients; buffers
-    are restored afterwards. The trainer calls it on each batch before the ordinary step on the full images.
+    CG-RAM runs at ``layer`` (default: the model's ``saliency_layer``) with the batch's easiest positives (eq. 5), the
+    batch is erased with Algorithm 1, and the loss terms of ``model.forward_train(erased, pids)`` are summed (or
+    reduced by ``loss_fn``) without gradients; buffers and RNGs of the model are restored afterwards. Called on each
+    batch before the ordinary step on the full images (:class:`esreid.erasing.probe.ErasedLossProbe`).
     """
-    maps = cgram_batch(model, layer, images, pids)
+    maps = cgram_batch(model, images, pids, layer)
     erased, _ = besm(images, maps, ratio, prob, generator)
-    with torch.no_grad(), frozen_buffers(model):
-        losses = model(erased, pids)
+    with torch.no_grad(), frozen_state(model):
+        losses = model.forward_train(erased, pids)
     total = loss_fn(losses) if loss_fn else sum(losses.values())
     return float(total)

@@ -10,7 +10,8 @@ exp-weighted sum over each sample and its easiest positive in the PK batch durin
 Entry points:
     * :func:`salient_map` - the core: maps from a scalar confidence and a leaf tensor ``A`` it depends on.
     * :func:`batch_confidence` / :func:`easiest_positive` - eq. 5 on a batch of retrieval vectors.
-    * :func:`cgram_pair` - test time, any model, any layer (forward hook, no model surgery).
+    * :func:`cgram_pair` - test time, any model, any layer (forward hook, no model surgery), through the model's
+      retrieval rule: the explained similarity is the one the evaluator ranks with (flip included).
     * :func:`cgram_batch` - training time, any model, any layer (the hook-based version of what ES-Net does inline).
 
 Only ``A`` receives a gradient: the hook replaces the layer output by a detached leaf, parameters get no ``.grad``,
@@ -25,8 +26,6 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-Features = Union[Tensor, Sequence[Tensor]]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -77,16 +76,15 @@ def salient_map(score: Tensor, a: Tensor, retain_graph: bool = False) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # Hook-based entry points for any model
 # ----------------------------------------------------------------------------------------------------------------
-def retrieval_vector(output: Features) -> Tensor:
-    """The vector a model retrieves with (without flip): a tensor as is, or per-branch L2-normalised and concatenated
-    for a list of branch features (the evaluator's convention, docs/architecture.md). Returns (B, D)."""
-    if isinstance(output, Tensor):
-        return output
-    return torch.cat([F.normalize(x, dim=1) for x in output], dim=1)
+def contributions(score: Tensor, leaves: Sequence[Tensor], retain_graph: bool = False) -> List[Tensor]:
+    """``sum_k dS/dA^k * A^k`` (B, h, w) for each captured map ``A`` (B, C, h, w) in ``leaves`` (eqs. 3-4 before the
+    ReLU): each location's share of the first-order change of ``S``, so shares of several passes add up."""
+    grads = torch.autograd.grad(score, list(leaves), retain_graph=retain_graph)  # eq. 3, phi = dS/dA
+    return [(g * a).sum(dim=1).detach() for g, a in zip(grads, leaves)]
 
 
 def resolve_layer(model: nn.Module, layer: Union[str, nn.Module]) -> nn.Module:
-    """``layer`` as a module: a module of ``model`` or a dotted name such as ``"esb_layers.1"``."""
+    """``layer`` as a module: a module of ``model`` or a dotted name such as ``"esb.stages.layer4"``."""
     if isinstance(layer, nn.Module):
         return layer
     modules = dict(model.named_modules())
@@ -101,16 +99,18 @@ def capture_layer(module: nn.Module) -> Iterator[List[Tensor]]:
     """Replace ``module``'s output by a detached leaf that requires grad; yields the list of captured leaves.
 
     The downstream graph is then built from the leaf, so gradients stop at the layer (nothing flows into earlier
-    parameters) - this is the "gradient to layer L only" of the training-time CG-RAM.
+    parameters) - this is the "gradient to layer L only" of the training-time CG-RAM. The layer's successors receive a
+    copy of the leaf, so an in-place operation after it (the ``ReLU(inplace=True)`` after a BatchNorm) modifies the
+    copy, never the leaf: any module with a 4-d output can be explained, BatchNorm outputs included.
     """
     captured: List[Tensor] = []
 
     def hook(_mod: nn.Module, _inp: tuple, out: Tensor) -> Tensor:
         if not isinstance(out, Tensor) or out.dim() != 4:
             raise TypeError(f"CG-RAM layer must output a (B, C, h, w) tensor, got {type(out).__name__}")
-        leaf = out.detach().requires_grad_(True)
+        leaf = out.detach().to(torch.promote_types(out.dtype, torch.float32)).requires_grad_(True)
         captured.append(leaf)
-        return leaf
+        return leaf.to(out.dtype).clone()  # successors may modify it in place
 
     handle = module.register_forward_hook(hook)
     try:
@@ -131,52 +131,62 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
 
 
-def _forward_captured(
-    model: nn.Module, layer: Union[str, nn.Module], images: Tensor, feature_fn: Callable[[Features], Tensor]
-) -> Tuple[Tensor, Tensor]:
-    """Eval-mode forward of ``images`` (B, 3, H, W) with ``layer`` captured; returns (A (B, C, h, w), f (B, D))."""
+def _forward_captured(model: nn.Module, layer: Union[str, nn.Module], images: Tensor, flip: bool,
+                      feature_fn: Callable[[List[Tensor]], Tensor]) -> Tuple[List[Tensor], Tensor]:
+    """Eval-mode ``model.features`` of ``images`` (B, 3, H, W) -- and of their mirror images when ``flip``, summed per
+    branch -- with ``layer`` captured. Returns the captured maps ``[A]`` (``[A, A_mirrored]`` with flip), each
+    (B, C, h, w), and ``feature_fn(branches)`` (B, D)."""
     module = resolve_layer(model, layer)
     with eval_mode(model), torch.enable_grad(), capture_layer(module) as captured:
-        f = feature_fn(model(images))
-    if len(captured) != 1:
-        raise RuntimeError(f"CG-RAM layer ran {len(captured)} times in one forward; it must run exactly once")
-    return captured[0], f
+        branches = model.features(images)
+        if flip:
+            branches = [b + m for b, m in zip(branches, model.features(torch.flip(images, dims=[3])))]
+        f = feature_fn(branches)
+    runs = 2 if flip else 1
+    if len(captured) != runs:
+        raise RuntimeError(f"CG-RAM layer ran {len(captured)} times for {runs} forward pass(es); it must run once per "
+                           "pass (choose a layer on the path of the retrieval features)")
+    return captured, f
 
 
-def cgram_pair(
-    model: nn.Module,
-    layer: Union[str, nn.Module],
-    query: Tensor,
-    gallery: Tensor,
-    feature_fn: Callable[[Features], Tensor] = retrieval_vector,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """Test-time CG-RAM of (query, gallery) pairs.
+def _maps(score: Tensor, captured: List[Tensor]) -> Tensor:
+    """Eq. 4 over one or two passes: ``ReLU(c + mirror(c_mirrored))`` (B, h, w); the mirrored pass's shares are
+    flipped back onto the image's own layout before they are added (the features are summed the same way)."""
+    parts = contributions(score, captured)
+    total = parts[0] if len(parts) == 1 else parts[0] + torch.flip(parts[1], dims=[2])
+    return torch.relu(total)
 
-    query, gallery: (B, 3, H, W) normalised images, pair i = (query[i], gallery[i]). Returns the maps of the queries
-    (B, h, w), of the galleries (B, h, w), and the confidences S (B,) of eq. 2. The pairs are run as one eval-mode
-    batch; in eval mode the samples are independent, so summing S over pairs gives each pair's own gradient.
+
+def cgram_pair(model: nn.Module, query: Tensor, gallery: Tensor,
+               layer: Optional[Union[str, nn.Module]] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """Test-time CG-RAM of (query, gallery) pairs for a :class:`~esreid.models.base.ReIDModel`, explaining exactly
+    the similarity it ranks with: its retrieval rule (flip, per-branch L2, metric) gives the vectors and ``S``.
+
+    query, gallery: (B, 3, H, W) normalised images, pair i = (query[i], gallery[i]); ``layer``: a module or dotted name
+    (default ``model.saliency_layer``). Returns the maps of the queries (B, h, w), of the galleries (B, h, w), and the
+    similarities S (B,): eq. 2's cosine for cosine models, minus the squared Euclidean distance otherwise
+    (:meth:`RetrievalRule.similarity`; the ranking distance is ``-S``, ``1 - cos`` for cosine). The pairs run as one
+    eval-mode batch; samples are independent in eval mode, so summing S over pairs gives each pair's own gradient.
     """
     if query.shape != gallery.shape:
         raise ValueError(f"query {tuple(query.shape)} and gallery {tuple(gallery.shape)} must have the same shape")
-    b = query.shape[0]
-    a, f = _forward_captured(model, layer, torch.cat([query, gallery]), feature_fn)
-    s = cosine_confidence(f[:b], f[b:])  # eq. 2
-    m = salient_map(s.sum(), a)
-    return m[:b], m[b:], s.detach()
+    b, rule = query.shape[0], model.retrieval
+    captured, f = _forward_captured(model, layer or model.saliency_layer, torch.cat([query, gallery]), rule.flip,
+                                    rule.combine)
+    s = rule.similarity(f[:b], f[b:])  # eq. 2 (cosine) or -||f_q - f_g||^2
+    m = _maps(s.sum(), captured)
+    shown = s + 1 if rule.metric == "cosine" else s  # cosine: report eq. 2's cos itself
+    return m[:b], m[b:], shown.detach()
 
 
-def cgram_batch(
-    model: nn.Module,
-    layer: Union[str, nn.Module],
-    images: Tensor,
-    pids: Tensor,
-    detach_weight: bool = False,
-    feature_fn: Optional[Callable[[Features], Tensor]] = None,
-) -> Tensor:
+def cgram_batch(model: nn.Module, images: Tensor, pids: Tensor, layer: Optional[Union[str, nn.Module]] = None,
+                detach_weight: bool = False, feature_fn: Optional[Callable[[List[Tensor]], Tensor]] = None) -> Tensor:
     """Training-time CG-RAM of a PK batch (eq. 5 with easiest positives): images (B, 3, H, W), pids (B,) -> (B, h, w).
 
-    Works on any model whose eval forward returns retrieval features; the model's modes and parameter gradients are
-    left untouched.
+    The retrieval vector is the model's (its retrieval rule's combination of the branch features, without flip, as
+    in training) unless ``feature_fn`` picks another from the branch features; ``layer`` defaults to
+    ``model.saliency_layer``. The model's modes and parameter gradients are left untouched.
     """
-    a, f = _forward_captured(model, layer, images, feature_fn or retrieval_vector)
-    return salient_map(batch_confidence(f, pids, detach_weight), a)
+    captured, f = _forward_captured(model, layer or model.saliency_layer, images, False,
+                                    feature_fn or model.retrieval.combine)
+    return _maps(batch_confidence(f, pids, detach_weight), captured)

@@ -1,4 +1,4 @@
-"""Batch DropBlock (Dai et al., ICCV 2019, "Batch DropBlock Network"; spec §2.2).
+"""Batch DropBlock (Dai et al., ICCV 2019, "Batch DropBlock Network"; docs/methods.md §2.2).
 
 For a feature map ``X (B, C, H, W)`` in training mode::
 
@@ -13,7 +13,7 @@ The region comes from ``self.generator`` (a CPU ``torch.Generator``), which the 
 resumed run drops the same regions as an uninterrupted one. ``round`` is Python's (half to even), as in the BDB code.
 Under DDP every process owns a generator, but the trainer builds the model while the global RNG is seeded with
 ``cfg.seed`` on every rank, and each rank draws once per step: all ranks drop the same region, one per optimisation
-step for the whole global batch (spec §2.2's DataParallel pitfall avoided).
+step for the whole global batch (docs/methods.md §2.2's DataParallel pitfall avoided).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ class BatchDropBlock(nn.Module):
     """Zero one ``round(ρ_h·H) x round(ρ_w·W)`` rectangle, the same for every image and channel of the batch.
 
     Args:
-        height_ratio: ρ_h in (0, 1] (persons: 0.33, BDB code; the paper text is recalled as 0.3, spec §7 #15).
+        height_ratio: ρ_h in (0, 1] (persons: 0.33, BDB code; the paper text is recalled as 0.3, docs/methods.md §7
+        #15).
         width_ratio: ρ_w in (0, 1] (persons: 1.0; cars, CUB, SOP, In-Shop: 0.5 x 0.5).
 
     ``forward``: ``(B, C, H, W) -> (B, C, H, W)``; identity in eval mode.
@@ -46,7 +47,7 @@ class BatchDropBlock(nn.Module):
 
     def region(self, height: int, width: int) -> Tuple[int, int, int, int]:
         """Draw the dropped rectangle ``(top, left, rh, rw)`` of an ``H x W`` map (advances ``self.generator``)."""
-        rh = round(self.height_ratio * height)  # spec §2.2 rh = round(ρ_h·H)
+        rh = round(self.height_ratio * height)  # docs/methods.md §2.2 rh = round(ρ_h·H)
         rw = round(self.width_ratio * width)  # rw = round(ρ_w·W)
         top = int(torch.randint(0, height - rh + 1, (1,), generator=self.generator))  # sx ~ U{0..H-rh}
         left = int(torch.randint(0, width - rw + 1, (1,), generator=self.generator))  # sy ~ U{0..W-rw}

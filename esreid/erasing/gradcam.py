@@ -1,5 +1,5 @@
-"""Grad-CAM of the true-identity logit (Selvaraju et al.), as PMM's guidance (spec §3.2) and the map of ES-Net's
-"Base+Grad-CAM Erasing" ablation (spec §1.8, §7 #12).
+"""Grad-CAM of the true-identity logit (Selvaraju et al.), as PMM's guidance (docs/methods.md §3.2) and the map of
+ES-Net's "Base+Grad-CAM Erasing" ablation (docs/methods.md §1.8, §7 #12).
 
 For logits ``z`` (B, N), labels ``y`` (B,) and a feature map ``G`` (B, C, h, w) that ``z`` depends on:
 
@@ -7,9 +7,9 @@ For logits ``z`` (B, N), labels ``y`` (B,) and a feature map ``G`` (B, C, h, w) 
     alpha_{i,k} = mean_{u,v} d score / d G_{i,k,u,v}           (spatially averaged gradient)
     C_i(u, v) = ReLU( sum_k alpha_{i,k} G_{i,k,u,v} )          (raw, not normalised: only rankings are used)
 
-The gradient is taken with ``torch.autograd.grad`` to ``G`` only: parameters' ``.grad`` stay untouched (the official
-PMM code calls ``score.backward()`` inside ``forward`` instead, spec §3.2 pitfall), and nothing is run forward again,
-so no BatchNorm statistic changes. In train mode a BatchNorm between ``G`` and ``z`` couples the samples, so
+The gradient is taken with ``torch.autograd.grad`` to ``G`` only: parameters' ``.grad`` stay untouched (the official PMM
+code calls ``score.backward()`` inside ``forward`` instead, docs/methods.md §3.2 pitfall), and nothing is run forward
+again, so no BatchNorm statistic changes. In train mode a BatchNorm between ``G`` and ``z`` couples the samples, so
 ``alpha_i`` then also carries the other samples' logits - as in the official code, which differentiates the train-mode
 graph too.
 """
@@ -21,7 +21,7 @@ from torch import Tensor
 
 
 def true_class_score(logits: Tensor, pids: Tensor) -> Tensor:
-    """score = sum_i logits[i, pids[i]] (spec §3.2). logits (B, N), pids (B,) int64 -> scalar."""
+    """score = sum_i logits[i, pids[i]] (docs/methods.md §3.2). logits (B, N), pids (B,) int64 -> scalar."""
     if logits.dim() != 2 or pids.shape != logits.shape[:1]:
         raise ValueError(f"expected logits (B, N) and pids (B,), got {tuple(logits.shape)} and {tuple(pids.shape)}")
     return logits.gather(1, pids.long()[:, None]).sum()

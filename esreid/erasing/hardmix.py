@@ -1,4 +1,4 @@
-"""Attentive feature Hard-Mix (A-Hard-Mix) of PMM (spec §3.3).
+"""Attentive feature Hard-Mix (A-Hard-Mix) of PMM (docs/methods.md §3.3).
 
     blocks: the h x w map cut into (h / bh) x (w / bw) blocks of bh x bw cells (3 x 2 on 24 x 8 -> 8 x 4 = 32 blocks)
     s_{i,b} = sum_{(u,v) in b} C_i(u, v)                          block score from the guidance map C (B, h, w)
@@ -6,10 +6,10 @@
     pi(i)   ~ Uniform{ j : y_j != y_i }                            a partner of another identity, fresh per call
     P~_i = (1 - Omega_i) * P_i + Omega_i * P_pi(i)                 all channels; the label of P~_i stays y_i
 
-Omega is a constant, so gradients flow into both P_i and P_pi(i). Deviation from the official code (spec §3.3): it
-hard-codes 8 x 4 blocks and takes partners outside "my group of 4 consecutive indices" (K = 4 batch order); here any
-h, w divisible by the block size work and partners are drawn by label. A map whose size is not a multiple of the block
-size is an error (no remainder rule: silently shrinking or padding blocks would change Omega's area).
+Omega is a constant, so gradients flow into both P_i and P_pi(i). Deviation from the official code (docs/methods.md
+§3.3): it hard-codes 8 x 4 blocks and takes partners outside "my group of 4 consecutive indices" (K = 4 batch order);
+here any h, w divisible by the block size work and partners are drawn by label. A map whose size is not a multiple of
+the block size is an error (no remainder rule: silently shrinking or padding blocks would change Omega's area).
 """
 
 from __future__ import annotations

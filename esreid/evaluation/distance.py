@@ -11,7 +11,8 @@ Inputs may have any strides (slices, transposes, Fortran order, negative numpy s
 blocks to C-contiguous memory before any arithmetic, so every layout gives bit-identical results.
 
 Tie rule: items at exactly the same distance are ordered by their index (what a *stable* argsort gives, and what the
-anchors get with ``np.argsort(kind="stable")``). :func:`order_within_rows` and :func:`smallest_k` implement it.
+reference implementations get with ``np.argsort(kind="stable")``). :func:`order_within_rows` and :func:`smallest_k`
+implement it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Exact CMC / mAP / mINP with the Market protocol, in query chunks, within a memory budget, without a per-query loop.
 
-Definitions (anchors §3.1, the torchreid / fast-reid ``eval_market1501`` semantics):
+Definitions (docs/methods.md §0 (evaluation protocol), the torchreid / fast-reid ``eval_market1501`` semantics):
 
 * for a query (pid p, camera c) gallery items with pid p AND camera c are *junk* and removed; everything else is kept
   (pid-0 distractors are ordinary negatives);

@@ -6,16 +6,20 @@ ranks 1..50 (a list of 50 floats; VehicleID: the mean over trials), for plots. F
 tensors of any strides (see :func:`~esreid.evaluation.metrics.evaluate_rank` for the dtypes). ``options`` come from
 ``cfg.test.protocol_args``; every protocol accepts ``memory_budget_mb``, ``chunk_size`` and ``device``.
 
-* ``market``: anchors §3.1 (see :mod:`esreid.evaluation.metrics`); pid-0 gallery distractors are ordinary negatives.
-* ``cuhk03_sgs``: single-gallery-shot (anchors §3.3): CMC averaged over ``num_repeats`` draws of one gallery image per
-  pid among the query's kept items; AP / mINP on the full kept list.
-* ``vehicleid``: anchors §3.4: query and gallery are pooled; per trial t (seed ``base_seed + t``) one random image per
-  id is the gallery and the rest are queries; no junk removal; mean and population std over ``trials``.
+* ``market``: docs/methods.md §0 (evaluation protocol) (see :mod:`esreid.evaluation.metrics`); pid-0 gallery distractors
+are ordinary negatives.
+* ``cuhk03_sgs``: single-gallery-shot (docs/methods.md §0 (evaluation protocol)): CMC averaged over ``num_repeats``
+draws of one gallery image per pid among the query's kept items; AP / mINP on the full kept list.
+* ``vehicleid``: docs/methods.md §0 (evaluation protocol): query and gallery are pooled; per trial t (seed ``base_seed +
+t``) one random image per id is the gallery and the rest are queries; no junk removal; mean and population std over
+``trials``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +32,32 @@ from esreid.registry import Registry
 PROTOCOLS = Registry("protocol")
 
 
+@dataclass(frozen=True)
+class Options:
+    """The ``test.protocol_args`` a protocol accepts: ``name -> (type, smallest value or None)``; every protocol also
+    accepts :data:`COMMON_OPTIONS`. Checked when the config is loaded (:meth:`problem`)."""
+
+    fields: Dict[str, Tuple[type, Optional[float]]]
+
+    def problem(self, args: Dict[str, Any], protocol: str) -> Optional[str]:
+        """What is wrong with ``args`` for ``protocol`` (None when nothing)."""
+        fields = {**COMMON_OPTIONS, **self.fields}
+        for key, value in args.items():
+            if key not in fields:
+                return f"protocol {protocol!r} has no option {key!r}; it accepts: {', '.join(sorted(fields))}"
+            tp, low = fields[key]
+            ok = isinstance(value, tp) and not isinstance(value, bool) if tp is not float else (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+            if not ok:
+                return f"option {key!r} of protocol {protocol!r}: expected {tp.__name__}, got {value!r}"
+            if low is not None and value < low:
+                return f"option {key!r} of protocol {protocol!r}: expected a value >= {low:g}, got {value!r}"
+        return None
+
+
+COMMON_OPTIONS = {"memory_budget_mb": (float, 1.0), "chunk_size": (int, 1), "device": (str, None)}
+
+
 def distance_chunks(qf, gf, *, metric: str, rerank: bool, memory_budget_mb: float = 512,
                     chunk_size: Optional[int] = None, device=None) -> DistanceChunks:
     """Chunked distances from features, through k-reciprocal re-ranking first when ``rerank``."""
@@ -38,7 +68,7 @@ def distance_chunks(qf, gf, *, metric: str, rerank: bool, memory_budget_mb: floa
                           device=device)
 
 
-@PROTOCOLS.register("market")
+@PROTOCOLS.register("market", options=Options({}))
 def market(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric: str = "cosine", ap_mode: str = "anchor",
            rerank: bool = False, ranks: Sequence[int] = (1, 5, 10, 20), **options: Any) -> Dict[str, Any]:
     chunks = distance_chunks(qf, gf, metric=metric, rerank=rerank, **options)
@@ -69,7 +99,7 @@ def _sgs_first_hits(dist, q_pids, q_cams, g_pids, g_cams, same_pid, u, drawn) ->
     return torch.where(pos.any(1), before.sum(1) + 1, 0)
 
 
-@PROTOCOLS.register("cuhk03_sgs")
+@PROTOCOLS.register("cuhk03_sgs", options=Options({"num_repeats": (int, 1), "seed": (int, 0)}))
 def cuhk03_sgs(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric: str = "cosine", ap_mode: str = "anchor",
                rerank: bool = False, ranks: Sequence[int] = (1, 5, 10, 20), num_repeats: int = 10, seed: int = 0,
                **options: Any) -> Dict[str, Any]:
@@ -98,7 +128,7 @@ def cuhk03_sgs(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric: str = "cos
             "num_skipped_q": full.num_skipped_q, "num_repeats": num_repeats}
 
 
-@PROTOCOLS.register("vehicleid")
+@PROTOCOLS.register("vehicleid", options=Options({"trials": (int, 1), "base_seed": (int, 0)}))
 def vehicleid(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric: str = "cosine", ap_mode: str = "anchor",
               rerank: bool = False, ranks: Sequence[int] = (1, 5, 10), trials: int = 10, base_seed: int = 0,
               **options: Any) -> Dict[str, Any]:

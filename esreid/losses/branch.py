@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import TYPE_CHECKING, Dict
 
 import torch
 
@@ -10,24 +10,25 @@ from esreid.config import LossConfig
 from esreid.losses.cross_entropy import cross_entropy
 from esreid.losses.triplet import batch_hard_triplet
 
+if TYPE_CHECKING:  # models import this module: no import of esreid.models at run time
+    from esreid.models.heads import HeadOutput
 
-def branch_losses(
-    logits: torch.Tensor, feats: torch.Tensor, pids: torch.Tensor, cfg: LossConfig, prefix: str = ""
-) -> Dict[str, torch.Tensor]:
-    """Weighted loss terms of one branch: ``{prefix+"ce": ce_weight·CE(logits), prefix+"triplet":
-    triplet_weight·triplet(feats)}``; a term whose weight is 0 is left out (not computed).
+
+def branch_losses(out: HeadOutput, pids: torch.Tensor, cfg: LossConfig, prefix: str = "") -> Dict[str, torch.Tensor]:
+    """Weighted loss terms of one branch from its head's output: ``{prefix+"ce": ce_weight·CE(out.logits),
+    prefix+"triplet": triplet_weight·triplet(out.metric)}``; a term whose weight is 0 is left out (not computed).
 
     Args:
-        logits: ``(B, N)`` classifier output (post-BN feature in BNNeck models).
-        feats: ``(B, D)`` feature for the triplet loss (pre-BN ``f_t`` in BNNeck models).
+        out: the branch's :class:`~esreid.models.heads.HeadOutput` in train mode: ``logits`` ``(B, N)`` (of the
+            post-BN feature in BNNeck heads) and ``metric`` ``(B, D)`` (the pre-BN ``f_t`` in BNNeck heads).
         pids: ``(B,)`` training identities.
         prefix: distinguishes branches, e.g. ``"aib_"`` / ``"esb_"``.
     """
     terms: Dict[str, torch.Tensor] = {}
     if cfg.ce_weight:
-        terms[prefix + "ce"] = cfg.ce_weight * cross_entropy(logits, pids, cfg.label_smoothing)
+        terms[prefix + "ce"] = cfg.ce_weight * cross_entropy(out.logits, pids, cfg.label_smoothing)
     if cfg.triplet_weight:
         terms[prefix + "triplet"] = cfg.triplet_weight * batch_hard_triplet(
-            feats, pids, cfg.triplet_margin, cfg.soft_margin
+            out.metric, pids, cfg.triplet_margin, cfg.soft_margin
         )
     return terms

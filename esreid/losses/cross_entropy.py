@@ -1,4 +1,4 @@
-"""Cross-entropy with optional label smoothing (BoT / BDB / PMM; spec §0)."""
+"""Cross-entropy with optional label smoothing (BoT / BDB / PMM; docs/methods.md §0)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Batch-hard triplet loss (Hermans et al.) on Euclidean distances of un-normalised features (spec §0)."""
+"""Batch-hard triplet loss (Hermans et al.) on Euclidean distances of un-normalised features (docs/methods.md §0)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""Models: backbones, pooling, necks, and one file per method, chosen by ``model.name``.
+"""Models: the contract (base.py), backbones, pooling, heads, and one file per method, chosen by ``model.name``.
 
-Contract of every registered model (see docs/architecture.md):
-    model = MODELS.get(cfg.name)(cfg, num_classes)
+Every registered model is a :class:`~esreid.models.base.ReIDModel` (see base.py and docs/architecture.md)::
+
+    model = build_model(cfg.model, num_classes, cfg.test)
     model.train(); losses = model(images, pids)   # dict[str, Tensor] of scalar loss terms, summed by the trainer
     model.eval();  feats = model(images)          # list[Tensor], one (B, D_i) retrieval feature per branch
 """
@@ -11,9 +12,17 @@ from esreid.registry import Registry
 MODELS = Registry("model")
 
 
-def build_model(cfg, num_classes: int):
-    """Build the model registered as ``cfg.name`` for ``num_classes`` training identities."""
-    return MODELS.get(cfg.name)(cfg, num_classes)
+def build_model(cfg, num_classes: int, test=None):
+    """Build the model registered as ``cfg.name`` (a model config) for ``num_classes`` training identities.
+
+    ``test`` (a :class:`~esreid.config.TestConfig`) may override the method's retrieval rule: its ``flip``,
+    ``normalize`` and ``metric`` replace the method's defaults where they are not ``None``.
+    """
+    cls = MODELS.get(cfg.name)
+    rule = cls.default_retrieval
+    if test is not None:
+        rule = rule.replace(flip=test.flip, normalize=test.normalize, metric=test.metric)
+    return cls(cfg, num_classes, rule)
 
 
 def _register_all() -> None:
@@ -21,7 +30,7 @@ def _register_all() -> None:
     import pkgutil
 
     for mod in pkgutil.iter_modules(__path__):
-        if not mod.name.startswith("_") and not mod.ispkg:
+        if not mod.name.startswith("_") and not mod.ispkg and mod.name not in ("base", "heads", "pooling"):
             importlib.import_module(f"{__name__}.{mod.name}")
 
 

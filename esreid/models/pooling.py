@@ -1,14 +1,15 @@
 """Global pooling of a feature map ``(B, C, H, W) -> (B, C)``: GAP, GMP, GeM and ES-Net's P-pooling.
 
-Chosen by name through the ``POOLING`` registry (:func:`build_pooling`). Poolings with a learnable exponent are
-registered with ``exponent=True`` and take ``init``; they implement ``no_weight_decay()`` (names of the exponent
-parameters, relative to the module) and ``stats()`` (the current exponent, for logging).
+Chosen by name through the ``POOLING`` registry (:func:`build_pooling`). Every pooling is a :class:`Pool`:
+``no_weight_decay()`` names its parameters that get no weight decay (relative to the module) and ``stats()`` its
+values worth logging; both are empty except for the poolings with a learnable exponent, which are registered with
+``exponent=True`` and take ``init``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Set, Union
+from typing import Dict, Set, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,33 +25,66 @@ def _check_map(x: torch.Tensor) -> None:
         raise ValueError(f"pooling expects a feature map (B, C, H, W), got shape {tuple(x.shape)}")
 
 
-def lehmer_pool(x: torch.Tensor, l: Union[torch.Tensor, float], eps: float = 1e-6) -> torch.Tensor:
-    """P-pooling / Lehmer mean of order ``l`` over the spatial positions (ES-Net eq. 6).
+def lehmer_pool(x: torch.Tensor, l: Union[torch.Tensor, float]) -> torch.Tensor:
+    """P-pooling / Lehmer mean of order ``l`` over the spatial positions (ES-Net eq. 6), exact on maps with zeros.
 
     ``F^k = Σ_a a^l / Σ_a a^(l-1)`` per channel, evaluated as ``m · Σ r^l / Σ r^(l-1)`` with ``r = a / m`` and
-    ``m = max(a)`` so that no power exceeds 1 (finite in float32 for any ``l >= 1``). Runs in float32 with autocast
-    disabled; inputs are clamped at ``eps`` (no ``0^(l-1)`` / ``ln 0``; spec §1.5).
+    ``m = max(a)``, so that no power exceeds 1 (finite for any ``l >= 1``; docs/methods.md §1.5). Nothing is clamped:
+
+    - zeros contribute ``0^l = 0`` and ``0^(l-1) = 0`` to the sums for ``l > 1``, exactly as in eq. 6; at ``l = 1``
+      ``0^0 = 1`` and the result is GAP over all positions. (On a map with zeros eq. 6 is therefore discontinuous at
+      ``l = 1``: ``l -> 1+`` gives the mean of the non-zero values. ``PPool``'s ``l = 1 + softplus(raw)`` is > 1.)
+    - an all-zero channel pools to exactly 0, with zero gradient.
+    - input gradient (eq. 7): ``∂F/∂a_j = [l·a_j^(l-1) - (l-1)·F·a_j^(l-2)] / Σ a^(l-1)``. For ``1 < l < 2`` the
+      second term is infinite at ``a_j = 0`` (the one-sided derivative is -inf). It is dropped wherever
+      ``a_j < ε·max a`` (ε = machine epsilon of the compute dtype, 2^-23 in float32), which makes the gradient at
+      ``a_j = 0`` exactly 0, the value it has for every ``l > 2``. A finite value is needed because the gradient
+      with respect to the map itself is used, not only through the backbone's ReLU (which discards it at a zero
+      output): CG-RAM multiplies it by ``A = 0`` (ES-Net eq. 4: -inf·0 = NaN), Grad-CAM averages it. Values
+      below ε·max are treated like zeros for this term only (their exact term reaches ~1e38 for subnormal ratios
+      and overflows float32 once scaled by the upstream gradient); the forward value keeps them exactly. For
+      ``l >= 2`` the gradient is eq. 7 everywhere (``-F / Σ a`` at a zero for ``l = 2``).
+    - ``∂F/∂l`` is eq. 7 over the non-zero values (``0^l·ln 0 = 0``, the limit); the ``ln m`` of the normalisation
+      cancels between the two sums.
+
+    Runs with autocast disabled in float32 (float64 for float64 input).
 
     Args:
         x: ``(B, C, H, W)`` non-negative map (post-ReLU).
         l: order, a scalar (tensor, for a learnable order) ``>= 1``.
     Returns:
-        ``(B, C)`` float32.
+        ``(B, C)`` float32 (float64 for float64 ``x``).
     """
     _check_map(x)
+    dtype = torch.promote_types(x.dtype, torch.float32)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        a = x.float().clamp(min=eps).flatten(2)  # (B, C, HW)
-        l = torch.as_tensor(l, dtype=torch.float32, device=a.device)
+        a = x.to(dtype).flatten(2)  # (B, C, HW)
+        l = torch.as_tensor(l, dtype=dtype, device=a.device)
         # F is 1-homogeneous, F(a) = m·F(a/m) for any constant m > 0, so m may be detached: the gradient is exact.
         m = a.amax(dim=2, keepdim=True).detach()  # (B, C, 1)
-        r = a / m  # in (0, 1]
+        r = a / torch.where(m > 0, m, 1.0)  # in [0, 1]; max r = 1 unless the channel is all zero
+        # where d r^(l-1)/dr = (l-1)·r^(l-2) is singular (see above) the base is detached: same value, gradient 0
+        singular = r < torch.where(l < 2, torch.finfo(dtype).eps, 0.0)  # (r >= 0: never for l >= 2)
         num = r.pow(l).sum(dim=2)  # Σ r^l        (eq. 6 numerator / m^l)
-        den = r.pow(l - 1).sum(dim=2)  # Σ r^(l-1)  (eq. 6 denominator / m^(l-1)), >= 1 since max r = 1
-        return m.squeeze(2) * num / den  # eq. 6
+        den = torch.where(singular, r.detach(), r).pow(l - 1).sum(dim=2)  # Σ r^(l-1)  (eq. 6 denominator / m^(l-1))
+        # den >= 1 (the max contributes 1^(l-1)) unless the channel is all zero: then den = num = 0 and F = 0·0/1 = 0
+        return m.squeeze(2) * num / torch.where(den > 0, den, 1.0)  # eq. 6
+
+
+class Pool(nn.Module):
+    """Base of the global poolings: ``forward((B, C, H, W)) -> (B, C)``."""
+
+    def no_weight_decay(self) -> Set[str]:
+        """Parameter names (relative to this module) excluded from weight decay."""
+        return set()
+
+    def stats(self) -> Dict[str, float]:
+        """Values to log, e.g. ``{"l": 3.2}`` for P-pooling."""
+        return {}
 
 
 @POOLING.register("gap")
-class GAP(nn.Module):
+class GAP(Pool):
     """Global average pooling: ``mean_{h,w} x``. ``(B, C, H, W) -> (B, C)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +93,7 @@ class GAP(nn.Module):
 
 
 @POOLING.register("gmp")
-class GMP(nn.Module):
+class GMP(Pool):
     """Global max pooling: ``max_{h,w} x``. ``(B, C, H, W) -> (B, C)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,12 +105,12 @@ def _inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))  # log(exp(y) - 1), stable for large y
 
 
-class _ExponentPool(nn.Module):
+class _ExponentPool(Pool):
     """Shared parametrisation of a learnable exponent kept above a floor: ``value = floor + softplus(raw)``.
 
     Softplus rather than clamping: a clamped exponent that crosses the floor gets zero gradient and stays stuck
-    (spec §7 #7 allows either). The raw parameter is excluded from weight decay, which would otherwise pull the
-    exponent towards the floor.
+    (docs/methods.md §7 #7 allows either). The raw parameter is excluded from weight decay, which would otherwise pull
+    the exponent towards the floor.
     """
 
     floor = 1.0
@@ -122,27 +156,19 @@ class GeM(_ExponentPool):
 @POOLING.register("ppool", exponent=True)
 class PPool(_ExponentPool):
     """ES-Net P-pooling (eq. 6-7): Lehmer mean of order ``l = 1 + softplus(raw)``, ONE scalar for all channels
-    (the paper writes a single l). ``l = 1`` is GAP, ``l -> inf`` is GMP. Default init 3 (spec §7 #7; the
+    (the paper writes a single l). ``l = 1`` is GAP, ``l -> inf`` is GMP. Default init 3 (docs/methods.md §7 #7; the
     P-pooling code's near-max start corresponds to init 31). ``(B, C, H, W) -> (B, C)`` float32.
+    Exact on zeros (:func:`lehmer_pool`): the ``eps`` constructor argument, shared with GeM, is not used.
     """
 
     symbol = "l"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return lehmer_pool(x, self.exponent, self.eps)
+        return lehmer_pool(x, self.exponent)
 
 
-def build_pooling(name: str, **kwargs: Any) -> nn.Module:
-    """Instantiate pooling ``name`` (``gap | gmp | gem | ppool``); ``init=`` is accepted by ``gem`` and ``ppool``."""
+def build_pooling(name: str, init: float = 3.0) -> Pool:
+    """Pooling ``name`` (``POOLING.names()``); ``init`` is the initial exponent of a learnable-exponent pooling
+    (gem / ppool) and is ignored by the others. Config values are checked when the config is loaded."""
     cls = POOLING.get(name)
-    if kwargs and not POOLING.meta(name).get("exponent"):
-        raise ValueError(f"pooling {name!r} takes no options, got {sorted(kwargs)}")
-    return cls(**kwargs)
-
-
-def pooling_for(name: str, init: float, key: str) -> nn.Module:
-    """The pooling a model config asks for: ``init`` goes to learnable-exponent poolings (gem / ppool) only;
-    an unknown ``name`` raises an error naming the config ``key``."""
-    if name not in POOLING:
-        raise ValueError(f"{key}: unknown pooling {name!r}; expected one of {POOLING.names()}")
-    return build_pooling(name, init=init) if POOLING.meta(name).get("exponent") else build_pooling(name)
+    return cls(init=init) if POOLING.meta(name).get("exponent") else cls()

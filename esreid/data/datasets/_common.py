@@ -116,7 +116,7 @@ def announce(dataset: ReIDDataset, verbose: bool) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # The one "<pid>_c<camera>..." parser (Market-1501, DukeMTMC-reID, VeRi-776)
 # --------------------------------------------------------------------------------------------------------------
-PID_CAM = re.compile(r"^(-?\d+)_c(\d+)")  # anchors: ([-\d]+)_c(\d); \d+ also covers VeRi's c001..c020
+PID_CAM = re.compile(r"^(-?\d+)_c(\d+)")  # torchreid: ([-\d]+)_c(\d); \d+ also covers VeRi's c001..c020
 
 
 def parse_pid_cam_folder(

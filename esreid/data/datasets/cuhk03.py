@@ -8,7 +8,7 @@ Layout under ``root`` (torchreid / fast-reid names; ``cuhk03/`` or root itself):
 
 The split is read from the config ``.mat`` on every load (it is small), so no split file with stored paths is
 written; the only thing generated is the image folder, named ``<campair>_<pid:03d>_<view>_<img:02d>.png`` exactly as
-the config's ``filelist`` names them. camid = view - 1 (0/1), not the camera pair (anchors §2.2). Train pids are
+the config's ``filelist`` names them. camid = view - 1 (0/1), not the camera pair (the torchreid / fast-reid loaders). Train pids are
 relabelled; query / gallery keep the config's ``labels``.
 
 The real ``cuhk-03.mat`` is MATLAB v7.3 (HDF5), which scipy cannot read: it is read with h5py when that is
@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from typing import Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import numpy as np
 import scipy.io
@@ -142,7 +142,7 @@ class CUHK03(ReIDDataset):
     name = "cuhk03"
     title = "CUHK03"
     candidates = ("cuhk03", "")
-    # anchors §2.3; the detected counts are [verify]
+    # the torchreid / fast-reid loaders; the detected counts are [verify]
     published_by_kind = {
         "labeled": {"train": (767, 7368), "query": (700, 1400), "gallery": (700, 5328)},
         "detected": {"train": (767, 7365), "query": (700, 1400), "gallery": (700, 5332)},
@@ -156,11 +156,15 @@ class CUHK03(ReIDDataset):
         if not os.path.isdir(image_dir):
             extract_images(os.path.join(self.data_dir, "cuhk03_release", "cuhk-03.mat"), kind, image_dir)
         train, query, gallery = read_split(os.path.join(self.data_dir, config), image_dir)
-        self.protocol = "cuhk03_sgs" if sgs else "market"
+        self.protocol = self.protocol_name({"sgs": sgs})
         self.published = self.published_by_kind[kind]
         self.ignored_files = 0
         super().__init__(relabel(train), query, gallery)
         announce(self, verbose)
+
+    @classmethod
+    def protocol_name(cls, options: Dict[str, Any]) -> str:
+        return "cuhk03_sgs" if options.get("sgs") else "market"
 
     @classmethod
     def probe(cls, root: str) -> bool:

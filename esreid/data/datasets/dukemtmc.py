@@ -2,7 +2,7 @@
 
 Layout tried under ``root``: ``dukemtmc-reid/DukeMTMC-reID/``, ``DukeMTMC-reID/``, ``dukemtmc-reid/``, root itself;
 each holding ``bounding_box_train/ query/ bounding_box_test/``. Names ``0001_c2_f0046182.jpg``: pid, camera 1..8.
-The gallery holds 408 extra distractor identities with ordinary pids (anchors §2.2).
+The gallery holds 408 extra distractor identities with ordinary pids (the torchreid / fast-reid loaders).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class DukeMTMCreID(PidCamFolderDataset):
     num_cams = 8
     max_pid = 9999  # Duke pids are 4-digit; no tighter bound is documented
     example = "0001_c2_f0046182.jpg"
-    published = {"train": (702, 16522), "query": (702, 2228), "gallery": (1110, 17661)}  # anchors §2.3
+    published = {"train": (702, 16522), "query": (702, 2228), "gallery": (1110, 17661)}  # the torchreid / fast-reid loaders
 
     def __init__(self, root: str, verbose: bool = True):
         super().__init__(root, verbose=verbose)

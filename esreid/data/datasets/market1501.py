@@ -6,7 +6,7 @@ Layout (torchreid, with fast-reid / BoT fallbacks), tried in this order under ``
     market1501/{...}   Market-1501-v15.09.15/{...}   {...} directly under root
 
 File names ``0002_c1s1_000451_03.jpg``: pid 0002, camera 1 (1..6 -> camid 0..5). pid -1 (junk) is dropped at load,
-pid 0 (false detections) stays in the gallery as distractors (anchors §2.2). With ``distractors_500k=True`` the
+pid 0 (false detections) stays in the gallery as distractors (the torchreid / fast-reid loaders). With ``distractors_500k=True`` the
 images of ``<dataset>/images`` (torchreid's ``market1501_500k`` folder name) are added to the gallery.
 """
 
@@ -26,7 +26,7 @@ class Market1501(PidCamFolderDataset):
     num_cams = 6
     max_pid = 1501
     example = "0002_c1s1_000451_03.jpg"
-    # anchors §2.3: gallery 751 ids (750 + pid 0) / 15,913 images (19,732 minus 3,819 junk -1)
+    # the torchreid / fast-reid loaders: gallery 751 ids (750 + pid 0) / 15,913 images (19,732 minus 3,819 junk -1)
     published = {"train": (751, 12936), "query": (750, 3368), "gallery": (751, 15913)}
 
     def __init__(self, root: str, distractors_500k: bool = False, verbose: bool = True):

@@ -29,7 +29,7 @@ class MSMT17(ReIDDataset):
     title = "MSMT17"
     protocol = "market"
     candidates = ("msmt17/MSMT17_V1", "msmt17/MSMT17_V2", "MSMT17_V1", "MSMT17_V2", "msmt17", "")
-    # anchors §2.3: list_train 30,248 images [verify]; 32,621 with list_val (paper / docstrings)
+    # the torchreid / fast-reid loaders: list_train 30,248 images [verify]; 32,621 with list_val (paper / docstrings)
     published = {"train": (1041, 30248), "query": (3060, 11659), "gallery": (3060, 82161)}
     published_with_val = {"train": (1041, 32621), "query": (3060, 11659), "gallery": (3060, 82161)}
 

@@ -12,7 +12,7 @@ per identity per seeded trial. camid = the image's position in its list, i.e. un
 from __future__ import annotations
 
 import os
-from typing import List
+from typing import Any, Dict, List, Optional
 
 from esreid.data.base import DATASETS, DatasetError, ImageItem, ReIDDataset, relabel
 from esreid.data.datasets._common import announce, is_image, locate, probe, require_nonempty
@@ -27,12 +27,20 @@ class VehicleID(ReIDDataset):
     protocol = "vehicleid"
     candidates = ("vehicleid", "VehicleID_V1.0", "VehicleID", "")
     required = ("image", "train_test_split/train_list.txt")
-    # fast-reid docstrings (anchors §2.3): test ids / images per size
+    # fast-reid docstrings (the torchreid / fast-reid loaders): test ids / images per size
     published_test = {800: (800, 6493), 1600: (1600, 13377), 2400: (2400, 19777)}
 
+    @classmethod
+    def check_options(cls, options: Dict[str, Any]) -> Optional[str]:
+        problem = super().check_options(options)
+        if problem is None and options.get("test_size", 800) not in TEST_SIZES:
+            problem = f"option 'test_size': expected one of {TEST_SIZES}, got {options['test_size']!r}"
+        return problem
+
     def __init__(self, root: str, test_size: int = 800, verbose: bool = True):
-        if test_size not in TEST_SIZES:
-            raise DatasetError(f"VehicleID: test_size must be one of {TEST_SIZES}, got {test_size!r}")
+        problem = self.check_options({"test_size": test_size})
+        if problem:
+            raise DatasetError(f"VehicleID: {problem}")
         self.data_dir = locate(self.title, root, self.candidates, self.required)
         train = self._read_list("train_list.txt")
         test = self._read_list(f"test_list_{test_size}.txt")

@@ -2,7 +2,7 @@
 
 Layout tried under ``root``: ``veri/``, ``VeRi/``, ``VeRi-776/``, root itself; each holding
 ``image_train/ image_query/ image_test/``. Names ``0002_c002_00030600_0.jpg``: vehicle id, camera c001..c020
-(-> camid 0..19). The release's list / xml files are not read (none of the anchors do; anchors §2.1).
+(-> camid 0..19). The release's list / xml files are not read (neither torchreid's nor fast-reid's loader does).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class VeRi776(PidCamFolderDataset):
     num_cams = 20
     max_pid = 776
     example = "0002_c002_00030600_0.jpg"
-    # anchors §2.3: the paper says 576 train ids; loaders may print 575 [verify]. Query shows 19 cameras.
+    # the torchreid / fast-reid loaders: the paper says 576 train ids; loaders may print 575 [verify]. Query shows 19 cameras.
     published = {"train": (576, 37778), "query": (200, 1678), "gallery": (200, 11579)}
 
     def __init__(self, root: str, verbose: bool = True):

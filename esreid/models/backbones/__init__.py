@@ -1,21 +1,41 @@
 """Backbones: the ``BACKBONES`` registry, :func:`build_backbone` and strict ImageNet-checkpoint loading.
 
-Every backbone exposes ``conv1, bn1, relu, maxpool, layer1..layer4`` (so methods can split it into shared and
-per-branch stages), ``out_channels``, and ``forward(x) -> layer4 map (B, out_channels, h, w)``.
+The stage API every backbone implements (methods split a trunk through it, never by attribute names):
+
+* :data:`STAGES` names the stages in order: ``stem``, ``layer1`` .. ``layer4``;
+* ``backbone.stages(first, last)`` -> ``nn.Sequential`` of the stages ``first..last`` (the trunk's own modules);
+* ``backbone.channels[stage]`` output channels of each stage, ``backbone.out_channels`` those of ``layer4``;
+* ``forward(x)`` -> the ``layer4`` map ``(B, out_channels, h, w)``.
+
+Each backbone is registered with ``channels=`` (per stage) so that configs can be checked without building it, and
+:func:`feature_size` gives the spatial size of a stage's output for an input size.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Tuple
 
 import torch
 from torch import nn
 
-from esreid.engine.checkpoint import CheckpointError
+from esreid.errors import CheckpointError
 from esreid.registry import Registry
 
 BACKBONES = Registry("backbone")
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+# stride-2 operations ending each stage: stem = conv1 + maxpool, layer2 / layer3 = their first block, layer4 = the last
+# stride (1 in re-ID, docs/methods.md §0)
+_HALVINGS = {"stem": 2, "layer1": 0, "layer2": 1, "layer3": 1}
+
+
+def feature_size(height: int, width: int, stage: str = "layer4", last_stride: int = 1) -> Tuple[int, int]:
+    """Spatial size ``(h, w)`` of ``stage``'s output for a ``height x width`` input: every stride-2 convolution or
+    pooling of a ResNet (kernel 3/7/1 with padding 1/3/0) maps n to ceil(n / 2). 384x128 -> layer4 24x8."""
+    halvings = sum(_HALVINGS.get(s, int(last_stride == 2)) for s in STAGES[: STAGES.index(stage) + 1])
+    for _ in range(halvings):
+        height, width = -(-height // 2), -(-width // 2)
+    return height, width
 
 from esreid.models.backbones import resnet  # noqa: E402,F401  (registers the ResNets; needs BACKBONES above)
 

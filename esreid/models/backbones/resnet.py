@@ -5,20 +5,26 @@ fc.weight, fc.bias``; BatchNorm ``num_batches_tracked`` included), so ImageNet c
 Bottleneck puts the stride on the 3x3 ``conv2`` (torchvision "ResNet v1.5").
 
 ``last_stride`` sets the stride of ``layer4``'s first block (its strided conv and its downsample). Re-ID uses 1
-(spec §0): a 384x128 image gives a 24x8 ``layer4`` map instead of 12x4.
+(docs/methods.md §0): a 384x128 image gives a 24x8 ``layer4`` map instead of 12x4.
 
 ``forward(x)`` returns the ``layer4`` map; ``fc`` exists only so that ImageNet checkpoints load strictly and is
 removed by :func:`esreid.models.backbones.build_backbone` after loading (re-ID models never use it).
+
+Stage API (what methods use instead of splicing the trunk by attribute names): the named stages are
+:data:`STAGES` = ``stem`` (conv1, bn1, relu, maxpool), ``layer1`` .. ``layer4`` (res_conv2 .. res_conv5 in the ResNet
+paper's naming, docs/methods.md §0); :meth:`ResNet.stages` returns a contiguous range of them as one
+``nn.Sequential`` that keeps torchvision's child names, and ``channels[stage]`` gives each stage's output width.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Type, Union
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Type, Union
 
 import torch
 from torch import nn
 
-from esreid.models.backbones import BACKBONES
+from esreid.models.backbones import BACKBONES, STAGES
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -112,6 +118,7 @@ class ResNet(nn.Module):
         self.layer3 = self._make_layer(block, widths[2], layers[2], stride=2)
         self.layer4 = self._make_layer(block, widths[3], layers[3], stride=last_stride)
         self.out_channels = widths[3] * block.expansion
+        self.channels: Dict[str, int] = stage_channels(widths, block.expansion)
         self.fc: Optional[nn.Linear] = nn.Linear(self.out_channels, num_classes)
         self._init_weights()
 
@@ -139,44 +146,57 @@ class ResNet(nn.Module):
         """Remove the ImageNet classifier (its keys leave the state dict)."""
         self.fc = None
 
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W) -> (B, widths[0], H/4, W/4)``: conv1, bn1, relu, maxpool."""
-        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+    def stages(self, first: str = "stem", last: str = "layer4") -> nn.Sequential:
+        """Stages ``first`` .. ``last`` (inclusive, names from :data:`STAGES`) as one ``nn.Sequential`` of this
+        trunk's own modules (shared, not copied), whose children keep torchvision's names: the stem contributes
+        ``conv1, bn1, relu, maxpool``. ``(B, C_in, h, w) -> (B, channels[last], h', w')``."""
+        i, j = STAGES.index(first), STAGES.index(last)
+        if i > j:
+            raise ValueError(f"stage range {first!r}..{last!r} is empty")
+        names: List[str] = []
+        for stage in STAGES[i : j + 1]:
+            names += ["conv1", "bn1", "relu", "maxpool"] if stage == "stem" else [stage]
+        return nn.Sequential(OrderedDict((n, getattr(self, n)) for n in names))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"ResNet expects images of shape (B, 3, H, W), got {tuple(x.shape)}")
-        x = self.stem(x)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-@BACKBONES.register("resnet18")
+def stage_channels(widths: Sequence[int], expansion: int) -> Dict[str, int]:
+    """Output channels of each stage: the stem has ``widths[0]``, stage i ``widths[i] * expansion``."""
+    return {"stem": widths[0], **{f"layer{i + 1}": w * expansion for i, w in enumerate(widths)}}
+
+
+@BACKBONES.register("resnet18", channels=stage_channels((64, 128, 256, 512), 1))
 def resnet18(last_stride: int = 1) -> ResNet:
     return ResNet(BasicBlock, (2, 2, 2, 2), last_stride=last_stride)
 
 
-@BACKBONES.register("resnet34")
+@BACKBONES.register("resnet34", channels=stage_channels((64, 128, 256, 512), 1))
 def resnet34(last_stride: int = 1) -> ResNet:
     return ResNet(BasicBlock, (3, 4, 6, 3), last_stride=last_stride)
 
 
-@BACKBONES.register("resnet50")
+@BACKBONES.register("resnet50", channels=stage_channels((64, 128, 256, 512), 4))
 def resnet50(last_stride: int = 1) -> ResNet:
     return ResNet(Bottleneck, (3, 4, 6, 3), last_stride=last_stride)
 
 
-@BACKBONES.register("resnet101")
+@BACKBONES.register("resnet101", channels=stage_channels((64, 128, 256, 512), 4))
 def resnet101(last_stride: int = 1) -> ResNet:
     return ResNet(Bottleneck, (3, 4, 23, 3), last_stride=last_stride)
 
 
-@BACKBONES.register("resnet_tiny")
+@BACKBONES.register("resnet_tiny", channels=stage_channels((16, 32, 64, 128), 1))
 def resnet_tiny(last_stride: int = 1) -> ResNet:
     """CPU demo/test trunk: BasicBlock, one block per stage, widths 16/32/64/128 (out 128 channels, ~0.3M params)."""
     return ResNet(BasicBlock, (1, 1, 1, 1), widths=(16, 32, 64, 128), last_stride=last_stride, num_classes=10)
 
 
-@BACKBONES.register("resnet_tiny_bottleneck")
+@BACKBONES.register("resnet_tiny_bottleneck", channels=stage_channels((8, 16, 32, 64), 4))
 def resnet_tiny_bottleneck(last_stride: int = 1) -> ResNet:
     """Tiny Bottleneck trunk (ResNet-50 block structure incl. downsample in layer1): widths 8/16/32/64, out 256."""
     return ResNet(Bottleneck, (1, 1, 1, 1), widths=(8, 16, 32, 64), last_stride=last_stride, num_classes=10)

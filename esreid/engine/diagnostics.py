@@ -1,0 +1,33 @@
+"""Diagnostic hooks, switched on by the ``diagnostics`` config section (docs/architecture.md, "Trainer hooks").
+
+``erased_loss`` (ES-Net Fig. 3, "verification of motivation"): before each step, the loss the model would have on
+BESM-erased copies of the batch, CG-RAM at the model's saliency layer (or ``diagnostics.layer``), logged as
+``erased_loss`` next to the loss on the original images. Works for every registered model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+
+from esreid.engine.hooks import HOOKS, HookBase
+from esreid.erasing.besm import erased_loss_probe
+
+
+@HOOKS.register("erased_loss")
+class ErasedLossProbe(HookBase):
+    """Fig. 3 probe: ``state.extra["erased_loss"]`` before every step; leaves the model unchanged."""
+
+    def __init__(self, cfg: Any, seed: int):
+        self.cfg = cfg.diagnostics
+        self.generator = torch.Generator().manual_seed(seed)  # BESM coin flips of the probe (checkpointed)
+
+    def before_step(self) -> None:
+        t = self.trainer
+        batch = t.state.batch
+        t.state.extra["erased_loss"] = erased_loss_probe(t.model, batch["images"], batch["pids"], self.cfg.erase_ratio,
+                                                         self.cfg.erase_prob, self.generator, self.cfg.layer or None)
+
+    def generators(self) -> Dict[str, torch.Generator]:
+        return {"probe": self.generator}

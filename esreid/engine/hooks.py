@@ -1,0 +1,227 @@
+"""Trainer hooks: everything around the optimisation step (evaluation, checkpoints, logging, diagnostics).
+
+A hook subclasses :class:`HookBase` and overrides any of ``before_train``, ``before_epoch``, ``before_step``,
+``after_step``, ``after_epoch``, ``after_train`` (fast-reid's ``HookBase`` shape); ``self.trainer`` is the running
+:class:`~esreid.engine.trainer.Trainer`, whose ``state`` (:class:`TrainState`) holds the epoch, the iteration, the
+current batch and the step's loss terms. Hooks run in list order. Records (dicts with a ``"type"``: ``train``,
+``epoch``, ``eval``) go through ``trainer.emit(record)`` to every hook's ``on_record``, so writers (JSONL,
+TensorBoard, console) are independent of the hooks that produce records.
+
+Diagnostics are hooks registered in :data:`HOOKS` by name and switched on by the ``diagnostics`` config section
+(:func:`diagnostic_hooks`); the modules that define them are listed in :data:`DIAGNOSTIC_MODULES`, so the trainer
+itself knows no method and no eraser.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Dict, List
+
+import torch
+
+from esreid.files import append_text, atomic_write_text, reported
+from esreid.registry import Registry
+
+if TYPE_CHECKING:
+    from esreid.engine.trainer import Trainer
+
+HOOKS = Registry("hook")
+DIAGNOSTIC_MODULES = ("esreid.engine.diagnostics",)  # modules that register diagnostic hooks in HOOKS
+
+
+@dataclass
+class TrainState:
+    """What hooks may read: 0-based ``epoch``, ``iter`` = optimisation steps done, the current ``batch`` (augmented
+    ``images`` (B, 3, H, W) and ``pids`` (B,) on the device), ``terms`` (the last step's loss terms as floats; hooks
+    may add entries in ``before_step`` / ``after_step``, e.g. ``erased_loss``) and ``metrics`` (last evaluation)."""
+
+    epoch: int = 0
+    iter: int = 0
+    batch: Dict[str, torch.Tensor] = field(default_factory=dict)
+    terms: Dict[str, float] = field(default_factory=dict)
+    extra: Dict[str, float] = field(default_factory=dict)
+    metrics: Dict[str, Any] = field(default_factory=dict)
+
+
+class HookBase:
+    """Base of the trainer hooks: every method is a no-op."""
+
+    trainer: Trainer
+
+    def before_train(self) -> None: ...
+
+    def before_epoch(self) -> None: ...
+
+    def before_step(self) -> None: ...
+
+    def after_step(self) -> None: ...
+
+    def after_epoch(self) -> None: ...
+
+    def after_train(self) -> None: ...
+
+    def on_record(self, record: Dict[str, Any]) -> None:
+        """A record emitted by the trainer or another hook."""
+
+    def generators(self) -> Dict[str, torch.Generator]:
+        """RNGs this hook owns (saved in checkpoints with the trainer's)."""
+        return {}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writers
+# --------------------------------------------------------------------------------------------------------------
+class JSONLWriter(HookBase):
+    """Appends every record to ``<output_dir>/metrics.jsonl`` (main process only). On start it drops the records of
+    epochs after the one the run starts from (left by an interrupted run: they are redone)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def before_train(self) -> None:
+        if os.path.exists(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                kept = [line for line in f if record_epoch(line) <= self.trainer.start_epoch]
+            atomic_write_text(self.path, "".join(kept))
+
+    def on_record(self, record: Dict[str, Any]) -> None:
+        append_text(self.path, json.dumps(record) + "\n")
+
+
+def record_epoch(line: str) -> float:
+    """The epoch of a metrics.jsonl line; infinity for a line cut short by a crash."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+class TensorBoardWriter(HookBase):
+    """Every numeric value of every record as a scalar ``<type>/<key>`` (x = iteration for train records, else epoch);
+    needs the ``tensorboard`` extra."""
+
+    def __init__(self, folder: str):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.folder = folder
+        with reported(folder):
+            self.writer = SummaryWriter(folder)
+
+    def on_record(self, record: Dict[str, Any]) -> None:
+        step = record.get("iter", record["epoch"])
+        with reported(self.folder):
+            for key, value in record.items():
+                if isinstance(value, float):
+                    self.writer.add_scalar(f"{record['type']}/{key}", value, step)
+            self.writer.flush()
+
+    def after_train(self) -> None:
+        self.writer.close()
+
+
+class ConsoleWriter(HookBase):
+    """One line per epoch record and per evaluation, through the trainer's ``log`` function."""
+
+    def on_record(self, record: Dict[str, Any]) -> None:
+        if record["type"] == "epoch":
+            self.trainer.log(format_epoch(record))
+        elif record["type"] == "eval":
+            self.trainer.log(format_metrics(record, f"epoch {record['epoch']}"))
+
+
+_EPOCH_META = ("type", "epoch", "seconds", "images_per_second", "lr")
+
+
+def format_epoch(r: Dict[str, Any]) -> str:
+    losses = "  ".join(f"{k}={v:.3f}" for k, v in r.items() if k not in _EPOCH_META and isinstance(v, float))
+    return (f"epoch {r['epoch']:3d}  {r['seconds']:.1f}s  {r['images_per_second']:.0f} img/s  lr={r['lr']:.2e}  "
+            f"{losses}")
+
+
+def format_metrics(metrics: Dict[str, Any], title: str = "") -> str:
+    """One line: mAP, mINP and CMC ranks in percent (std where the protocol reports one)."""
+    parts = []
+    for key in ("mAP", "mINP", "R1", "R5", "R10", "R20"):
+        if key in metrics and isinstance(metrics[key], (int, float)) and not math.isnan(metrics[key]):
+            std = metrics.get(f"{key}_std")
+            parts.append(f"{key} {100 * metrics[key]:.1f}" + (f"±{100 * std:.1f}" if std is not None else ""))
+    return f"{title}: " + "  ".join(parts) if title else "  ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training-loop hooks
+# --------------------------------------------------------------------------------------------------------------
+class TrainLog(HookBase):
+    """A ``train`` record every ``period`` iterations (lr and the step's loss terms) and an ``epoch`` record after
+    each epoch: wall time, images/s, lr, the epoch's mean loss terms and the model's ``stats()``."""
+
+    def __init__(self, period: int):
+        self.period = period
+        self.sums: Dict[str, float] = {}
+        self.steps = 0
+        self.start = 0.0
+
+    def before_epoch(self) -> None:
+        self.sums, self.steps, self.start = {}, 0, time.perf_counter()
+
+    def after_step(self) -> None:
+        t, state = self.trainer, self.trainer.state
+        terms = {**state.terms, **state.extra}
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.steps += 1
+        if self.period and state.iter % self.period == 0:
+            t.emit({"type": "train", "epoch": state.epoch + 1, "iter": state.iter, "lr": t.lr(), **terms})
+
+    def after_epoch(self) -> None:
+        t = self.trainer
+        seconds = time.perf_counter() - self.start
+        record = {"type": "epoch", "epoch": t.state.epoch + 1, "seconds": seconds,
+                  "images_per_second": self.steps * t.global_batch_size / max(seconds, 1e-9), "lr": t.lr(),
+                  **{k: v / max(self.steps, 1) for k, v in self.sums.items()},
+                  **{k: float(v) for k, v in t.model.stats().items()}}
+        t.emit(record)
+
+
+class CheckpointHook(HookBase):
+    """After every epoch: ``last.pth`` (everything needed to resume exactly) and, every ``period`` epochs,
+    ``epoch_XXX.pth``. Runs before the evaluation, so a failing evaluation never loses the epoch."""
+
+    def __init__(self, folder: str, period: int):
+        self.folder, self.period = folder, period
+
+    def after_epoch(self) -> None:
+        epoch = self.trainer.state.epoch + 1
+        self.trainer.save_checkpoint(os.path.join(self.folder, "last.pth"))
+        if self.period and epoch % self.period == 0:
+            self.trainer.save_checkpoint(os.path.join(self.folder, f"epoch_{epoch:03d}.pth"))
+
+
+class EvalHook(HookBase):
+    """Evaluate every ``period`` epochs and after the last one (main process only); emits an ``eval`` record and keeps
+    the metrics in ``trainer.state.metrics`` and ``trainer.history``."""
+
+    def __init__(self, period: int):
+        self.period = period
+
+    def after_epoch(self) -> None:
+        t = self.trainer
+        epoch = t.state.epoch + 1
+        if epoch == t.cfg.solver.epochs or (self.period and epoch % self.period == 0):
+            metrics = t.evaluate()
+            t.state.metrics = metrics
+            t.history.append({"epoch": epoch, **metrics})
+            t.emit({"type": "eval", "epoch": epoch, **metrics})
+
+
+def diagnostic_hooks(cfg: Any, seed: int) -> List[HookBase]:
+    """The diagnostic hooks the config switches on (``diagnostics.<name>: true`` for a name in :data:`HOOKS`), each
+    built as ``hook(cfg, seed)``."""
+    for module in DIAGNOSTIC_MODULES:
+        importlib.import_module(module)
+    return [HOOKS.get(name)(cfg, seed) for name in HOOKS.names() if getattr(cfg.diagnostics, name, False)]

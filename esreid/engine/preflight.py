@@ -1,0 +1,39 @@
+"""Checks that need the scanned dataset, run right after the scan and before any model is built or step is taken
+(the config itself is checked when it is loaded, :mod:`esreid.config`). Each problem is a one-line
+:class:`~esreid.errors.ConfigError` or :class:`~esreid.errors.DatasetError` naming the key or the file."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from esreid.config import invalid
+from esreid.data.base import DatasetError, ReIDDataset
+from esreid.data.sampler import PKSampler
+from esreid.data.transforms import decode_resize
+
+
+def check_training_data(cfg: Any, dataset: ReIDDataset) -> None:
+    """The train split can fill a PK batch of ``data.ids_per_batch`` identities, at least once per epoch."""
+    ids = dataset.num_train_pids
+    if ids < cfg.data.ids_per_batch:
+        raise invalid(cfg, "data.ids_per_batch", f"{cfg.data.ids_per_batch} identities per batch but the train "
+                                                 f"split of {cfg.data.name} has {ids}; lower it")
+    sampler = PKSampler([it.pid for it in dataset.train], cfg.data.ids_per_batch, cfg.data.instances)
+    if sampler.num_batches() == 0:
+        raise invalid(cfg, "data.ids_per_batch", f"the train split ({ids} identities, {len(dataset.train)} images) "
+                                                 f"gives no full batch of {cfg.data.ids_per_batch} x "
+                                                 f"{cfg.data.instances}; lower data.ids_per_batch or data.instances")
+
+
+def check_test_data(cfg: Any, dataset: ReIDDataset) -> None:
+    """Every query / gallery file exists and the first of each split decodes, so that an evaluation cannot fail on a
+    missing or unreadable test image after hours of training."""
+    for split in ("query", "gallery"):
+        items = getattr(dataset, split)
+        missing = [it.path for it in items if not os.path.isfile(it.path)]
+        if missing:
+            raise DatasetError(f"{cfg.data.name}: {len(missing)} {split} image(s) are missing, e.g. {missing[0]}; "
+                               "the evaluation needs every one (restore them or fix data.root)")
+        if items:
+            decode_resize(items[0].path, cfg.data.height, cfg.data.width)
