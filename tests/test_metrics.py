@@ -148,6 +148,8 @@ def test_bad_input_errors():
         evaluate_rank([1], [1], [0], [0])
     with pytest.raises(ValueError, match="NaN"):
         evaluate_rank([1], [1], [0], [1], distmat=np.full((1, 1), np.nan))
+    with pytest.raises(ValueError, match="no query has a matching"):  # an empty gallery
+        evaluate_rank([1], [], [0], [], qf=np.ones((1, 3)), gf=np.ones((0, 3)))
     with pytest.raises(KeyError, match="ap_mode"):
         evaluate_rank([1], [1], [0], [1], distmat=np.zeros((1, 1)), ap_mode="trapz")
     with pytest.raises(ValueError, match="rank 20"):

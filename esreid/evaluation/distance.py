@@ -60,10 +60,6 @@ class Rows:
     def __len__(self) -> int:
         return self.shape[0]
 
-    @property
-    def itemsize(self) -> int:
-        return torch.empty((), dtype=self.dtype).element_size()
-
     def block(self, start: int, end: int, device: Optional[torch.device] = None,
               out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Rows ``start:end`` as a C-contiguous ``(end - start, D)`` tensor of :attr:`dtype` on ``device``.

@@ -377,6 +377,8 @@ def query_stats(q_pids, g_pids, q_camids, g_camids, chunks: DistanceChunks, ap_m
     dev = chunks.device
     qc, gc = torch.from_numpy(q_camids).to(dev), torch.from_numpy(g_camids).to(dev)
     out = QueryStats(np.zeros(nq, np.int64), np.zeros(nq), np.zeros(nq), np.zeros(nq))
+    if ng == 0:  # no gallery: every query is skipped
+        return out
     for s, e, d in chunks:
         same_pid = torch.from_numpy(same.table(q_pids[s:e], width)).to(dev)
         st = rank_chunk(d, qc[s:e], gc, same_pid, ap_term, chunks.max_candidates, chunks.check_nan)
