@@ -269,3 +269,27 @@ def test_torch_dense_steps_equal_numpy_ones():
         got = evaluate_rank(*args, distmat=dist, max_rank=10, chunk_size=7)
     np.testing.assert_array_equal(got.cmc, want[0])
     assert (got.mAP, got.mINP) == pytest.approx(want[1:3], abs=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_gallery_prepared_block_by_block_when_it_does_not_fit(metric):
+    """A prepared gallery over half the budget is prepared again per chunk, block by block: same ranking. The
+    features make every distance exact in float32 whatever the GEMM blocking (cosine: 4 entries of +-1, so the
+    normalised entries are +-0.5; euclidean: small integers), so the brute force on the full matrix is exact too."""
+    rng = np.random.default_rng(9)
+
+    def feats(n):
+        if metric == "euclidean":
+            return rng.integers(-3, 4, (n, 64)).astype(np.float32)
+        x = np.zeros((n, 64), np.float32)
+        np.put_along_axis(x, np.argsort(rng.random((n, 64)), 1)[:, :4], rng.choice([-1.0, 1.0], (n, 4)), 1)
+        return x * 2.0 ** rng.integers(-3, 4, (n, 1))
+
+    qf, gf = feats(40), np.asfortranarray(feats(3500))  # Fortran order: even euclidean must copy it to prepare it
+    args = (rng.integers(0, 50, 40), rng.integers(0, 50, 3500), rng.integers(0, 3, 40), rng.integers(0, 3, 3500))
+    chunks = metrics.DistanceChunks(qf=qf, gf=gf, metric=metric, memory_budget_mb=1.7)
+    assert chunks.gallery is None and chunks.gallery_block < 3500  # not kept: several blocks
+    got = evaluate_rank(*args, qf=qf, gf=gf, metric=metric, memory_budget_mb=1.7)
+    want = brute_force(pairwise_distance(qf, gf, metric).numpy(), *args, 50)
+    np.testing.assert_array_equal(got.cmc, want[0])
+    assert (got.mAP, got.mINP) == pytest.approx(want[1:3], abs=1e-12)

@@ -83,11 +83,14 @@ class Rows:
             out = empty(tuple(x.shape), self.dtype, device)
         return out.copy_(x)  # (x.to(memory_format=...) may keep a transposed layout)
 
-    def owns(self, t: torch.Tensor) -> bool:
-        """Whether ``t`` is memory of its own rather than (a view of) the input: what a block costs."""
-        if isinstance(self.data, torch.Tensor):
-            return t.untyped_storage().data_ptr() != self.data.untyped_storage().data_ptr()
-        return t.device.type != "cpu" or not np.may_share_memory(t.numpy(), self.data)
+    def copies(self, device: Optional[torch.device] = None) -> bool:
+        """Whether :meth:`block` copies (the input is not C-contiguous, native, of :attr:`dtype`, on ``device``)."""
+        x = self.data
+        device = self.device if device is None else torch.device(device)
+        if isinstance(x, np.ndarray):
+            return not (x.flags.c_contiguous and x.dtype.isnative and _torch_dtype(x.dtype) == self.dtype
+                        and device.type == "cpu")
+        return not (x.is_contiguous() and x.dtype == self.dtype and x.device == device)
 
 
 def _torch_dtype(dtype: np.dtype) -> Optional[torch.dtype]:
@@ -123,6 +126,7 @@ class Metric:
     prepare: Callable[[torch.Tensor], Tuple[Prepared, torch.Tensor]]  # (N, D) -> prepared, (N,) witness: see below
     distance: Callable[..., torch.Tensor]  # (Nq, D), (Ng, D), out=None -> (Nq, Ng)
     paired: Callable[[Prepared, Prepared], torch.Tensor]  # (P, D), (P, D) -> (P,): distance of row i to row i
+    copies: bool  # whether ``prepare`` writes new (N, D) features (memory accounting)
 
 
 METRICS = Registry("distance metric")
@@ -171,11 +175,13 @@ METRICS.register("cosine")(Metric(
     prepare=_normalise,
     distance=_cosine_distance,
     paired=lambda a, b: 1.0 - (a.feats * b.feats).sum(1),
+    copies=True,
 ))
 METRICS.register("euclidean")(Metric(
     prepare=_with_sqnorm,
     distance=_sq_euclidean_distance,
     paired=lambda a, b: (a.sqnorm + b.sqnorm - 2.0 * (a.feats * b.feats).sum(1)).clamp_min(0.0),
+    copies=False,
 ))
 
 

@@ -30,7 +30,7 @@ from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from esreid.evaluation.distance import METRICS, ArrayLike, Rows, empty, prepare_rows
+from esreid.evaluation.distance import METRICS, ArrayLike, Prepared, Rows, empty, prepare_rows
 from esreid.registry import Registry
 
 AP_MODES = Registry("ap_mode")
@@ -48,6 +48,7 @@ def _trapezoid_ap_term(i: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 BYTES_PER_CANDIDATE = 64  # peak while a group of rows' candidate list is placed (index, row, key, place, temporaries)
 BYTES_PER_SAME_PID = 128  # per query and same-pid gallery item: the (c, M) label tables, sorted positives, stats
 MASK_BYTES = 1 << 20  # the comparison mask covers ~1 MiB of a chunk's rows at a time
+GALLERY_BLOCK = 1024  # the fewest gallery items per distance block when the prepared gallery is not kept
 CMC_RANKS = 50  # the protocols report the CMC curve at ranks 1..50
 
 
@@ -125,14 +126,16 @@ class DistanceChunks:
 
     Iterating yields ``(start, end, dist)``, ``dist`` the C-contiguous ``(end - start, Ng)`` float32 / float64
     distances on ``device`` (a reused buffer or a view of ``distmat``: valid until the next step). Inputs of any
-    strides are read one chunk of rows at a time (:class:`~esreid.evaluation.distance.Rows`); the whole distance
+    strides are read one block of rows at a time (:class:`~esreid.evaluation.distance.Rows`); the whole distance
     matrix never exists.
 
-    The budget covers: the prepared gallery (its float copy, L2-normalised for cosine; nothing for a distmat), the
-    label tables, ``chunk_size`` rows of distances (plus the prepared query rows), the comparison mask and the
-    candidate lists of :func:`rank_chunk`, which get what the chunk leaves: at least a quarter of the rest, and never
-    less than one query's worst case (all Ng gallery items), so that any features fit. :meth:`plan` sets
-    ``chunk_size`` and ``max_candidates``; ValueError (naming the minimum) if the budget cannot hold one query.
+    The budget covers: the prepared gallery (its float copy, L2-normalised for cosine), the label tables,
+    ``chunk_size`` rows of distances plus their prepared query rows, the comparison mask, and the candidate lists of
+    :func:`rank_chunk`, which get what the chunk leaves: at least a quarter of the rest and never less than one
+    query's worst case (all Ng gallery items), so that any features fit. A prepared gallery larger than half the
+    budget is not kept: each chunk prepares it again, block by block (blocks of at least 1024 items; ~2% more time
+    at MSMT17 size), and computes the distances block by block. :meth:`plan` sets ``chunk_size`` and
+    ``max_candidates``; ValueError (naming the minimum) if the budget cannot hold one query.
     """
 
     def __init__(self, *, distmat=None, qf=None, gf=None, metric: str = "cosine", memory_budget_mb: float = 512,
@@ -141,43 +144,39 @@ class DistanceChunks:
             raise ValueError("pass either distmat=(Nq, Ng) or both qf=(Nq, D) and gf=(Ng, D)")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.memory_budget_mb, self.requested_chunk, self.metric = memory_budget_mb, chunk_size, metric
+        self.source = Rows(distmat, "distmat", kind="distmat") if distmat is not None else Rows(qf, "qf")
+        self.device = torch.device(device) if device is not None else self.source.device  # default: the inputs'
+        self.num_q = len(self.source)
+        self.gallery_rows, self.gallery, self.fixed_bytes, self.feature_bytes = None, None, 0, 0
         if distmat is not None:
-            self.source = Rows(distmat, "distmat", kind="distmat")
-            self.num_q, self.num_g = self.source.shape
-            self.dist_dtype = self.source.dtype
-            default = self.source.device
+            self.num_g, self.dist_dtype = self.source.shape[1], self.source.dtype
+            self.check_nan = True
         else:
-            self.source = Rows(qf, "qf")
-            g_rows = Rows(gf, "gf")
-            if self.source.shape[1] != g_rows.shape[1]:
-                raise ValueError(f"qf has dimension {self.source.shape[1]} but gf has {g_rows.shape[1]}")
-            self.num_q, self.num_g = len(self.source), len(g_rows)
-            self.dist_dtype = torch.promote_types(self.source.dtype, g_rows.dtype)
-            default = self.source.device
-        self.device = torch.device(device) if device is not None else default  # default: where the inputs are
-        self.metric = metric
-        self.gallery = None
-        if distmat is None:
-            self.gallery = prepare_rows(g_rows, metric, 0, self.num_g, self.device).to(self.dist_dtype)
-        self.check_nan = distmat is not None  # finite features (checked when prepared) give NaN-free distances
-        self.memory_budget_mb = memory_budget_mb
-        self.requested_chunk = chunk_size
-        self.fixed_bytes = 0 if self.gallery is None else sum(
-            t.numel() * t.element_size() for t in (self.gallery.feats, self.gallery.sqnorm)
-            if t is not None and g_rows.owns(t))
+            self.gallery_rows = g = Rows(gf, "gf")
+            if self.source.shape[1] != g.shape[1]:
+                raise ValueError(f"qf has dimension {self.source.shape[1]} but gf has {g.shape[1]}")
+            self.num_g, self.dist_dtype = len(g), torch.promote_types(self.source.dtype, g.dtype)
+            self.check_nan = False  # finite features (checked when prepared) give NaN-free distances
+            itemsize = torch.empty((), dtype=self.dist_dtype).element_size()
+            copies = METRICS.get(metric).copies  # bytes per prepared row: the arrays preparing writes, its norm
+            self.feature_bytes = itemsize * ((copies + self.source.copies(self.device)) * g.shape[1] + 1)
+            g_bytes = itemsize * ((copies + g.copies(self.device)) * g.shape[1] + 1)
+            budget = memory_budget_mb * 2**20
+            if self.num_g * g_bytes <= budget / 2:  # keep the prepared gallery
+                self.gallery = prepare_rows(g, metric, 0, self.num_g, self.device).to(self.dist_dtype)
+                self.gallery_block = max(self.num_g, 1)
+            else:  # prepare it block by block for every chunk
+                self.gallery_block = max(GALLERY_BLOCK, int(budget / 8 // g_bytes))
+            self.fixed_bytes = min(self.gallery_block, self.num_g) * g_bytes
         self.chunk_size = self.max_candidates = 0
-
-    @property
-    def row_bytes(self) -> int:
-        """Bytes per query row of a chunk: its distances, plus its prepared (copied, normalised) features."""
-        itemsize = torch.empty((), dtype=self.dist_dtype).element_size()
-        return itemsize * (self.num_g + (0 if self.gallery is None else 2 * self.source.shape[1]))
 
     def plan(self, per_row_bytes: int = 0, fixed_bytes: int = 0) -> None:
         """Size the chunks and the candidate groups; the caller adds its own per-row and fixed label memory."""
         mask = min(MASK_BYTES, self.num_q * self.num_g)
         work = self.memory_budget_mb * 2**20 - self.fixed_bytes - fixed_bytes - mask
-        row = self.row_bytes + per_row_bytes
+        itemsize = torch.empty((), dtype=self.dist_dtype).element_size()
+        row = self.num_g * itemsize + self.feature_bytes + per_row_bytes
         one_query = max(self.num_g, 1) * BYTES_PER_CANDIDATE  # worst case: every gallery item is a candidate
         chunk = self.requested_chunk
         if chunk is None:
@@ -189,20 +188,30 @@ class DistanceChunks:
         self.chunk_size = max(1, min(chunk, self.num_q))
         self.max_candidates = int(max(work - self.chunk_size * row, one_query) // BYTES_PER_CANDIDATE)
 
+    def _gallery_blocks(self) -> Iterator[Tuple[int, int, Prepared]]:
+        if self.gallery is not None:
+            yield 0, self.num_g, self.gallery
+            return
+        for b0 in range(0, self.num_g, self.gallery_block):
+            b1 = min(b0 + self.gallery_block, self.num_g)
+            yield b0, b1, prepare_rows(self.gallery_rows, self.metric, b0, b1, self.device).to(self.dist_dtype)
+
     def __iter__(self) -> Iterator[Tuple[int, int, torch.Tensor]]:
         if not self.chunk_size:
             self.plan()
         buf = None
+        distance = METRICS.get(self.metric).distance
         for s in range(0, self.num_q, self.chunk_size):
             e = min(s + self.chunk_size, self.num_q)
             if buf is None:
                 buf = empty((min(self.chunk_size, self.num_q), self.num_g), self.dist_dtype, self.device)
-            if self.gallery is None:
-                d = self.source.block(s, e, self.device, out=buf[: e - s])
-            else:
-                q = prepare_rows(self.source, self.metric, s, e, self.device).to(self.dist_dtype)
-                d = METRICS.get(self.metric).distance(q, self.gallery, out=buf[: e - s])
-            yield s, e, d
+            if self.gallery_rows is None:
+                yield s, e, self.source.block(s, e, self.device, out=buf[: e - s])
+                continue
+            q = prepare_rows(self.source, self.metric, s, e, self.device).to(self.dist_dtype)
+            for b0, b1, g in self._gallery_blocks():
+                distance(q, g, out=buf[: e - s, b0:b1])
+            yield s, e, buf[: e - s]
 
 
 class _NumpyDense:
