@@ -133,9 +133,9 @@ class DistanceChunks:
     ``chunk_size`` rows of distances plus their prepared query rows, the comparison mask, and the candidate lists of
     :func:`rank_chunk`, which get what the chunk leaves: at least a quarter of the rest and never less than one
     query's worst case (all Ng gallery items), so that any features fit. A prepared gallery larger than half the
-    budget is not kept: each chunk prepares it again, block by block (blocks of at least 1024 items; ~2% more time
-    at MSMT17 size), and computes the distances block by block. :meth:`plan` sets ``chunk_size`` and
-    ``max_candidates``; ValueError (naming the minimum) if the budget cannot hold one query.
+    budget is not kept: each chunk prepares it again, block by block (blocks of at least 1024 items), and computes
+    its distances block by block: one more pass over the gallery features per chunk. :meth:`plan` sets
+    ``chunk_size`` and ``max_candidates``; ValueError (naming the minimum) if the budget cannot hold one query.
     """
 
     def __init__(self, *, distmat=None, qf=None, gf=None, metric: str = "cosine", memory_budget_mb: float = 512,
