@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from esreid.registry import Registry
 
@@ -123,9 +124,10 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Metric:
-    prepare: Callable[[torch.Tensor], Tuple[Prepared, torch.Tensor]]  # (N, D) -> prepared, (N,) witness: see below
+    prepare: Callable[[torch.Tensor], Prepared]  # (N, D) -> prepared (differentiable: models use it too)
     distance: Callable[..., torch.Tensor]  # (Nq, D), (Ng, D), out=None -> (Nq, Ng)
     paired: Callable[[Prepared, Prepared], torch.Tensor]  # (P, D), (P, D) -> (P,): distance of row i to row i
+    finite: Callable[[Prepared], torch.Tensor]  # a scalar, finite iff the rows' distances cannot be NaN
     copies: bool  # whether ``prepare`` writes new (N, D) features (memory accounting)
 
 
@@ -142,15 +144,13 @@ def empty(shape: Tuple[int, ...], dtype: torch.dtype, device: Optional[torch.dev
     return torch.from_numpy(np.empty(shape, dtype=torch.empty((), dtype=dtype).numpy().dtype))
 
 
-def _normalise(x: torch.Tensor) -> Tuple[Prepared, torch.Tensor]:
-    """``F.normalize(x, dim=1)`` bit for bit (the same norm, clamp and division), into a huge-page buffer."""
-    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-    return Prepared(torch.div(x, norm.clamp_min(1e-12), out=empty(x.shape, x.dtype, x.device)), None), norm
-
-
-def _with_sqnorm(x: torch.Tensor) -> Tuple[Prepared, torch.Tensor]:
-    sqnorm = (x * x).sum(1)
-    return Prepared(x, sqnorm), sqnorm
+def _normalise(x: torch.Tensor) -> Prepared:
+    """``F.normalize(x, dim=1)``; bit for bit the same (norm, clamp, division) into a huge-page buffer when autograd
+    does not record it."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return Prepared(F.normalize(x, dim=1), None)
+    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min_(1e-12)
+    return Prepared(torch.div(x, norm, out=empty(x.shape, x.dtype, x.device)), None)
 
 
 def _cosine_distance(q: Prepared, g: Prepared, out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -163,19 +163,18 @@ def _sq_euclidean_distance(q: Prepared, g: Prepared, out: Optional[torch.Tensor]
     return d.add_(q.sqnorm[:, None]).clamp_min_(0.0)
 
 
-# The witness of ``prepare``: finite for every row iff the rows' distances cannot be NaN. Cosine: the norms (finite
-# norms -> finite entries, normalised to |x| <= 1). Euclidean: the squared norms (finite -> every |<q, g>| is finite
-# too, by Cauchy-Schwarz).
 METRICS.register("cosine")(Metric(
     prepare=_normalise,
     distance=_cosine_distance,
     paired=lambda a, b: 1.0 - (a.feats * b.feats).sum(1),
+    finite=lambda p: p.feats.sum(),  # normalised: |entries| <= 1, so only NaN / inf make the sum non-finite
     copies=True,
 ))
 METRICS.register("euclidean")(Metric(
-    prepare=_with_sqnorm,
+    prepare=lambda x: Prepared(x, (x * x).sum(1)),
     distance=_sq_euclidean_distance,
     paired=lambda a, b: (a.sqnorm + b.sqnorm - 2.0 * (a.feats * b.feats).sum(1)).clamp_min(0.0),
+    finite=lambda p: p.sqnorm.amax(),  # finite squared norms: every |<q, g>| is finite too (Cauchy-Schwarz)
     copies=False,
 ))
 
@@ -185,8 +184,9 @@ def prepare_rows(rows: Rows, metric: str, start: int, end: int, device: Optional
 
     Row blocks give bit-identical results to preparing the whole array: every step is row-wise on C-contiguous rows.
     """
-    prepared, witness = METRICS.get(metric).prepare(rows.block(start, end, device))
-    if len(prepared) and not torch.isfinite(witness.amax()):
+    m = METRICS.get(metric)
+    prepared = m.prepare(rows.block(start, end, device))
+    if len(prepared) and not torch.isfinite(m.finite(prepared)):
         raise ValueError(f"{rows.name}: rows {start}..{end - 1} contain NaN or infinite values, or values so large "
                          "that their squares overflow")
     return prepared
