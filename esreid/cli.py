@@ -338,14 +338,22 @@ def _add_export(sub) -> None:
 
 
 def _add_extract(sub) -> None:
-    p = _command(sub, "extract", "features of a dataset split as .npz (input of esreid search)",
+    p = _command(sub, "extract", "features of a dataset split or of any images as .npz (input of esreid search)",
                  [f"esreid extract --config {CONFIG} --weights W.pth --split gallery --out gallery.npz "
-                  "data.root=/data/reid"],
-                 "Features of a dataset split (as esreid eval computes them) saved as .npz with feats, ids (pids), "
-                 "camids, paths: the input of esreid search --gallery/--query.", overrides=True,
+                  "data.root=/data/reid",
+                  f"esreid extract --config {CONFIG} --weights W.pth --images photos/ --out photos.npz",
+                  f"esreid extract --config {CONFIG} --weights W.pth --images list.txt --names market --out q.npz"],
+                 "Features (as esreid eval computes them) saved as .npz with feats and paths, plus ids (pids) and "
+                 "camids when known: the input of esreid search --gallery/--query. --split takes a split of the "
+                 "configured dataset; --images any folder (its images, recursively, sorted) or a text file listing "
+                 "image paths (one per line, relative to the file), no dataset layout needed.", overrides=True,
                  handler=_delegated("esreid.export", "extract_main"))
     _trained_model(p)
-    p.add_argument("--split", required=True, choices=["query", "gallery", "train"])
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--split", choices=["query", "gallery", "train"], help="a split of the configured dataset")
+    what.add_argument("--images", metavar="DIR|LIST", help="a folder of images or a text file listing image paths")
+    p.add_argument("--names", metavar="LAYOUT", help="with --images: read pids and cameras from the file names; "
+                                                     "'market' for <pid>_c<camera>... (Market-1501, Duke, VeRi)")
     p.add_argument("--out", required=True, help=".npz file to write")
 
 
