@@ -357,8 +357,25 @@ def _add_extract(sub) -> None:
     p.add_argument("--out", required=True, help=".npz file to write")
 
 
+def _add_weights(sub) -> None:
+    group = sub.add_parser("weights", help="ImageNet weights: fetch into the torch hub cache",
+                           description="ImageNet weights for model.pretrained; run 'esreid weights SUBCOMMAND --help'.",
+                           epilog="examples:\n  esreid weights fetch torchvision:resnet50")
+    wsub = group.add_subparsers(dest="weights_command", required=True, metavar="SUBCOMMAND")
+    f = _command(wsub, "fetch", "download ImageNet weights once into the torch hub cache",
+                 ["esreid weights fetch", "esreid weights fetch torchvision:resnet101",
+                  "TORCH_HOME=/shared/torch esreid weights fetch https://example.org/resnet50-ibn.pth"],
+                 "Download the weights a config's model.pretrained names (torchvision:resnet18|34|50|101 or a URL) "
+                 "into $TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints), where training looks "
+                 "first: machines that train offline need the file there (copy it, or share TORCH_HOME).",
+                 handler=_delegated("esreid.models.backbones.weights", "fetch_main"))
+    f.add_argument("name", nargs="?", default="torchvision:resnet50", metavar="NAME|URL",
+                   help="torchvision:<resnet> or a URL (default: %(default)s, what the shipped configs use)")
+    group.commands.update(fetch=f)
+
+
 COMMANDS = [_add_demo, _add_train, _add_eval, _add_datasets, _add_models, _add_search, _add_visualize, _add_export,
-            _add_extract]
+            _add_extract, _add_weights]
 
 
 def build_parser() -> Parser:
