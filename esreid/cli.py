@@ -290,11 +290,13 @@ def _add_search(sub) -> None:
     p = _command(sub, "search", "top-k gallery images of each query, from features (faiss)",
                  ["esreid search --gallery gallery.npz --query query.npz -k 10 --output top10.json",
                   "esreid search --gallery gallery.npz --query query.npz --index hnsw --save-index gallery_index.npz",
-                  "esreid search --load-index gallery_index.npz --query query.npz -k 5 --output top5.csv"],
+                  "esreid search --load-index gallery_index.npz --query query.npz -k 5 --output top5.csv",
+                  "esreid search --gallery gallery.npz --query query.npz -k 8 --html top8.html --grid top8/"],
                  "Index the gallery features (or load a saved index) and rank the gallery for every query: gallery "
                  "image path, row, pid, camid and distance per match (paths, pids, camids when the .npz holds them, "
                  "as esreid extract writes them). -k is capped at the gallery size. Output columns: see "
-                 "esreid.evaluation.search.", handler=_delegated("esreid.evaluation.search", "search_main"))
+                 "esreid.evaluation.search. --html and --grid show the images (they need the paths).",
+                 handler=_delegated("esreid.evaluation.search", "search_main"))
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--gallery", type=existing_file, metavar="GALLERY.npz",
                      help=".npz with feats (N, D) and optional ids (pids), camids, paths (N,): esreid extract output")
@@ -308,6 +310,10 @@ def _add_search(sub) -> None:
     p.add_argument("--save-index", metavar="FILE.npz", help="write the built index (with the gallery's paths) here")
     p.add_argument("--output", metavar="FILE", help="write the matches to FILE.json, FILE.csv or FILE.npz "
                                                      "(default: print them)")
+    p.add_argument("--html", metavar="FILE.html", help="a page showing each query and its top-k images (linked, "
+                                                        "not copied; green/red borders when pids are known)")
+    p.add_argument("--grid", metavar="DIR", help="draw one PNG per query (query + top-k, distances) and an "
+                                                 "index.html into DIR")
 
 
 def _add_visualize(sub) -> None:
