@@ -256,11 +256,16 @@ def _add_eval(sub) -> None:
     p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
 
 
+def _group(sub, name: str, help: str, example: str):
+    """A command with subcommands (``esreid NAME SUBCOMMAND``): its parser and the action adding the subcommands."""
+    group = sub.add_parser(name, help=help, description=f"{help[0].upper()}{help[1:]}; run 'esreid {name} "
+                                                        "SUBCOMMAND --help'.", epilog=f"examples:\n  {example}")
+    return group, group.add_subparsers(dest=f"{name}_command", required=True, metavar="SUBCOMMAND")
+
+
 def _add_datasets(sub) -> None:
-    group = sub.add_parser("datasets", help="dataset utilities: check, cache",
-                           description="Dataset utilities; run 'esreid datasets SUBCOMMAND --help'.",
-                           epilog="examples:\n  esreid datasets check --root /data/reid --verify")
-    dsub = group.add_subparsers(dest="datasets_command", required=True, metavar="SUBCOMMAND")
+    group, dsub = _group(sub, "datasets", "dataset utilities: check, cache",
+                         "esreid datasets check --root /data/reid --verify")
     c = _command(dsub, "check", "find datasets under a root and print their summaries",
                  ["esreid datasets check --root /data/reid --verify", "esreid datasets check --root /data/my_people"],
                  "Print the ids/images/cameras table of every dataset found under ROOT: the known datasets in the "
@@ -364,10 +369,8 @@ def _add_extract(sub) -> None:
 
 
 def _add_weights(sub) -> None:
-    group = sub.add_parser("weights", help="ImageNet weights: fetch into the torch hub cache",
-                           description="ImageNet weights for model.pretrained; run 'esreid weights SUBCOMMAND --help'.",
-                           epilog="examples:\n  esreid weights fetch torchvision:resnet50")
-    wsub = group.add_subparsers(dest="weights_command", required=True, metavar="SUBCOMMAND")
+    group, wsub = _group(sub, "weights", "ImageNet weights for model.pretrained: fetch into the torch hub cache",
+                         "esreid weights fetch torchvision:resnet50")
     f = _command(wsub, "fetch", "download ImageNet weights once into the torch hub cache",
                  ["esreid weights fetch", "esreid weights fetch torchvision:resnet101",
                   "TORCH_HOME=/shared/torch esreid weights fetch https://example.org/resnet50-ibn.pth"],
@@ -376,7 +379,7 @@ def _add_weights(sub) -> None:
                  "first: machines that train offline need the file there (copy it, or share TORCH_HOME).",
                  handler=_delegated("esreid.models.backbones.weights", "fetch_main"))
     f.add_argument("name", nargs="?", default="torchvision:resnet50", metavar="NAME|URL",
-                   help="torchvision:<resnet> or a URL (default: %(default)s, what the shipped configs use)")
+                   help="torchvision:<resnet> or a URL (default: torchvision:resnet50, what the shipped configs use)")
     group.commands.update(fetch=f)
 
 
