@@ -246,7 +246,8 @@ class FeatureExtractor:
         from esreid import FeatureExtractor
         extractor = FeatureExtractor("outputs/my_people")            # the run folder
         feats = extractor(["a.jpg", "b.jpg"])                         # (2, D)
-        cos = feats @ feats.T                                         # rows are L2-normalised per branch
+        unit = torch.nn.functional.normalize(feats)                   # metric 'cosine': compare unit rows
+        similarity = unit @ unit.T
     """
 
     def __init__(self, config: Any, weights: Optional[str] = None, *, overrides: Sequence[str] = (),
