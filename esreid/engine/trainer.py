@@ -32,7 +32,7 @@ from esreid.engine.checkpoint import (
 )
 from esreid.engine.distributed import barrier, init_distributed
 from esreid.engine.evaluator import autocast, evaluate_model
-from esreid.engine.preflight import check_test_data, check_training_data
+from esreid.engine.preflight import check_files, check_test_data, check_training_data
 from esreid.engine.schedule import build_optimizer, build_scheduler
 from esreid.errors import ConfigError
 from esreid.files import atomic_write_text, check_writable, remove_orphans
@@ -89,6 +89,8 @@ class Trainer:
             check_writable(self.out, "output_dir")
             for orphan in remove_orphans(self.out):
                 self.log(f"removed {orphan} (a temporary file left by an interrupted write)")
+        if resume is None:
+            check_files(cfg)
         self.dataset = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.args)
         self.log(self.dataset.summary())
         check_training_data(cfg, self.dataset)
