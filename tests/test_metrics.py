@@ -106,15 +106,20 @@ def test_ties_break_by_gallery_index():
     np.testing.assert_allclose(r.cmc, [0, 1, 1])
 
 
+def clustered(seed, nq, ng, ids, dim, cams=3):
+    """Float64 features ``(nq, dim)``, ``(ng, dim)``: a centre per id plus unit noise; and (q/g pids, q/g cameras)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(ids, dim))
+    q_pids, g_pids = rng.integers(0, ids, nq), rng.integers(0, ids, ng)
+    qf, gf = centres[q_pids] + rng.normal(size=(nq, dim)), centres[g_pids] + rng.normal(size=(ng, dim))
+    return qf, gf, (q_pids, g_pids, rng.integers(0, cams, nq), rng.integers(0, cams, ng))
+
+
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_features_path_equals_distmat_path(metric, dtype):
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(10, 16))
-    g_pids, q_pids = rng.integers(0, 10, 60), rng.integers(0, 10, 23)
-    gf = torch.tensor(centres[g_pids] + rng.normal(size=(60, 16)), dtype=dtype)
-    qf = torch.tensor(centres[q_pids] + rng.normal(size=(23, 16)), dtype=dtype)
-    q_cams, g_cams = rng.integers(0, 3, 23), rng.integers(0, 3, 60)
+    qf, gf, (q_pids, g_pids, q_cams, g_cams) = clustered(0, 23, 60, 10, 16)
+    qf, gf = torch.tensor(qf, dtype=dtype), torch.tensor(gf, dtype=dtype)
     dist = pairwise_distance(qf, gf, metric)
     assert dist.dtype == torch.float32
     q64, g64 = qf.double().numpy(), gf.double().numpy()
@@ -197,12 +202,8 @@ def test_distmat_of_any_layout_gives_the_contiguous_result(dtype):
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 def test_features_of_any_layout_give_the_contiguous_result(metric, dtype):
-    rng = np.random.default_rng(6)
-    centres = rng.normal(size=(6, 24))
-    q_pids, g_pids = rng.integers(0, 6, 11), rng.integers(0, 6, 70)
-    qf = (centres[q_pids] + rng.normal(size=(11, 24))).astype(dtype)
-    gf = (centres[g_pids] + rng.normal(size=(70, 24))).astype(dtype)
-    args = (q_pids, g_pids, rng.integers(0, 3, 11), rng.integers(0, 3, 70))
+    qf, gf, args = clustered(6, 11, 70, 6, 24)
+    qf, gf = qf.astype(dtype), gf.astype(dtype)
     want = evaluate_rank(*args, qf=qf, gf=gf, metric=metric)
     dist = pairwise_distance(qf, gf, metric)
     assert dist.dtype == (torch.float64 if dtype == np.float64 else torch.float32)
