@@ -15,7 +15,7 @@ from esreid.errors import EsreidError
 
 CONFIG = "configs/market1501/esnet.yaml"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = [["demo"], ["train"], ["eval"], ["models"], ["search"], ["visualize"], ["export"], ["extract"],
+COMMANDS = [["demo"], ["train"], ["eval"], ["models"], ["search"], ["explain"], ["visualize"], ["export"], ["extract"],
             ["datasets", "check"], ["datasets", "cache"]]
 
 
@@ -47,8 +47,8 @@ def test_train_help_names_the_options(capsys):
 
 
 def test_subcommands_are_all_there():
-    assert set(build_parser().commands) == {"demo", "train", "eval", "datasets", "models", "search", "visualize",
-                                            "export", "extract"}
+    assert set(build_parser().commands) == {"demo", "train", "eval", "datasets", "models", "search", "explain",
+                                            "visualize", "export", "extract"}
     assert set(build_parser().commands["datasets"].commands) == {"check", "cache"}
 
 
@@ -281,7 +281,7 @@ def test_quick_demo_learns_well_above_chance(tmp_path, capsys):
         assert results[method]["mAP"] > 3 * chance, (method, results[method]["mAP"], chance)
 
 
-@pytest.mark.parametrize("name", ["search", "visualize"])
+@pytest.mark.parametrize("name", ["search", "explain", "visualize"])
 def test_delegated_commands_get_their_options(capsys, name):
     with pytest.raises(SystemExit) as e:
         main([name, "--help"])
