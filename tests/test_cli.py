@@ -279,6 +279,12 @@ def test_quick_demo_learns_well_above_chance(tmp_path, capsys):
     chance = results["chance (random features)"]["mAP"]
     for method in ("BoT baseline", "ES-Net"):
         assert results[method]["mAP"] > 3 * chance, (method, results[method]["mAP"], chance)
+    run = result_file.parent  # one report per model, and the comparison page linking them, its path printed
+    comparison = (run / "comparison.html").read_text(encoding="utf-8")
+    assert f"comparison of the two models (metrics, CMC, explanations; links to each report): {run}" in out
+    for folder in ("baseline", "esnet"):
+        assert (run / folder / "report.html").is_file() and f'href="{folder}/report.html"' in comparison
+    assert 'alt="CMC"' in comparison and "rank-1 differs between the models" in comparison
 
 
 @pytest.mark.parametrize("name", ["search", "explain", "visualize"])

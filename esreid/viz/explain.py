@@ -30,7 +30,7 @@ from torch import Tensor
 
 from esreid.data.base import ImageItem
 from esreid.errors import EsreidError
-from esreid.viz.ranklist import Match, RankRow, match_labels
+from esreid.viz.ranklist import LEGEND, Match, RankRow, match_labels
 
 NBSP = "\u00a0"
 RANK_CHUNK = 1024  # queries ranked at a time (bounds the distance block at RANK_CHUNK x gallery floats)
@@ -364,12 +364,18 @@ def _ranked_json(explainers, weights, queries, results, gallery) -> dict:
 
 
 def _summary(q: Query, explainers, results_i: Sequence[Ranked]) -> str:
+    """``query 3 (id 17 cam 1): esnet: R1 true match (#2, 0.912), first true match #2 | ...``: the image R1 counts
+    (the first that is not junk) and where the first true match is."""
     parts = []
     for e, r in zip(explainers, results_i):
+        if q.pid is None:
+            parts.append(f"{e.name}: #1 {r.scores[0]:.3f} (identity unknown)")
+            continue
+        j = next((j for j, lab in enumerate(r.labels) if lab != "junk"), None)
         first = next((j + 1 for j, lab in enumerate(r.labels) if lab == "match"), None)
-        hit = f"first true match at #{first}" if first else (
-            "no true match in the top-k" if q.pid is not None else "identity unknown")
-        parts.append(f"{e.name}: #1 {r.labels[0]} {r.scores[0]:.3f}, {hit}")
+        r1 = ("R1 beyond the top-k (all junk)" if j is None else
+              f"R1 {LEGEND[r.labels[j]]} (#{j + 1}, {r.scores[j]:.3f})")
+        parts.append(f"{e.name}: {r1}, " + (f"first true match #{first}" if first else "no true match in the top-k"))
     return f"{q.name}: " + " | ".join(parts)
 
 

@@ -176,6 +176,9 @@ def draw_rank_grid(rows: Sequence[RankRow], tile_height: int = 128, border: int 
                               if any(getattr(m, key) is not None for m in r.matches)] for r in rows]
     fit = L.cell_w + L.pad - 2  # a caption may use its column and the gap to the next
     captions = [[wrap(c, font, fit) for c in [r.query_caption] + [m.caption for m in r.matches]] for r in rows]
+    # a row whose captions do not all fit on one line gets every caption broken at each space (aligned lines)
+    captions = [[list(filter(None, c.split(" "))) for c in [r.query_caption] + [m.caption for m in r.matches]]
+                if max(map(len, caps)) > 1 else caps for r, caps in zip(rows, captions)]
     caption_lines = [max(map(len, c)) for c in captions]
     row_h = [2 * L.line + L.cell_h + L.line * (1 + cap) + (len(s) - 1) * (L.cell_h + L.pad)
              for s, cap in zip(strips_of, caption_lines)]
