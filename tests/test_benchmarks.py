@@ -24,7 +24,7 @@ CASES = {
 @pytest.mark.parametrize("script", sorted(CASES))
 def test_benchmark_runs(script):
     args, expected = CASES[script]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}  # this checkout's esreid, not an installed one
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
