@@ -10,7 +10,9 @@ One run explains ``--pairs`` random (query, gallery) pairs at the model's salien
 per pass (what explain does); ``per pair`` = one pass per pair; ``unfrozen`` = batched, with the parameters left
 requiring grad (the forward then keeps the graph before the layer). The three alternate, run after run, so drift of
 a shared machine hits all; the script prints median seconds, pairs/s and the ratios per pair / batched and
-unfrozen / batched, and checks that the three give the same maps.
+unfrozen / batched, and checks that the three give the same maps. Memory first: the peak (CUDA
+``max_memory_allocated``; on the CPU the process peak RSS, which only grows) after one batched run, then after one
+unfrozen run.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from typing import Callable, Dict
 
 import torch
-from common import hardware
+from common import hardware, peak_rss_mb
 
 from esreid.config import load_config
 from esreid.erasing import cgram
@@ -58,6 +60,7 @@ def main() -> None:
 
     methods: Dict[str, Callable] = {"batched": lambda: batched.maps(q, g), "per pair": lambda: single.maps(q, g),
                                     "unfrozen": unfrozen}
+    memory = {name: _peak_mb(methods[name], device) for name in ("batched", "unfrozen")}  # batched first: RSS grows
     ref = batched.maps(q[:2], g[:2])  # warm-up, and the reference maps
     for name, fn in methods.items():
         got = fn()
@@ -80,6 +83,17 @@ def main() -> None:
         print(f"  {name:<9} {s:8.3f} s  {args.pairs / s:8.1f} pairs/s")
     print(f"ratio per pair / batched: {med['per pair'] / med['batched']:.2f}x")
     print(f"ratio unfrozen / batched: {med['unfrozen'] / med['batched']:.2f}x")
+    what = "max allocated" if device.type == "cuda" else "process peak RSS"
+    print(f"memory ({what}): batched {memory['batched']:.0f} MiB, then unfrozen {memory['unfrozen']:.0f} MiB")
+
+
+def _peak_mb(fn: Callable, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    fn()
+    return peak_rss_mb()
 
 
 @contextlib.contextmanager
