@@ -19,7 +19,6 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from esreid import __version__
 from esreid.config import Config, dump_yaml, to_dict
 from esreid.console import RunLog, progress
 from esreid.data.base import build_dataset
@@ -33,7 +32,7 @@ from esreid.engine.checkpoint import (
 )
 from esreid.engine.distributed import barrier, init_distributed
 from esreid.engine.evaluator import autocast, evaluate_features, extract_test_features
-from esreid.engine.preflight import check_test_data, check_training_data
+from esreid.engine.preflight import check_files, check_test_data, check_training_data
 from esreid.engine.schedule import build_optimizer, build_scheduler
 from esreid.errors import ConfigError
 from esreid.files import atomic_write_text, check_writable, remove_orphans
@@ -88,11 +87,15 @@ class Trainer:
             )
         if main:
             check_writable(self.out, "output_dir")
+            from esreid import __version__
+
             self.log = RunLog(self.log, os.path.join(self.out, "log.txt"))
             self.log.start(f"esreid {__version__} train: output_dir {self.out}" + (f", resuming {resume}" if resume
                                                                                     else ""))
             for orphan in remove_orphans(self.out):
                 self.log(f"removed {orphan} (a temporary file left by an interrupted write)")
+        if resume is None:
+            check_files(cfg)
         self.dataset = build_dataset(cfg.data.name, cfg.data.root, verbose=False, **cfg.data.args)
         self.log(self.dataset.summary())
         check_training_data(cfg, self.dataset)

@@ -69,10 +69,10 @@ def caption(pid: Optional[int], camid: Optional[int], sep: str = " ") -> str:
 @dataclass
 class Ranked:
     """One model's top-k for one query: gallery ``rows`` (k,) best first, ``scores`` (k,) as printed (cosine
-    similarity, or squared Euclidean distance), ``labels`` (match | false | junk | unknown), the uint8 images drawn
-    (``query_image`` (3, H, W), ``gallery_images`` (k, 3, H, W)) and, with maps, the CG-RAM maps (k, h, w) of the
-    query and of each gallery image for that pair plus ``similarities`` (k,), CG-RAM's own value of the explained
-    similarity (:func:`~esreid.erasing.cgram.cgram_pair`: cos, or minus the squared distance)."""
+    similarity, or squared Euclidean distance), ``labels`` (match | false | junk | neutral: identity unknown), the
+    uint8 images drawn (``query_image`` (3, H, W), ``gallery_images`` (k, 3, H, W)) and, with maps, the CG-RAM maps
+    (k, h, w) of the query and of each gallery image for that pair plus ``similarities`` (k,), CG-RAM's own value of
+    the explained similarity (:func:`~esreid.erasing.cgram.cgram_pair`: cos, or minus the squared distance)."""
 
     rows: np.ndarray
     scores: np.ndarray
@@ -187,7 +187,7 @@ class Explainer:
         g_images = self.load([gallery[r].path for r in rows.reshape(-1)]).view(len(queries), k, *q_images.shape[1:])
         out = []
         for i, q in enumerate(queries):
-            labels = (["unknown"] * k if q.pid is None else
+            labels = (["neutral"] * k if q.pid is None else
                       match_labels(q.pid, q.camid, g_pids[rows[i]], g_cams[rows[i]]))
             out.append(Ranked(rows[i], scores[i], labels, q_images[i], g_images[i]))
         if with_maps and len(queries):
@@ -443,7 +443,7 @@ def visualize_main(args: argparse.Namespace) -> int:
     images = e.load([args.query, args.gallery])
     mq, mg, s = e.maps(images[:1], images[1:])
     score = float(s[0]) if e.cosine else -float(s[0])
-    ranked = Ranked(np.zeros(1, dtype=np.int64), np.array([score]), ["unknown"], images[0], images[1:], mq, mg, s)
+    ranked = Ranked(np.zeros(1, dtype=np.int64), np.array([score]), ["neutral"], images[0], images[1:], mq, mg, s)
     row = e.row(Query(args.query), ranked, [ImageItem(args.gallery, None, None)])
     atomic_write(args.out, draw_rank_grid([row], tile_height=args.tile_height).png())
     rule = e.model.retrieval

@@ -7,9 +7,9 @@ row can also show the CG-RAM map of gallery j (``Match.map``) and the map of the
 gallery j (``Match.query_map``), each as its own strip under the images (ES-Net Fig. 5, docs/methods.md §1.2).
 
 Borders: green for a true match (same identity, other camera), red for a false match, grey for junk (same identity
-and camera: ignored by the Market protocol, drawn dimmed), amber when the query's identity is unknown (an image from
-outside the dataset), blue for the query. Unlike the evaluator, the grid keeps
-junk images in place so what the model ranked high is visible.
+and camera: ignored by the Market protocol, drawn dimmed), blue for the query. Unlike the evaluator, the grid keeps
+junk images in place so what the model ranked high is visible. Slate grey ("neutral") marks a match whose identity
+is unknown (images outside a labelled dataset, or a query from outside it).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ COLOURS: Dict[str, Tuple[int, int, int]] = {
     "match": (22, 163, 74),
     "false": (220, 38, 38),
     "junk": (150, 150, 150),
-    "unknown": (217, 119, 6),
+    "neutral": (100, 116, 139),
 }
 LEGEND = {"match": "true match", "false": "false match", "junk": "junk (same identity and camera)",
-          "unknown": "query identity unknown"}
+          "neutral": "identity unknown"}
 BACKGROUND = (255, 255, 255)
 TEXT = (25, 25, 25)
 JUNK_DIM = 0.45  # a junk image keeps this weight, the rest is white
@@ -43,7 +43,7 @@ STRIP_LABELS = {"gallery_map": "gallery\nCG-RAM", "query_map": "query\nCG-RAM"}
 @dataclass
 class Match:
     """One ranked gallery image: ``score`` as printed (similarity or distance), ``label`` match | false | junk |
-    unknown, optional CG-RAM maps ``(h, w)``: ``map`` of this gallery image and ``query_map`` of the query, both for
+    neutral, optional CG-RAM maps ``(h, w)``: ``map`` of this gallery image and ``query_map`` of the query, both for
     this pair; ``caption`` (e.g. ``"id 12 cam 3"``) printed under the image."""
 
     image: ImageLike
