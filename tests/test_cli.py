@@ -51,7 +51,7 @@ def test_subcommands_are_all_there():
                                             "visualize", "export", "extract", "weights"}
     assert set(build_parser().commands["datasets"].commands) == {"check", "cache"}
     assert set(build_parser().commands["weights"].commands) == {"fetch"}
-    assert len(COMMANDS) == 11  # every (sub)command's help screen is checked above
+    assert len(COMMANDS) == 12  # every (sub)command's help screen is checked above
 
 
 def test_version(capsys):

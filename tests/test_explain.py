@@ -204,7 +204,7 @@ def test_queries_from_files(trained, tmp_path, capsys):
     assert (inside["pid"], inside["camid"]) == (ds.gallery[4].pid, ds.gallery[4].camid)
     assert inside["ranked"][0][0]["row"] == 4 and inside["ranked"][0][0]["label"] == "junk"
     assert inside["ranked"][0][0]["score"] == pytest.approx(1.0, abs=1e-5)
-    assert unknown["pid"] is None and {m["label"] for m in unknown["ranked"][0]} == {"unknown"}
+    assert unknown["pid"] is None and {m["label"] for m in unknown["ranked"][0]} == {"neutral"}
     rows, scores, _ = brute_ranking(cfg, model, 3)
     assert [m["row"] for m in unknown["ranked"][0]] == rows[3].tolist()  # the same pixels as query 3
     assert "identity unknown" in out

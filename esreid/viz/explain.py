@@ -193,8 +193,8 @@ class Explainer:
         if with_maps and len(queries):
             mq, mg, s = self.maps(q_images.repeat_interleave(k, 0), g_images.reshape(-1, *q_images.shape[1:]))
             for i, r in enumerate(out):
-                r.query_maps, r.gallery_maps, r.similarities = mq[i * k:(i + 1) * k], mg[i * k:(i + 1) * k], \
-                    s[i * k:(i + 1) * k]
+                pairs = slice(i * k, (i + 1) * k)
+                r.query_maps, r.gallery_maps, r.similarities = mq[pairs], mg[pairs], s[pairs]
         return out
 
     def row(self, query: Query, ranked: Ranked, gallery: Sequence[ImageItem]) -> RankRow:
@@ -226,13 +226,9 @@ def dataset_queries(dataset, indices: Optional[Sequence[int]] = None) -> List[Qu
 def file_queries(dataset, paths: Sequence[str]) -> List[Query]:
     """Queries from image files: the identity and camera of a file of the dataset's query or gallery split are
     known (so its matches are labelled); any other file is a query of unknown identity."""
-    known = {os.path.realpath(it.path): (i, it) for i, it in enumerate(dataset.gallery)}
-    known.update({os.path.realpath(it.path): (i, it) for i, it in enumerate(dataset.query)})
-    queries = []
-    for p in paths:
-        hit = known.get(os.path.realpath(p))
-        queries.append(Query(p) if hit is None else Query(p, hit[1].pid, hit[1].camid))
-    return queries
+    known = {os.path.realpath(it.path): it for it in [*dataset.gallery, *dataset.query]}
+    items = [known.get(os.path.realpath(p)) for p in paths]
+    return [Query(p) if it is None else Query(p, it.pid, it.camid) for p, it in zip(paths, items)]
 
 
 def draw(count: int, n: Optional[int], seed: int) -> np.ndarray:
@@ -424,6 +420,9 @@ def explain_main(args: argparse.Namespace) -> int:
                  json.dumps(_ranked_json(explainers, weights, queries, results, dataset.gallery), indent=1))
     for i, q in enumerate(queries):
         print(_summary(q, explainers, [res[i] for res in results]))
+    if any(c.test.rerank for c in cfgs):
+        print("note: test.rerank is on: esreid eval re-ranks these lists; explain shows (and explains) the feature "
+              "ranking before re-ranking")
     maps = "no maps" if args.no_maps else "CG-RAM at " + ", ".join(sorted({e.layer for e in explainers}))
     print(f"wrote {len(queries)} ranked lists (top-{min(args.k, len(dataset.gallery))}, {maps}) to {index}; "
           f"the ranked lists as JSON: {os.path.join(out, 'ranked.json')}")
