@@ -37,7 +37,7 @@ export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 
 if [[ $DRY == 1 ]]; then
   DEVICE=cpu BACKBONE=resnet_tiny H=192 W=64 IDS=4 K=2 STEPS=1 WARMUP=1 BACKEND=aot_eager  # 12x4 maps: PMM fits
-  EVAL_ARGS=(--quick --skip-1m --skip-slow-ref --runs 1 --ref-runs 1 --rerank)
+  EVAL_ARGS=(--quick --skip-1m --skip-floor --skip-slow-ref --runs 1 --ref-runs 1 --rerank)
   SEARCH_ARGS=(--gallery 20000 --dim 64 --queries 100 --runs 1)
   INFER_ARGS=(--batch 16 --batches 2 --runs 1)
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -46,7 +46,7 @@ else
     echo "gpu_suite: no CUDA device visible to torch ($("$PY" -c 'import torch; print(torch.__version__)'));"\
          "use --dry-run for a CPU smoke run"; exit 92; }
   DEVICE=cuda BACKBONE=resnet50 H=384 W=128 IDS=16 K=4 STEPS=5 WARMUP=2 BACKEND=inductor
-  EVAL_ARGS=(--skip-1m --skip-slow-ref --runs 3 --ref-runs 1 --rerank --rerank-msmt)
+  EVAL_ARGS=(--skip-1m --skip-floor --skip-slow-ref --runs 3 --ref-runs 1 --rerank --rerank-msmt)
   SEARCH_ARGS=(--gallery 1000000 --dim 2048 --queries 1000 --runs 3)
   INFER_ARGS=(--batch 256 --batches 8 --runs 3)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
