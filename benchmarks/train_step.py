@@ -10,8 +10,9 @@ PK label layout. Every (model, eager | compiled) variant is warmed up first (com
 ``esreid.engine.compile.compile_model``, the regions of ``solver.compile``), then the variants' steps alternate in
 blocks so that drift of a shared machine hits all of them. Printed per variant: median wall time per step and
 images/s, the median process CPU time per step (on a busy shared machine it moves less than the wall time), and the
-peak memory (CUDA: this variant's own ``max_memory_allocated`` above what the other variants hold; CPU: the process
-peak RSS after this variant's warm-up, variants warmed up in the order printed). Then the ratios: ES-Net / baseline
+peak memory (CUDA: this variant's weights plus its warm-up's ``max_memory_allocated`` above what was allocated
+before, so the other variants' weights do not count; CPU: the process peak RSS after this variant's warm-up, variants
+warmed up in the order printed). Then the ratios: ES-Net / baseline
 step time (goal <= 2.3x; the work floor is about 2.24x: AIB and ESB passes each cost one baseline step, plus the
 ESB-stage forward of the saliency pass) and, with ``--compile both``, eager / compiled for each model.
 """
@@ -70,15 +71,17 @@ def build(name: str, args: argparse.Namespace) -> torch.nn.Module:
     return build_model(cfg.model, args.classes, cfg.test)
 
 
-def own_peak_mb(device: torch.device, warm_up: Callable[[], None]) -> float:
-    """Peak memory of ``warm_up()`` (see the module docstring)."""
+def own_peak_mb(device: torch.device, model: torch.nn.Module, warm_up: Callable[[], None]) -> float:
+    """Peak memory of ``model`` during ``warm_up()`` (see the module docstring): on CUDA its weights plus what the
+    warm-up allocates at most (activations, gradients, optimiser state)."""
     if device.type != "cuda":
         warm_up()
         return peak_rss_mb()
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     held = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     warm_up()
-    return (torch.cuda.max_memory_allocated(device) - held) / 2**20
+    return (torch.cuda.max_memory_allocated(device) - held + weights) / 2**20
 
 
 def main() -> None:
@@ -128,7 +131,7 @@ def main() -> None:
             key = f"{name} {kind}"
             steps[key] = make_step(variant, images, pids, device, args.amp)
             t0 = time.perf_counter()
-            memory[key] = own_peak_mb(device, lambda s=steps[key]: [s() for _ in range(args.warmup)])
+            memory[key] = own_peak_mb(device, variant, lambda s=steps[key]: [s() for _ in range(args.warmup)])
             print(f"{key:18s} warm-up {time.perf_counter() - t0:7.1f} s", flush=True)
 
     wall: Dict[str, List[float]] = {k: [] for k in steps}

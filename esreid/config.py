@@ -457,12 +457,13 @@ def _coerce(value: Any, tp: Any, key: str, origins: Origins) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        for arg in args[:-1]:  # the first type the value fits; the last one's error otherwise
+        errors = []
+        for arg in args:  # the first type the value fits; the first type's error when none does
             try:
                 return _coerce(value, arg, key, origins)
-            except ConfigError:
-                pass
-        return _coerce(value, args[-1], key, origins)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
     if dataclasses.is_dataclass(tp):
         if value is None:
             raise ConfigError(f"{where}: key '{key}' is a section but is empty (null); give it keys or leave it out")

@@ -1,12 +1,14 @@
 """The thread rule (esreid/engine/threads.py): OMP_NUM_THREADS first, else the cores left free by loader workers and
 other processes, at least 1; every command applies the config's ``threads`` before its work."""
 
+import time
+
 import pytest
 import torch
 
 from esreid.cli import UsageError, parse_args
 from esreid.config import load_config
-from esreid.engine.threads import auto_threads, resolve_threads
+from esreid.engine.threads import auto_threads, busy_cores, resolve_threads
 from esreid.engine.trainer import Trainer
 from esreid.errors import ConfigError
 
@@ -22,6 +24,25 @@ from esreid.errors import ConfigError
 ])
 def test_auto_rule(cores, workers, busy, environ, want):
     assert auto_threads(workers, cores=cores, busy=busy, environ=environ) == want
+
+
+def spin(stop):
+    while not stop.is_set():
+        pass
+
+
+def test_busy_cores_sees_another_busy_process():
+    import multiprocessing as mp
+
+    stop = mp.Event()
+    spinner = mp.Process(target=spin, args=(stop,), daemon=True)
+    spinner.start()
+    try:
+        time.sleep(0.2)  # the spinner is running
+        assert busy_cores() >= 0.8
+    finally:
+        stop.set()
+        spinner.join()
 
 
 def test_explicit_setting_wins_over_the_environment(monkeypatch):
@@ -45,7 +66,7 @@ def test_trainer_applies_the_config(tiny_config, restore_threads):
 
 @pytest.mark.parametrize("value, message", [("0", "expected a value >= 1, got 0"),
                                             ("many", "expected one of auto; got 'many'"),
-                                            ("2.5", "expected a string, got 2.5")])
+                                            ("2.5", "expected an integer, got 2.5")])
 def test_bad_thread_settings_are_config_errors(value, message):
     with pytest.raises(ConfigError, match=rf"command line: key 'threads': {message}"):
         load_config(None, [f"threads={value}"])

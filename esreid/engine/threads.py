@@ -4,20 +4,23 @@
 
 1. ``OMP_NUM_THREADS`` when it is set (the user, a batch system or ``torchrun`` decided);
 2. otherwise the cores left free: the cores this process may run on (its CPU affinity), minus one per data-loader
-   worker (``data.workers``: each keeps a core busy decoding), minus the cores other processes keep busy (the
-   1-minute load average, rounded), and at least 1.
+   worker (``data.workers``: each keeps a core busy decoding), minus the cores other processes keep busy (those
+   cores' busy time over a quarter of a second from ``/proc/stat``, while this process sleeps, rounded; the 1-minute
+   load average where there is no ``/proc/stat``), and at least 1.
 
 Why: PyTorch's CPU kernels split work across all cores and wait for the slowest part, so a thread that shares its
-core with another busy process stalls every operation. On a shared 2-core machine a tiny training run took 76 s
-with torch's default (2 threads) and 14 s with one; README "Threads" has the measured table
-(``benchmarks/threads.py``). The trainer (also through the Python API), ``esreid eval``, ``extract``, ``export``,
-``visualize`` and ``demo`` call :func:`apply_threads` before any work, so the start banner shows the result.
+core with another busy process stalls every operation. On a shared 2-core machine a tiny ES-Net training run took
+12.7 s with torch's default (2 threads) and 5.1 s with ``auto`` (1 thread); with one more busy process 45.9 s and
+11.2 s (README "Speed", ``benchmarks/threads.py``). The trainer (also through the Python API), ``esreid eval``,
+``extract``, ``export``, ``explain``, ``visualize``, ``demo`` and ``FeatureExtractor`` call :func:`apply_threads`
+before any work, so the start banner shows the result.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional, Union
+import time
+from typing import Mapping, Optional, Set, Tuple, Union
 
 import torch
 
@@ -29,12 +32,34 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def busy_cores() -> float:
-    """Cores kept busy by runnable processes: the 1-minute load average (0 where the OS has none)."""
+def _cpu_times(cpus: Set[int]) -> Tuple[float, float]:
+    """(total, idle) time so far of the CPUs ``cpus``, summed over their ``/proc/stat`` lines (clock ticks)."""
+    total = idle = 0.0
+    with open("/proc/stat", encoding="ascii") as f:
+        for line in f:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                ticks = [float(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+                total += sum(ticks)
+                idle += ticks[3] + ticks[4]
+    return total, idle
+
+
+def busy_cores(window: float = 0.25) -> float:
+    """Cores of this process's affinity kept busy by other processes: their non-idle share over ``window`` seconds
+    while this process sleeps (``/proc/stat``); elsewhere the 1-minute load average (0 where there is none either)."""
     try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return 0.0
+        cpus = os.sched_getaffinity(0)
+        total0, idle0 = _cpu_times(cpus)
+        time.sleep(window)
+        total1, idle1 = _cpu_times(cpus)
+    except (AttributeError, OSError, ValueError):
+        try:
+            return os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return 0.0
+    total = total1 - total0
+    return len(cpus) * (1.0 - (idle1 - idle0) / total) if total > 0 else 0.0
 
 
 def auto_threads(workers: int, cores: Optional[int] = None, busy: Optional[float] = None,
