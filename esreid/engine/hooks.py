@@ -233,10 +233,12 @@ class CheckpointHook(HookBase):
         epoch = self.trainer.state.epoch + 1
         self.trainer.save_checkpoint(os.path.join(self.folder, "last.pth"))
         if self.cfg.period and epoch % self.cfg.period == 0:
-            self.trainer.save_checkpoint(os.path.join(self.folder, f"epoch_{epoch:03d}.pth"), full=self.cfg.full)
-            if self.cfg.keep_last:
+            path = os.path.join(self.folder, f"epoch_{epoch:03d}.pth")
+            self.trainer.save_checkpoint(path, full=self.cfg.full)
+            if self.cfg.keep_last:  # the oldest epochs go (never the file just written: a resumed earlier epoch)
                 for old in periodic_checkpoints(self.folder)[: -self.cfg.keep_last]:
-                    os.remove(old)
+                    if old != path:
+                        os.remove(old)
 
 
 PERIODIC = re.compile(r"epoch_(\d{3,})\.pth")
