@@ -277,12 +277,28 @@ class DiagnosticsConfig(Section):
 
 
 @dataclass
+class GuardConfig(Section):
+    """The divergence guard (:class:`esreid.engine.guard.DivergenceGuard`): a step is *high* when its loss exceeds
+    ``divergence_factor`` times the untrained model's loss (the run's first step); ``patience`` high steps in a row, or
+    an epoch ending on a high step, stop the run before its checkpoint. A non-finite loss always stops it."""
+
+    divergence_factor: float = param(10.0, ge=0)  # 0 = only non-finite losses stop the run
+    patience: int = param(3, ge=1, le=1_000_000)  # consecutive high steps
+
+    def check(self, cfg: Config) -> None:
+        if 0 < self.divergence_factor <= 1:
+            raise Invalid("guard.divergence_factor", f"expected 0 (off) or a factor > 1 of the untrained model's "
+                                                     f"loss, got {self.divergence_factor!r} (default 10)")
+
+
+@dataclass
 class Config(Section):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     test: TestConfig = field(default_factory=TestConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     output_dir: str = param("outputs/run", nonempty=True)
     seed: int = param(0, ge=0, lt=2**32)  # numpy accepts seeds below 2^32
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -530,7 +546,7 @@ def build_config(raw: Dict[str, Any], origins: Optional[Origins] = None) -> Conf
     cfg = _build(Config, raw, "", origins)
     cfg.model = _build(model_cls, model_raw, "model.", origins)
     vars(cfg)["_origins"] = dict(origins)  # not a field: kept for errors found after loading (invalid())
-    for section in (cfg.model.loss, cfg.model, cfg.data, cfg.solver, cfg.test, cfg.diagnostics, cfg):
+    for section in (cfg.model.loss, cfg.model, cfg.data, cfg.solver, cfg.test, cfg.diagnostics, cfg.guard, cfg):
         try:
             section.check(cfg)
         except Invalid as e:
