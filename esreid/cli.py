@@ -250,8 +250,8 @@ def _add_train(sub) -> None:
                   f"esreid train --config {CONFIG} --resume auto solver.epochs=150",
                   f"esreid train --config {CONFIG} --resume auto --allow-changes solver.lr solver.lr=1e-4"],
                  "Train a model from a YAML config; checkpoints, config.yaml, metrics.jsonl and results.json go to "
-                 "output_dir. A run already in output_dir is never overwritten: continue it with --resume auto (a config that "
-                 "changes the run is refused unless --allow-changes names the changed keys).",
+                 "output_dir. A run already in output_dir is never overwritten: continue it with --resume auto (a "
+                 "config that changes the run is refused unless --allow-changes names the changed keys).",
                  overrides=True, handler=_cmd_train)
     p.add_argument("--config", required=True, type=existing_file, help=f"YAML config, e.g. {CONFIG}")
     p.add_argument("--resume", type=resume_value, metavar="auto|CKPT",
