@@ -7,7 +7,7 @@ dataclass of ``model.name``.
 Every mistake is found when the config is loaded, before any data is read, and raises :class:`ConfigError` naming the
 dotted key and the file (or "command line") it came from:
 
-* unknown keys and wrong types (:func:`_coerce`); floats must be finite;
+* unknown keys and wrong types (:func:`_coerce`); floats must be finite in float32;
 * each field's own constraint, declared next to it with :func:`param` (ranges, choices, registry names, lengths);
 * structural checks between fields that need no data: each section's ``check(cfg)`` method raises
   :class:`Invalid` naming the key to fix (milestones within epochs, Cutout square inside the image, a block size that
@@ -254,7 +254,7 @@ class TestConfig(Section):
     normalize: Optional[bool] = None  # L2-normalise each branch's feature before concatenation
     metric: Optional[str] = param(None, choices=registry_names("esreid.evaluation.distance", "METRICS"))
     eval_period: int = param(10, ge=0)  # epochs; 0 = only at the end
-    ranks: List[int] = param(factory=lambda: [1, 5, 10, 20], ge=1, nonempty=True)
+    ranks: List[int] = param(factory=lambda: [1, 5, 10, 20], ge=1, le=100_000, nonempty=True)  # the CMC is that long
     ap_mode: str = param("anchor", choices=registry_names("esreid.evaluation.metrics", "AP_MODES"))
     rerank: bool = False
     protocol_args: Dict[str, Any] = field(default_factory=dict)
@@ -314,6 +314,7 @@ class Config(Section):
 # --------------------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------------------
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 Origins = Dict[str, str]  # dotted key -> file (or "command line") that set it
 
@@ -479,6 +480,9 @@ def _coerce(value: Any, tp: Any, key: str, origins: Origins) -> Any:
             raise ConfigError(f"{where}: key '{key}': expected a number, got {value!r}")
         if not math.isfinite(value):
             raise ConfigError(f"{where}: key '{key}': expected a finite number, got {value!r}")
+        if abs(value) > FLOAT32_MAX:  # training computes in float32: such a value would become inf there
+            raise ConfigError(f"{where}: key '{key}': expected a number of magnitude <= {FLOAT32_MAX:.4g} (float32's "
+                              f"largest), got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -9,6 +9,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from esreid.data.base import ImageItem, ReIDDataset
+from esreid.errors import EsreidError
 
 
 def autocast(device: torch.device, amp: str):
@@ -59,6 +60,19 @@ def extract_features(model: torch.nn.Module, loader, device: torch.device, trans
     return torch.cat(feats), torch.cat(pids), torch.cat(camids)
 
 
+class NonFiniteFeatures(EsreidError):
+    """The model gives NaN or inf features: its weights or BatchNorm statistics are not finite."""
+
+
+def check_finite(feats: torch.Tensor, items: Sequence[ImageItem], split: str) -> None:
+    """Raise :class:`NonFiniteFeatures` naming the images whose features ``(N, D)`` are not finite."""
+    bad = (~torch.isfinite(feats).all(dim=1)).nonzero().flatten().tolist() if feats.numel() else []
+    if bad:
+        raise NonFiniteFeatures(f"the model gives non-finite features for {len(bad)} of {len(items)} {split} images "
+                                f"(e.g. {items[bad[0]].path}): its weights or BatchNorm statistics hold NaN or inf "
+                                "(a diverged run?); evaluate an earlier checkpoint")
+
+
 def evaluate_model(model: torch.nn.Module, dataset: ReIDDataset, cfg, device: torch.device) -> Dict[str, float]:
     """Extract query/gallery features and run the dataset's protocol (``dataset.protocol``).
 
@@ -79,6 +93,8 @@ def evaluate_model(model: torch.nn.Module, dataset: ReIDDataset, cfg, device: to
 
     qf, q_pids, q_camids = run(dataset.query)
     gf, g_pids, g_camids = run(dataset.gallery)
+    for split, feats in (("query", qf), ("gallery", gf)):
+        check_finite(feats, getattr(dataset, split), split)
     protocol = PROTOCOLS.get(dataset.protocol)
     metrics = protocol(qf, q_pids.numpy(), q_camids.numpy(), gf, g_pids.numpy(), g_camids.numpy(),
                        metric=model.retrieval.metric, ap_mode=cfg.test.ap_mode, rerank=cfg.test.rerank,
