@@ -201,7 +201,7 @@ class DataConfig(Section):
     cache: bool = False  # decode + resize once into a memory-mapped uint8 array
     cache_dir: str = ""  # default: <root>/.esreid_cache
     mean: List[float] = param(factory=lambda: [0.485, 0.456, 0.406], length=3)
-    std: List[float] = param(factory=lambda: [0.229, 0.224, 0.225], length=3, gt=0)
+    std: List[float] = param(factory=lambda: [0.229, 0.224, 0.225], length=3, ge=1e-3)  # of pixels in [0, 1]
     flip_prob: float = param(0.5, ge=0, le=1)
     pad: int = param(0, ge=0, le=1024)  # pad-and-random-crop (BoT); ES-Net uses flip + normalise only
     random_erasing: float = param(0.0, ge=0, le=1)  # probability of Zhong et al. random erasing

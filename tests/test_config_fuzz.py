@@ -167,6 +167,26 @@ def extreme(overrides):
     return any(abs(x) >= EXTREME for x in numbers if math.isfinite(x))
 
 
+# What the fuzzer (and the cases tried next to it) found, each fixed where it belongs; kept as explicit examples.
+FOUND_CASES = [
+    ("esnet", ["model.ppool_init=4.1123385967564167e+98"]),  # inf in float32: NaN features -> floats fit float32
+    ("baseline", ["model.loss.triplet_margin=1e+300"]),  # inf loss at the first step -> floats fit float32
+    ("bdb", ["solver.lr=4.047247025168667e+299"]),  # Adam: "value cannot be converted to float" -> floats fit float32
+    ("aelm", ["solver.weight_decay=8.396799948569467e+299"]),  # same, in Adam's weight decay
+    ("baseline", ["test.ranks=[72765528642]"]),  # MemoryError: a CMC of 5e11 entries -> test.ranks <= 100000
+    ("baseline", ["device=mps"]),  # RuntimeError where MPS is not built in -> checked with the device
+    ("esnet", ["diagnostics.erased_loss=true", "diagnostics.layer=nope"]),  # KeyError -> ConfigError on the key
+    ("baseline", ["data.std=[1e-45, 1, 1]"]),  # subnormal std: NaN loss at the first step -> data.std >= 1e-3
+    ("baseline", ["model.pooling=gem", "model.ppool_init=50"]),  # GeM's x^p overflowed -> max-normalised GeM
+]
+
+
+def FOUND(test):
+    for case in FOUND_CASES:
+        test = hypothesis.example(case)(test)
+    return test
+
+
 def attempt(model, overrides, root, work):
     """'config error', 'trained', or 'non-finite' (the guard or the evaluator reporting NaN / inf, accepted only for
     an override set with an extreme number); any other exception propagates (a bug)."""
@@ -197,6 +217,7 @@ def test_random_overrides_give_a_config_error_or_a_working_trainer(tmp_path):
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(override_sets())
+    @FOUND
     def run(case):
         outcomes[attempt(*case, root, work)] += 1
 

@@ -48,6 +48,13 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"key 'device': {name!r} requested but CUDA is not available here; use device=cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"key 'device': {name!r} requested but this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    mps = getattr(torch.backends, "mps", None)
+    if device.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ConfigError(f"key 'device': {name!r} requested but MPS (Apple GPUs) is not available here; use "
+                          "device=cpu or auto")
     return device
 
 

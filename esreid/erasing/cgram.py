@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from esreid.errors import EsreidError
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Equations
@@ -83,14 +85,20 @@ def contributions(score: Tensor, leaves: Sequence[Tensor], retain_graph: bool = 
     return [(g * a).sum(dim=1).detach() for g, a in zip(grads, leaves)]
 
 
+class UnknownLayer(EsreidError, LookupError):
+    """A layer name that is not a module of the model (a user's --layer or diagnostics.layer)."""
+
+
 def resolve_layer(model: nn.Module, layer: Union[str, nn.Module]) -> nn.Module:
-    """``layer`` as a module: a module of ``model`` or a dotted name such as ``"esb.stages.layer4"``."""
+    """``layer`` as a module: a module of ``model`` or a dotted name such as ``"esb.stages.layer4"``; raises
+    :class:`UnknownLayer` for a name that is not one."""
     if isinstance(layer, nn.Module):
         return layer
     modules = dict(model.named_modules())
     if layer not in modules:
         names = [n for n in modules if n]
-        raise KeyError(f"CG-RAM layer {layer!r} is not a module of {type(model).__name__}; some names: {names[-8:]}")
+        raise UnknownLayer(f"CG-RAM layer {layer!r} is not a module of {type(model).__name__}; some names: "
+                           f"{names[-8:]}")
     return modules[layer]
 
 
