@@ -200,8 +200,9 @@ class DataConfig(Section):
     workers: int = param(2, ge=0, le=256)
     cache: bool = False  # decode + resize once into a memory-mapped uint8 array
     cache_dir: str = ""  # default: <root>/.esreid_cache
-    mean: List[float] = param(factory=lambda: [0.485, 0.456, 0.406], length=3)
-    std: List[float] = param(factory=lambda: [0.229, 0.224, 0.225], length=3, ge=1e-3)  # of pixels in [0, 1]
+    # per-channel statistics of pixel values in [0, 1]; (x - mean) / std stays within +-1000
+    mean: List[float] = param(factory=lambda: [0.485, 0.456, 0.406], length=3, ge=0, le=1)
+    std: List[float] = param(factory=lambda: [0.229, 0.224, 0.225], length=3, ge=1e-3, le=1)
     flip_prob: float = param(0.5, ge=0, le=1)
     pad: int = param(0, ge=0, le=1024)  # pad-and-random-crop (BoT); ES-Net uses flip + normalise only
     random_erasing: float = param(0.0, ge=0, le=1)  # probability of Zhong et al. random erasing

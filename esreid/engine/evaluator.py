@@ -61,16 +61,20 @@ def extract_features(model: torch.nn.Module, loader, device: torch.device, trans
 
 
 class NonFiniteFeatures(EsreidError):
-    """The model gives NaN or inf features: its weights or BatchNorm statistics are not finite."""
+    """The model gives NaN, inf or overflowing features: its weights or BatchNorm statistics are not finite or have
+    exploded."""
 
 
 def check_finite(feats: torch.Tensor, items: Sequence[ImageItem], split: str) -> None:
-    """Raise :class:`NonFiniteFeatures` naming the images whose features ``(N, D)`` are not finite."""
-    bad = (~torch.isfinite(feats).all(dim=1)).nonzero().flatten().tolist() if feats.numel() else []
+    """Raise :class:`NonFiniteFeatures` naming the images whose features ``(N, D)`` are not finite or so large that
+    their squared norm (hence a distance) overflows float32."""
+    if not feats.numel():
+        return
+    bad = (~torch.isfinite(feats.float().pow(2).sum(dim=1))).nonzero().flatten().tolist()
     if bad:
-        raise NonFiniteFeatures(f"the model gives non-finite features for {len(bad)} of {len(items)} {split} images "
-                                f"(e.g. {items[bad[0]].path}): its weights or BatchNorm statistics hold NaN or inf "
-                                "(a diverged run?); evaluate an earlier checkpoint")
+        raise NonFiniteFeatures(f"the model gives non-finite (or overflowing) features for {len(bad)} of {len(items)} "
+                                f"{split} images (e.g. {items[bad[0]].path}): its weights or BatchNorm statistics hold "
+                                "NaN or inf or have exploded (a diverged run?); evaluate an earlier checkpoint")
 
 
 def evaluate_model(model: torch.nn.Module, dataset: ReIDDataset, cfg, device: torch.device) -> Dict[str, float]:
