@@ -228,4 +228,4 @@ def test_random_overrides_give_a_config_error_or_a_working_trainer(tmp_path):
 
     run()
     # both outcomes are common: the strategies neither only break configs nor only produce valid ones
-    assert outcomes["trained"] >= EXAMPLES // 5 and outcomes["config error"] >= EXAMPLES // 5, outcomes
+    assert outcomes["trained"] >= EXAMPLES // 10 and outcomes["config error"] >= EXAMPLES // 10, outcomes

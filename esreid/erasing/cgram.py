@@ -85,8 +85,10 @@ def contributions(score: Tensor, leaves: Sequence[Tensor], retain_graph: bool = 
     return [(g * a).sum(dim=1).detach() for g, a in zip(grads, leaves)]
 
 
-class UnknownLayer(EsreidError, LookupError):
+class UnknownLayer(EsreidError, KeyError):
     """A layer name that is not a module of the model (a user's --layer or diagnostics.layer)."""
+
+    __str__ = BaseException.__str__  # the message as is (KeyError would quote it)
 
 
 def resolve_layer(model: nn.Module, layer: Union[str, nn.Module]) -> nn.Module:
