@@ -271,11 +271,16 @@ def _add_eval(sub) -> None:
     p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
 
 
+def _group(sub, name: str, help: str, example: str):
+    """A command with subcommands (``esreid NAME SUBCOMMAND``): its parser and the action adding the subcommands."""
+    group = sub.add_parser(name, help=help, description=f"{help[0].upper()}{help[1:]}; run 'esreid {name} "
+                                                        "SUBCOMMAND --help'.", epilog=f"examples:\n  {example}")
+    return group, group.add_subparsers(dest=f"{name}_command", required=True, metavar="SUBCOMMAND")
+
+
 def _add_datasets(sub) -> None:
-    group = sub.add_parser("datasets", help="dataset utilities: check, cache",
-                           description="Dataset utilities; run 'esreid datasets SUBCOMMAND --help'.",
-                           epilog="examples:\n  esreid datasets check --root /data/reid --verify")
-    dsub = group.add_subparsers(dest="datasets_command", required=True, metavar="SUBCOMMAND")
+    group, dsub = _group(sub, "datasets", "dataset utilities: check, cache",
+                         "esreid datasets check --root /data/reid --verify")
     c = _command(dsub, "check", "find datasets under a root and print their summaries",
                  ["esreid datasets check --root /data/reid --verify", "esreid datasets check --root /data/my_people"],
                  "Print the ids/images/cameras table of every dataset found under ROOT: the known datasets in the "
@@ -305,11 +310,13 @@ def _add_search(sub) -> None:
     p = _command(sub, "search", "top-k gallery images of each query, from features (faiss)",
                  ["esreid search --gallery gallery.npz --query query.npz -k 10 --output top10.json",
                   "esreid search --gallery gallery.npz --query query.npz --index hnsw --save-index gallery_index.npz",
-                  "esreid search --load-index gallery_index.npz --query query.npz -k 5 --output top5.csv"],
+                  "esreid search --load-index gallery_index.npz --query query.npz -k 5 --output top5.csv",
+                  "esreid search --gallery gallery.npz --query query.npz -k 8 --html top8.html --grid top8/"],
                  "Index the gallery features (or load a saved index) and rank the gallery for every query: gallery "
                  "image path, row, pid, camid and distance per match (paths, pids, camids when the .npz holds them, "
                  "as esreid extract writes them). -k is capped at the gallery size. Output columns: see "
-                 "esreid.evaluation.search.", handler=_delegated("esreid.evaluation.search", "search_main"))
+                 "esreid.evaluation.search. --html and --grid show the images (they need the paths).",
+                 handler=_delegated("esreid.evaluation.search", "search_main"))
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--gallery", type=existing_file, metavar="GALLERY.npz",
                      help=".npz with feats (N, D) and optional ids (pids), camids, paths (N,): esreid extract output")
@@ -323,6 +330,10 @@ def _add_search(sub) -> None:
     p.add_argument("--save-index", metavar="FILE.npz", help="write the built index (with the gallery's paths) here")
     p.add_argument("--output", metavar="FILE", help="write the matches to FILE.json, FILE.csv or FILE.npz "
                                                      "(default: print them)")
+    p.add_argument("--html", metavar="FILE.html", help="a page showing each query and its top-k images (linked, "
+                                                        "not copied; green/red borders when pids are known)")
+    p.add_argument("--grid", metavar="DIR", help="draw one PNG per query (query + top-k, distances) and an "
+                                                 "index.html into DIR")
 
 
 def _add_visualize(sub) -> None:
@@ -353,19 +364,42 @@ def _add_export(sub) -> None:
 
 
 def _add_extract(sub) -> None:
-    p = _command(sub, "extract", "features of a dataset split as .npz (input of esreid search)",
+    p = _command(sub, "extract", "features of a dataset split or of any images as .npz (input of esreid search)",
                  [f"esreid extract --config {CONFIG} --weights W.pth --split gallery --out gallery.npz "
-                  "data.root=/data/reid"],
-                 "Features of a dataset split (as esreid eval computes them) saved as .npz with feats, ids (pids), "
-                 "camids, paths: the input of esreid search --gallery/--query.", overrides=True,
+                  "data.root=/data/reid",
+                  f"esreid extract --config {CONFIG} --weights W.pth --images photos/ --out photos.npz",
+                  f"esreid extract --config {CONFIG} --weights W.pth --images list.txt --names market --out q.npz"],
+                 "Features (as esreid eval computes them) saved as .npz with feats and paths, plus ids (pids) and "
+                 "camids when known: the input of esreid search --gallery/--query. --split takes a split of the "
+                 "configured dataset; --images any folder (its images, recursively, sorted) or a text file listing "
+                 "image paths (one per line, relative to the file), no dataset layout needed.", overrides=True,
                  handler=_delegated("esreid.export", "extract_main"))
     _trained_model(p)
-    p.add_argument("--split", required=True, choices=["query", "gallery", "train"])
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--split", choices=["query", "gallery", "train"], help="a split of the configured dataset")
+    what.add_argument("--images", metavar="DIR|LIST", help="a folder of images or a text file listing image paths")
+    p.add_argument("--names", metavar="LAYOUT", help="with --images: read pids and cameras from the file names; "
+                                                     "'market' for <pid>_c<camera>... (Market-1501, Duke, VeRi)")
     p.add_argument("--out", required=True, help=".npz file to write")
 
 
+def _add_weights(sub) -> None:
+    group, wsub = _group(sub, "weights", "ImageNet weights for model.pretrained: fetch into the torch hub cache",
+                         "esreid weights fetch torchvision:resnet50")
+    f = _command(wsub, "fetch", "download ImageNet weights once into the torch hub cache",
+                 ["esreid weights fetch", "esreid weights fetch torchvision:resnet101",
+                  "TORCH_HOME=/shared/torch esreid weights fetch https://example.org/resnet50-ibn.pth"],
+                 "Download the weights a config's model.pretrained names (torchvision:resnet18|34|50|101 or a URL) "
+                 "into $TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints), where training looks "
+                 "first: machines that train offline need the file there (copy it, or share TORCH_HOME).",
+                 handler=_delegated("esreid.models.backbones.weights", "fetch_main"))
+    f.add_argument("name", nargs="?", default="torchvision:resnet50", metavar="NAME|URL",
+                   help="torchvision:<resnet> or a URL (default: torchvision:resnet50, what the shipped configs use)")
+    group.commands.update(fetch=f)
+
+
 COMMANDS = [_add_demo, _add_train, _add_eval, _add_datasets, _add_models, _add_search, _add_visualize, _add_export,
-            _add_extract]
+            _add_extract, _add_weights]
 
 
 def build_parser() -> Parser:

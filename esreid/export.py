@@ -143,15 +143,22 @@ SPLITS = ("query", "gallery", "train")
 def extract_main(args: argparse.Namespace) -> int:
     """``esreid extract`` (arguments: ``esreid extract --help``): features of a dataset split (as ``esreid eval``
     computes them) saved as ``.npz`` with ``feats``, ``ids`` (pids), ``camids``, ``paths``: the input of
-    ``esreid search --gallery/--query``."""
+    ``esreid search --gallery/--query``; with ``--images``, of any images
+    (:func:`esreid.inference.extract_images_main`)."""
+    from esreid.cli import UsageError
     from esreid.config import load_config
     from esreid.data.base import build_dataset
+    from esreid.inference import check_output, extract_images_main, save_features
 
+    if args.images:
+        return extract_images_main(args)
+    if args.names:
+        raise UsageError("--names reads pids from the file names of --images; a --split has its pids already")
+    check_output(args.out)
     cfg = load_config(args.config, args.overrides)
     dataset = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.args)
     model = load_trained_model(cfg, args.weights)
     feats, pids, camids, paths = extract_split(model, dataset, cfg, args.split)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    np.savez(args.out, feats=feats, ids=pids, camids=camids, paths=paths)
+    save_features(args.out, feats, paths, pids, camids)
     print(f"wrote {args.out}: {args.split} features {feats.shape} of {cfg.data.name}")
     return 0

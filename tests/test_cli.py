@@ -15,8 +15,8 @@ from esreid.errors import EsreidError
 
 CONFIG = "configs/market1501/esnet.yaml"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = [["demo"], ["train"], ["eval"], ["models"], ["search"], ["visualize"], ["export"], ["extract"],
-            ["datasets", "check"], ["datasets", "cache"]]
+GROUPS = [[name] for name, p in build_parser().commands.items() if p.commands]  # datasets, weights
+COMMANDS = [[name, *sub] for name, p in build_parser().commands.items() for sub in ([[s] for s in p.commands] or [[]])]
 
 
 def help_text(argv, capsys):
@@ -26,7 +26,7 @@ def help_text(argv, capsys):
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv", [[], ["datasets"]] + COMMANDS)
+@pytest.mark.parametrize("argv", [[]] + GROUPS + COMMANDS)
 def test_every_help_screen_has_an_example_that_parses(capsys, monkeypatch, argv):
     out = help_text(argv, capsys)
     assert out.startswith("usage: esreid" + "".join(f" {a}" for a in argv))
@@ -48,8 +48,10 @@ def test_train_help_names_the_options(capsys):
 
 def test_subcommands_are_all_there():
     assert set(build_parser().commands) == {"demo", "train", "eval", "datasets", "models", "search", "visualize",
-                                            "export", "extract"}
+                                            "export", "extract", "weights"}
     assert set(build_parser().commands["datasets"].commands) == {"check", "cache"}
+    assert set(build_parser().commands["weights"].commands) == {"fetch"}
+    assert len(COMMANDS) == 11  # every (sub)command's help screen is checked above
 
 
 def test_version(capsys):

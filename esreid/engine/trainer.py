@@ -34,7 +34,7 @@ from esreid.engine.checkpoint import (
 from esreid.engine.distributed import barrier, init_distributed
 from esreid.engine.evaluator import autocast, evaluate_model
 from esreid.engine.guard import DivergenceGuard
-from esreid.engine.preflight import check_test_data, check_training_data
+from esreid.engine.preflight import check_files, check_test_data, check_training_data
 from esreid.engine.resume import check_resume_config, describe, restore_solver
 from esreid.engine.schedule import build_optimizer, build_scheduler
 from esreid.errors import ConfigError
@@ -111,6 +111,8 @@ class Trainer:
             check_writable(self.out, "output_dir")
             for orphan in remove_orphans(self.out):
                 self.log(f"removed {orphan} (a temporary file left by an interrupted write)")
+        if resume is None:
+            check_files(cfg)
         self.dataset = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.args)
         self.log(self.dataset.summary())
         check_training_data(cfg, self.dataset)

@@ -8,7 +8,8 @@ gallery j (``Match.query_map``), each as its own strip under the images (ES-Net 
 
 Borders: green for a true match (same identity, other camera), red for a false match, grey for junk (same identity
 and camera: ignored by the Market protocol, drawn dimmed), blue for the query. Unlike the evaluator, the grid keeps
-junk images in place so what the model ranked high is visible.
+junk images in place so what the model ranked high is visible. Slate grey ("neutral") marks a match whose identity
+is unknown (images outside a labelled dataset).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ COLOURS: Dict[str, Tuple[int, int, int]] = {
     "match": (22, 163, 74),
     "false": (220, 38, 38),
     "junk": (150, 150, 150),
+    "neutral": (100, 116, 139),
 }
-LEGEND = {"match": "true match", "false": "false match", "junk": "junk (same identity and camera)"}
+LEGEND = {"match": "true match", "false": "false match", "junk": "junk (same identity and camera)",
+          "neutral": "identity unknown"}
 BACKGROUND = (255, 255, 255)
 TEXT = (25, 25, 25)
 JUNK_DIM = 0.45  # a junk image keeps this weight, the rest is white
@@ -39,9 +42,9 @@ STRIP_LABELS = {"gallery_map": "gallery\nCG-RAM", "query_map": "query\nCG-RAM"}
 
 @dataclass
 class Match:
-    """One ranked gallery image: ``score`` as printed (similarity or distance), ``label`` match | false | junk,
-    optional CG-RAM maps ``(h, w)``: ``map`` of this gallery image and ``query_map`` of the query, both for this pair;
-    ``caption`` (e.g. ``"id 12 cam 3"``) printed under the image."""
+    """One ranked gallery image: ``score`` as printed (similarity or distance), ``label`` match | false | junk |
+    neutral, optional CG-RAM maps ``(h, w)``: ``map`` of this gallery image and ``query_map`` of the query, both for
+    this pair; ``caption`` (e.g. ``"id 12 cam 3"``) printed under the image."""
 
     image: ImageLike
     score: float
