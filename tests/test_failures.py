@@ -3,7 +3,8 @@ and checks the exit status and the one line it prints. README's "When things go 
 (:func:`test_readme_shows_this_table`).
 
 Placeholders in the messages: ``{run}`` the output_dir, ``{data}`` the dataset root, ``{dir}`` the folder of the
-config files; ``{…}`` stands for numbers that depend on the machine (loss values, sizes) and matches any text.
+config files, ``{models}`` the registered model names; ``{…}`` stands for numbers that depend on the machine (loss
+values, sizes) and matches any text.
 """
 
 import os
@@ -20,6 +21,7 @@ import yaml
 import esreid.files as files
 from esreid.cli import main
 from esreid.config import to_dict
+from esreid.models import MODELS
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
@@ -159,7 +161,7 @@ ROWS = [
         "'solver.milestones': milestone 5 lies after the last of the 1 epochs (0-based epoch from which the lr is "
         "multiplied by gamma); lower it"),
     Row("an unknown model", TRAIN + ["model.name=esnte"], "esreid: error: command line: key 'model.name': unknown "
-        "model 'esnte'; expected one of: aelm, baseline, bdb, esnet, pmm"),
+        "model 'esnte'; expected one of: {models}"),
     Row("a section set to a value", TRAIN + ["solver=0.1"], "esreid: error: command line: override 'solver=0.1': "
         "'solver' is a section; set its keys (e.g. solver.<key>=<value>) or give a mapping (solver={<key>: <value>})"),
     Row("a config file that is not valid YAML", ["train", "--config", "{dir}/bad.yaml"], "esreid: error: "
@@ -212,7 +214,9 @@ ROWS = [
         "names: ['backbone.layer4.0.bn2', 'backbone.layer4.0.downsample', 'backbone.layer4.0.downsample.0', "
         "'backbone.layer4.0.downsample.1', 'head', 'head.pool', 'head.bn', 'head.classifier']"),
     Row("a missing ImageNet weights file", TRAIN + ["model.pretrained={dir}/resnet.pth"],
-        "esreid: error: pretrained weights not found: {dir}/resnet.pth"),
+        "esreid: error: command line: key 'model.pretrained': weights file not found: {dir}/resnet.pth (no such "
+        "file); fix the path, use torchvision:<backbone> (e.g. torchvision:resnet50), or model.pretrained='' for "
+        "random weights"),
     # --- runs and checkpoints ---
     Row("training again into the folder of a run", TRAIN, "esreid: error: output_dir '{run}' already holds a run "
         "({run}/last.pth); pass --resume auto to continue it or choose another output_dir (nothing was overwritten)",
@@ -277,7 +281,7 @@ ROWS = [
 
 
 def fill(text, ctx):
-    for name in ("config", "run", "data", "dir"):
+    for name in ("config", "run", "data", "dir", "models"):
         text = text.replace("{" + name + "}", getattr(ctx, name))
     return text
 
@@ -301,7 +305,8 @@ def ctx(tmp_path, tiny_config, shared, storage, monkeypatch):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     return SimpleNamespace(dir=str(tmp_path), run=str(run), data=str(data), shared_data=str(shared / "data"),
-                           trained=str(shared / "run"), config=str(config), storage=storage, monkeypatch=monkeypatch)
+                           trained=str(shared / "run"), config=str(config), storage=storage, monkeypatch=monkeypatch,
+                           models=", ".join(MODELS.names()))
 
 
 def as_pattern(message):
