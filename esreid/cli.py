@@ -9,8 +9,8 @@ exception's ``hint``, e.g. how to resume) and exits 130.
 
 Parsing: ``key=value`` tokens are config overrides wherever they stand (options and overrides in any order).
 Building the parser imports nothing heavy (no torch, numpy, models): ``--help`` answers at once and each handler
-imports what it needs. ``export``, ``extract``, ``visualize`` and ``search`` are parsed here too, and their handlers
-(``module.function(args)``) are imported only when the command runs.
+imports what it needs. ``export``, ``extract``, ``explain``, ``visualize`` and ``search`` are parsed here too, and
+their handlers (``module.function(args)``) are imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -83,6 +83,19 @@ def resume_value(value: str) -> str:
     return existing_file(value)
 
 
+def list_item(convert: Callable[[str], object], what: str) -> Callable[[str], object]:
+    """The type of an option taking a list (``nargs="+"``): such an option swallows the overrides written after it,
+    so an override there is named as the mistake instead of being read as a list item."""
+
+    def check(value: str):
+        if OVERRIDE.match(value) and not os.path.exists(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got the override {value!r} (write overrides before "
+                                             "this option, or end its list with another option)")
+        return convert(value)
+
+    return check
+
+
 def positive_int(value: str) -> int:
     try:
         n = int(value)
@@ -110,7 +123,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress, allow_changes=args.allow_changes,
                       command=train_command(args))
     metrics = trainer.train()
-    print(format_metrics(metrics, "final"))
+    trainer.log(format_metrics(metrics, "final"))
     return 0
 
 
@@ -129,18 +142,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from esreid.config import load_config
     from esreid.data.base import build_dataset
     from esreid.engine.checkpoint import load_trained_model
-    from esreid.engine.evaluator import evaluate_model
+    from esreid.engine.evaluator import evaluate_features, extract_test_features
     from esreid.engine.hooks import format_metrics
     from esreid.engine.trainer import resolve_device
+    from esreid.files import atomic_write_text, check_writable
+    from esreid.viz.runreport import evaluation_report
 
     cfg = load_config(args.config, args.overrides)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.weights)),
+                                   "eval_" + os.path.splitext(os.path.basename(args.weights))[0])
+    check_writable(out, "--out")
     device = resolve_device(cfg.device)
-    dataset = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.args)
+    dataset = build_dataset(cfg.data.name, cfg.data.root, verbose=False, **cfg.data.args)
     print(dataset.summary())
     model = load_trained_model(cfg, args.weights).to(device)
-    metrics = evaluate_model(model, dataset, cfg, device)
+    features = extract_test_features(model, dataset, cfg, device)
+    metrics = evaluate_features(features, dataset, cfg, model.retrieval.metric)
     print(format_metrics(metrics, "eval"))
-    if args.json:
+    atomic_write_text(os.path.join(out, "results.json"), json.dumps(metrics, indent=2))
+    print(f"report: {evaluation_report(out, cfg, model, dataset, device, features, metrics, args.weights)}")
+    if args.json:  # the last line, for scripts
         print(json.dumps(metrics))
     return 0
 
@@ -265,10 +286,14 @@ def _add_train(sub) -> None:
 def _add_eval(sub) -> None:
     p = _command(sub, "eval", "evaluate a checkpoint with the dataset's protocol",
                  [f"esreid eval --config {CONFIG} --weights outputs/market1501/esnet/last.pth --json"],
-                 "Evaluate trained weights on the query/gallery split of the configured dataset.",
+                 "Evaluate trained weights on the query/gallery split of the configured dataset; writes results.json "
+                 "and report.html (metrics, CMC, CG-RAM explanations, the run's training curves when its "
+                 "metrics.jsonl lies next to the checkpoint) to --out.",
                  overrides=True, handler=_cmd_eval)
     _trained_model(p)
     p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    p.add_argument("--out", metavar="DIR", help="where report.html and results.json go (default: eval_<checkpoint "
+                                                "name>/ next to the checkpoint)")
 
 
 def _group(sub, name: str, help: str, example: str):
@@ -336,17 +361,59 @@ def _add_search(sub) -> None:
                                                  "index.html into DIR")
 
 
+def _add_explain(sub) -> None:
+    p = _command(sub, "explain", "ranked lists with CG-RAM maps: why the model ranked these gallery images first",
+                 [f"esreid explain --config {CONFIG} --weights W.pth --num-queries 5 data.root=/data/reid",
+                  f"esreid explain --config {CONFIG} --weights W.pth --query-index 0 5 12 -k 5 --layer backbone.layer3",
+                  "esreid explain --config C.yaml --weights esnet.pth --compare bot.pth --compare-config B.yaml "
+                  "--where differ",
+                  f"esreid explain --config {CONFIG} --weights W.pth --no-maps --num-queries 100 --where wrong"],
+                 "Rank the gallery of the configured dataset for some queries exactly as esreid eval does (the "
+                 "model's retrieval rule, flip included) and draw each query with its top-k: the score, green/red "
+                 "borders for true/false matches (junk greyed), and CG-RAM maps in both directions (the gallery "
+                 "image's and the query's, both explaining that pair's ranked similarity; ES-Net Figs. 1 and 5). "
+                 "Writes one PNG per query, index.html and ranked.json.", overrides=True,
+                 handler=_delegated("esreid.viz.explain", "explain_main"))
+    _trained_model(p)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--query", nargs="+", type=list_item(existing_file, "an image file"), metavar="IMG",
+                       help="query image files (identities known when they are images of the dataset)")
+    which.add_argument("--query-index", nargs="+", type=list_item(int, "a query row"), metavar="I",
+                       help="rows of the dataset's query split")
+    p.add_argument("--num-queries", type=positive_int, metavar="N",
+                   help="draw N of the queries (reproducibly, --seed); default 8 when no query is named")
+    p.add_argument("--seed", type=int, default=0, help="seed of the query draw (default: %(default)s)")
+    p.add_argument("--where", choices=["any", "differ", "wrong"], default="any",
+                   help="keep the queries whose rank-1 (junk skipped, as R1 counts it) differs between the two "
+                        "models (differ, needs --compare) or is a false match of the first model (wrong); default: "
+                        "any")
+    p.add_argument("-k", type=positive_int, default=10, help="matches per query (default: %(default)s)")
+    p.add_argument("--layer", default="", help="module name of the CG-RAM layer, e.g. backbone.layer3 or "
+                                               "backbone.bn1 (default: the model's saliency layer)")
+    p.add_argument("--no-maps", action="store_true", help="rank grids only, no CG-RAM (fast, for many queries)")
+    p.add_argument("--compare", type=existing_file, metavar="W2.pth", help="a second model drawn under the first")
+    p.add_argument("--compare-config", type=existing_file, metavar="C2.yaml",
+                   help="the second model's config (default: --config)")
+    p.add_argument("--out", help="output folder (default: explain/ next to --weights)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="pairs per CG-RAM pass (default: %(default)s)")
+    p.add_argument("--tile-height", type=positive_int, default=128, help="image height in pixels in the pictures "
+                                                                         "(default: %(default)s)")
+
+
 def _add_visualize(sub) -> None:
     p = _command(sub, "visualize", "CG-RAM maps of why a query matched a gallery image",
                  [f"esreid visualize --config {CONFIG} --weights W.pth --query q.jpg --gallery g.jpg --out why.png"],
-                 "CG-RAM maps of a (query, gallery) pair for a trained model, saved as a PNG.", overrides=True,
-                 handler=_delegated("esreid.viz.saliency", "visualize_main"))
+                 "CG-RAM maps of one (query, gallery) pair for a trained model, saved as a PNG: the one-pair case "
+                 "of esreid explain, drawn the same way.", overrides=True,
+                 handler=_delegated("esreid.viz.explain", "visualize_main"))
     _trained_model(p)
     p.add_argument("--query", required=True, type=existing_file, help="query image file")
     p.add_argument("--gallery", required=True, type=existing_file, help="gallery image file")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--layer", default="", help="module name of the CG-RAM layer (default: the model's)")
     p.add_argument("--device", default="cpu", help="default: %(default)s")
+    p.add_argument("--tile-height", type=positive_int, default=192, help="image height in pixels (default: "
+                                                                         "%(default)s)")
 
 
 def _add_export(sub) -> None:
@@ -398,8 +465,8 @@ def _add_weights(sub) -> None:
     group.commands.update(fetch=f)
 
 
-COMMANDS = [_add_demo, _add_train, _add_eval, _add_datasets, _add_models, _add_search, _add_visualize, _add_export,
-            _add_extract, _add_weights]
+COMMANDS = [_add_demo, _add_train, _add_eval, _add_datasets, _add_models, _add_search, _add_explain, _add_visualize,
+            _add_export, _add_extract, _add_weights]
 
 
 def build_parser() -> Parser:

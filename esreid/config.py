@@ -313,6 +313,7 @@ class Config(Section):
     log_period: int = param(20, ge=0)  # iterations between console/JSONL log lines
     checkpoint_period: int = param(10, ge=0)  # epochs between kept checkpoints (the latest is always saved)
     tensorboard: bool = False
+    report: bool = True  # <output_dir>/report.html (metrics, plots, CG-RAM explanations) at each evaluation and the end
 
     def check(self, cfg: Config) -> None:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):

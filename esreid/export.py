@@ -121,9 +121,7 @@ def extract_split(model: nn.Module, dataset, cfg, split: str) -> Tuple[np.ndarra
     Returns ``feats`` (N, D) float32, ``pids`` (N,) int64, ``camids`` (N,) int64, ``paths`` (N,) str, in dataset order.
     """
     from esreid.data.base import DatasetError
-    from esreid.data.loader import build_test_loader
-    from esreid.data.transforms import TestTransform
-    from esreid.engine.evaluator import extract_features
+    from esreid.engine.evaluator import extract_items
     from esreid.engine.trainer import resolve_device
 
     items = getattr(dataset, split)
@@ -131,8 +129,7 @@ def extract_split(model: nn.Module, dataset, cfg, split: str) -> Tuple[np.ndarra
         raise DatasetError(f"{cfg.data.name} ({cfg.data.root}): split {split!r} has no images")
     device = resolve_device(cfg.device)
     model.to(device)
-    feats, pids, camids = extract_features(model, build_test_loader(cfg.data, items), device, TestTransform(cfg.data),
-                                           cfg.solver.amp)
+    feats, pids, camids = extract_items(model, items, cfg, device, f"{split} features")
     paths = np.array([item.path for item in items], dtype=str)
     return feats.numpy().astype(np.float32), pids.numpy().astype(np.int64), camids.numpy().astype(np.int64), paths
 

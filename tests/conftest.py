@@ -35,13 +35,14 @@ TINY_DATA = '{"num_train_ids": 16, "num_test_ids": 8, "images_per_id": 6, "heigh
 
 def make_tiny_config(root, name="baseline", epochs=2, out="run", extra=()):
     """A config training ``name`` on a tiny resnet at 32x16 on 16 synthetic ids (generated under ``root/data``),
-    4 x 2 batches, evaluating and checkpointing every epoch into ``root/out``."""
+    4 x 2 batches, evaluating and checkpointing every epoch into ``root/out``; no report.html (``report=true`` in
+    ``extra`` for one: drawing it costs about a second per evaluation)."""
     return load_config(None, [
         "data.name=synthetic", f"data.root={os.path.join(str(root), 'data')}", f"data.args={TINY_DATA}",
         "data.height=32", "data.width=16", "data.ids_per_batch=4", "data.instances=2", "data.workers=0",
         f"model.name={name}", "model.backbone=resnet_tiny", f"solver.epochs={epochs}", "solver.warmup_epochs=1",
         "solver.milestones=[1]", "solver.lr=1e-3", "test.eval_period=1", "device=cpu", "log_period=1",
-        "checkpoint_period=1", f"output_dir={os.path.join(str(root), out)}", *extra,
+        "checkpoint_period=1", f"output_dir={os.path.join(str(root), out)}", "report=false", *extra,
     ])
 
 

@@ -18,6 +18,8 @@ CASES = {
     "checkpoint_io.py": (["--backbone", "resnet_tiny", "--runs", "1"], ["load: esreid"]),
     "feature_extractor.py": (["--images", "8", "--height", "64", "--width", "32", "--batch", "4", "--workers", "0",
                               "--runs", "1"], ["max |feature - reference| 0.0e+00"]),
+    "explain_speed.py": (["--height", "64", "--width", "32", "--pairs", "4", "--batch", "2", "--runs", "1"],
+                         ["ratio per pair / batched"]),
 }
 
 

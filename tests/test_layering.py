@@ -13,13 +13,15 @@ ALLOWED = {
     "errors": set(),
     "registry": set(),
     "files": {"errors"},
+    "console": {"errors", "files"},
     "config": {"errors", "registry", "files"},
     "losses": {"errors", "registry", "config"},
     "evaluation": {"errors", "registry", "files"},
     "erasing": {"errors", "registry", "config"},
-    "data": {"errors", "registry", "files", "config"},
+    "data": {"errors", "registry", "files", "console", "config"},
     "models": {"errors", "registry", "files", "config", "losses", "erasing", "evaluation"},
-    "engine": {"errors", "registry", "files", "config", "losses", "erasing", "evaluation", "data", "models"},
+    "engine": {"errors", "registry", "files", "console", "config", "losses", "erasing", "evaluation", "data",
+               "models"},
 }
 
 

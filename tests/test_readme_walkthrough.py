@@ -53,7 +53,8 @@ def test_the_walkthrough_runs_as_written(tmp_path, monkeypatch, people, capsys):
     out = capsys.readouterr().out
     assert "eval: mAP" in out
     for made in ("outputs/my_people/last.pth", "gallery.npz", "query.npz", "top5.csv", "top5.html", "photos.npz",
-                 "photos_top5/index.html"):
+                 "photos_top5/index.html", "outputs/my_people/report.html", "outputs/my_people/log.txt",
+                 "outputs/my_people/explain/index.html", "why/index.html"):
         assert os.path.isfile(made), made
     namespace = {}
     exec(compile(python, "README.md (Python block)", "exec"), namespace)

@@ -14,7 +14,7 @@ import torch
 from esreid.config import invalid
 from esreid.engine.hooks import HOOKS, HookBase
 from esreid.erasing.besm import erased_loss_probe
-from esreid.erasing.cgram import UnknownLayer
+from esreid.erasing.cgram import LayerError
 
 
 @HOOKS.register("erased_loss")
@@ -32,7 +32,7 @@ class ErasedLossProbe(HookBase):
             t.state.extra["erased_loss"] = erased_loss_probe(t.model, batch["images"], batch["pids"],
                                                              self.cfg.erase_ratio, self.cfg.erase_prob, self.generator,
                                                              self.cfg.layer or None)
-        except UnknownLayer as e:  # the first step: nothing trained yet
+        except LayerError as e:  # the first step: nothing trained yet
             raise invalid(self.full_cfg, "diagnostics.layer", str(e)) from None
 
     def generators(self) -> Dict[str, torch.Generator]:

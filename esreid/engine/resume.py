@@ -26,6 +26,7 @@ NON_RUN_KEYS: Dict[str, str] = {
     "solver.epochs": "the schedule counts absolute epochs (milestones), so a run can be extended or ended earlier",
     "log_period": "logging only",
     "tensorboard": "logging only",
+    "report": "report.html only",
     "checkpoint_period": "which checkpoints are kept",
     "data.root": "where the dataset lies, not what it holds (other identities would not fit the classifier)",
     "data.workers": "decoding processes: the batches and their order do not depend on them",
