@@ -210,9 +210,8 @@ ROWS = [
         "check: no known dataset under {dir} (looked for: cuhk03, dukemtmcreid, market1501, msmt17, vehicleid, "
         "veri776; and custom data: {train,query,gallery}.csv or train/ query/ gallery/ folders)"),
     Row("a CG-RAM layer the model does not have", TRAIN + ["diagnostics.erased_loss=true", "diagnostics.layer=nope"],
-        "esreid: error: command line: key 'diagnostics.layer': CG-RAM layer 'nope' is not a module of Baseline; some "
-        "names: ['backbone.layer4.0.bn2', 'backbone.layer4.0.downsample', 'backbone.layer4.0.downsample.0', "
-        "'backbone.layer4.0.downsample.1', 'head', 'head.pool', 'head.bn', 'head.classifier']"),
+        "esreid: error: command line: key 'diagnostics.layer': CG-RAM layer 'nope' is not a module of Baseline; did "
+        "you mean one of head, head.pool, head.bn, head.classifier? (the names are those of model.named_modules())"),
     Row("a missing ImageNet weights file", TRAIN + ["model.pretrained={dir}/resnet.pth"],
         "esreid: error: command line: key 'model.pretrained': weights file not found: {dir}/resnet.pth (no such "
         "file); fix the path, use torchvision:<backbone> (e.g. torchvision:resnet50), or model.pretrained='' for "

@@ -67,7 +67,7 @@ def write_config(tmp_path, tiny_config, epochs, out):
     return str(path)
 
 
-TIMING = {"seconds", "images_per_second", "eval_seconds"}
+TIMING = {"seconds", "images_per_second", "eval_seconds", "data_seconds", "eta_seconds", "peak_memory_mb"}
 
 
 def records(run):
