@@ -181,6 +181,8 @@ FOUND_CASES = [
     # ValueError "distances contain NaN" (features ~1e17 overflow the distances) -> data.mean in [0, 1], and the
     # evaluator names overflowing features (NonFiniteFeatures)
     ("esnet", ["test.rerank=true", "data.mean=[0.16548843192399126, -2.9952421169559548e+16, 0.4]"]),
+    ("baseline", ["solver.optimizer=sgd", "solver.momentum=0"]),  # ValueError: Nesterov needs momentum -> plain SGD
+    ("feature_erasing", ["model.aspect=[5e-324, 5e-324]"]),  # OverflowError: round(inf) -> aspect in [1e-3, 1e3]
 ]
 
 
