@@ -7,7 +7,7 @@ dataclass of ``model.name``.
 Every mistake is found when the config is loaded, before any data is read, and raises :class:`ConfigError` naming the
 dotted key and the file (or "command line") it came from:
 
-* unknown keys and wrong types (:func:`_coerce`); floats must be finite in float32;
+* unknown keys and wrong types (:func:`_coerce`); floats must be finite, of magnitude <= 1e30 (float32 arithmetic);
 * each field's own constraint, declared next to it with :func:`param` (ranges, choices, registry names, lengths);
 * structural checks between fields that need no data: each section's ``check(cfg)`` method raises
   :class:`Invalid` naming the key to fix (milestones within epochs, Cutout square inside the image, a block size that
@@ -323,7 +323,9 @@ class Config(Section):
 # --------------------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------------------
-FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
+# Largest float magnitude accepted: far inside float32's range (3.4e38), so that the products training forms with a
+# value (Adam's bias-corrected step: lr x 10, ...) stay finite; 1e30 is already absurd for any setting
+FLOAT_LIMIT = 1e30
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 Origins = Dict[str, str]  # dotted key -> file (or "command line") that set it
 
@@ -489,9 +491,9 @@ def _coerce(value: Any, tp: Any, key: str, origins: Origins) -> Any:
             raise ConfigError(f"{where}: key '{key}': expected a number, got {value!r}")
         if not math.isfinite(value):
             raise ConfigError(f"{where}: key '{key}': expected a finite number, got {value!r}")
-        if abs(value) > FLOAT32_MAX:  # training computes in float32: such a value would become inf there
-            raise ConfigError(f"{where}: key '{key}': expected a number of magnitude <= {FLOAT32_MAX:.4g} (float32's "
-                              f"largest), got {value!r}")
+        if abs(value) > FLOAT_LIMIT:  # training computes in float32: products with such a value overflow
+            raise ConfigError(f"{where}: key '{key}': expected a number of magnitude <= {FLOAT_LIMIT:g} (training "
+                              f"computes in float32), got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

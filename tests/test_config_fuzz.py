@@ -23,7 +23,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from esreid.config import FLOAT32_MAX, Config, load_config, model_config_class  # noqa: E402
+from esreid.config import FLOAT_LIMIT, Config, load_config, model_config_class  # noqa: E402
 from esreid.engine.evaluator import NonFiniteFeatures  # noqa: E402
 from esreid.engine.guard import TrainingDiverged  # noqa: E402
 from esreid.engine.trainer import Trainer  # noqa: E402
@@ -88,8 +88,8 @@ def scalar(key, tp, check):
             lo = -(2**40) if lo is None else math.floor(lo) + (1 if lo_open and float(lo).is_integer() else 0)
             hi = 2**40 if hi is None else math.ceil(hi) - (1 if hi_open and float(hi).is_integer() else 0)
             return st.one_of(st.integers(lo, min(hi, lo + 20)), st.integers(lo, hi)).map(number)
-        lo = -FLOAT32_MAX if lo is None else lo
-        hi = FLOAT32_MAX if hi is None else hi
+        lo = -FLOAT_LIMIT if lo is None else lo
+        hi = FLOAT_LIMIT if hi is None else hi
         return st.floats(lo, hi, exclude_min=lo_open, exclude_max=hi_open, allow_nan=False).map(number)
     if tp is str:
         names = list(check.choices() if callable(check.choices) else check.choices) if check and check.choices else []
@@ -169,9 +169,9 @@ def extreme(overrides):
 
 # What the fuzzer (and the cases tried next to it) found, each fixed where it belongs; kept as explicit examples.
 FOUND_CASES = [
-    ("esnet", ["model.ppool_init=4.1123385967564167e+98"]),  # inf in float32: NaN features -> floats fit float32
-    ("baseline", ["model.loss.triplet_margin=1e+300"]),  # inf loss at the first step -> floats fit float32
-    ("bdb", ["solver.lr=4.047247025168667e+299"]),  # Adam: "value cannot be converted to float" -> floats fit float32
+    ("esnet", ["model.ppool_init=4.1123385967564167e+98"]),  # inf in float32: NaN features -> floats <= 1e30
+    ("baseline", ["model.loss.triplet_margin=1e+300"]),  # inf loss at the first step -> floats <= 1e30
+    ("bdb", ["solver.lr=4.047247025168667e+299"]),  # Adam: "value cannot be converted to float" -> <= 1e30
     ("aelm", ["solver.weight_decay=8.396799948569467e+299"]),  # same, in Adam's weight decay
     ("baseline", ["test.ranks=[72765528642]"]),  # MemoryError: a CMC of 5e11 entries -> test.ranks <= 100000
     ("baseline", ["device=mps"]),  # RuntimeError where MPS is not built in -> checked with the device
@@ -183,6 +183,7 @@ FOUND_CASES = [
     ("esnet", ["test.rerank=true", "data.mean=[0.16548843192399126, -2.9952421169559548e+16, 0.4]"]),
     ("baseline", ["solver.optimizer=sgd", "solver.momentum=0"]),  # ValueError: Nesterov needs momentum -> plain SGD
     ("feature_erasing", ["model.aspect=[5e-324, 5e-324]"]),  # OverflowError: round(inf) -> aspect in [1e-3, 1e3]
+    ("bdb", ["solver.lr=3.2900924176591516e+38"]),  # below float32's max, but Adam's lr x 10 overflowed -> <= 1e30
 ]
 
 

@@ -151,8 +151,8 @@ ROWS = [
         "esreid: error: command line: key 'solver.epochs': expected an integer, got 'ten'"),
     Row("a NaN", TRAIN + ["solver.lr=.nan"],
         "esreid: error: command line: key 'solver.lr': expected a finite number, got nan"),
-    Row("a number beyond float32 (`solver.lr=1e39`)", TRAIN + ["solver.lr=1e39"], "esreid: error: command line: key "
-        "'solver.lr': expected a number of magnitude <= 3.403e+38 (float32's largest), got 1e+39"),
+    Row("an absurdly large number (`solver.lr=1e39`)", TRAIN + ["solver.lr=1e39"], "esreid: error: command line: key "
+        "'solver.lr': expected a number of magnitude <= 1e+30 (training computes in float32), got 1e+39"),
     Row("a decay factor above 1 (`solver.gamma=1e9`)", TRAIN + ["solver.gamma=1e9"],
         "esreid: error: command line: key 'solver.gamma': expected a value <= 1, got 1000000000.0"),
     Row("a zero learning rate", TRAIN + ["solver.lr=0"],
