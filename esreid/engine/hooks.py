@@ -21,10 +21,11 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
 
+from esreid.engine.checkpoint import copy_checkpoint, load_checkpoint
 from esreid.files import append_text, atomic_write_text, reported
 from esreid.registry import Registry
 
@@ -76,6 +77,14 @@ class HookBase:
         """RNGs this hook owns (saved in checkpoints with the trainer's)."""
         return {}
 
+    def state_dict(self) -> Dict[str, Any]:
+        """What this hook must carry over a resume (numbers, tensors, lists, dicts), saved in checkpoints under its
+        class name; empty: nothing."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (called on resume when the checkpoint holds it)."""
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Writers
@@ -95,6 +104,20 @@ class JSONLWriter(HookBase):
 
     def on_record(self, record: Dict[str, Any]) -> None:
         append_text(self.path, json.dumps(record) + "\n")
+
+
+def read_records(path: str) -> List[Dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (none when it does not exist; a line cut short by a crash is skipped)."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return [r for r in records if isinstance(r, dict)]
 
 
 def record_epoch(line: str) -> float:
@@ -224,17 +247,33 @@ class TrainLog(HookBase):
 class CheckpointHook(HookBase):
     """After every epoch: ``last.pth`` (everything needed to resume exactly) and, every ``cfg.period`` epochs,
     ``epoch_XXX.pth`` (model weights only unless ``cfg.full``), keeping the newest ``cfg.keep_last`` of them (0: all).
-    Runs before the evaluation, so a failing evaluation never loses the epoch. ``cfg``: the ``checkpoint`` section."""
+    Runs before the evaluation, so a failing evaluation never loses the epoch. On resume, the periodic checkpoint of
+    the epoch resumed from is re-created (a copy of the checkpoint resumed from) when a kill during its write lost it.
+    ``cfg``: the ``checkpoint`` section."""
 
     def __init__(self, folder: str, cfg: Any):
         self.folder, self.cfg = folder, cfg
 
+    def periodic(self, epoch: int) -> Optional[str]:
+        period = self.cfg.period
+        return os.path.join(self.folder, f"epoch_{epoch:03d}.pth") if period and epoch % period == 0 else None
+
+    def before_train(self) -> None:
+        t = self.trainer
+        path = self.periodic(t.start_epoch) if t.last_checkpoint is not None else None
+        if path is not None and not os.path.exists(path):
+            copy_checkpoint(t.last_checkpoint[0], path)
+            t.log(f"re-created {path} (lost when the run was stopped while writing it)")
+
     def after_epoch(self) -> None:
-        epoch = self.trainer.state.epoch + 1
-        self.trainer.save_checkpoint(os.path.join(self.folder, "last.pth"))
-        if self.cfg.period and epoch % self.cfg.period == 0:
-            path = os.path.join(self.folder, f"epoch_{epoch:03d}.pth")
-            self.trainer.save_checkpoint(path, full=self.cfg.full)
+        t = self.trainer
+        epoch = t.state.epoch + 1
+        last = os.path.join(self.folder, "last.pth")
+        t.save_checkpoint(last)
+        t.last_checkpoint = (last, epoch)
+        path = self.periodic(epoch)
+        if path is not None:
+            t.save_checkpoint(path, full=self.cfg.full)
             if self.cfg.keep_last:  # the oldest epochs go (never the file just written: a resumed earlier epoch)
                 for old in periodic_checkpoints(self.folder)[: -self.cfg.keep_last]:
                     if old != path:
@@ -252,44 +291,66 @@ def periodic_checkpoints(folder: str) -> List[str]:
 
 class BestCheckpointHook(HookBase):
     """``model_best.pth`` (model weights, or everything with ``full``) whenever an evaluation's ``metric`` beats every
-    earlier one of the run (higher is better). The file records the metrics it was written with, so a resumed run
-    reads the value to beat from it. Placed after :class:`EvalHook`."""
+    earlier one of the run (higher is better). The file records the metrics it was written with: a resumed run reads
+    the value to beat from it, at its first evaluation (which may come from :class:`EvalHook`'s ``before_train``)."""
 
     def __init__(self, folder: str, metric: str, full: bool = False):
         self.path, self.metric, self.full = os.path.join(folder, "model_best.pth"), metric, full
-        self.best = -math.inf
+        self.best: Optional[float] = None  # read when the first evaluation comes
 
-    def before_train(self) -> None:
-        from esreid.engine.checkpoint import load_checkpoint
-
-        self.best = -math.inf
-        if self.trainer.start_epoch > 0 and os.path.exists(self.path):
-            value = load_checkpoint(self.path).get("metrics", {}).get(self.metric)
-            self.best = -math.inf if value is None else float(value)
+    def value_to_beat(self) -> float:
+        if self.best is None:
+            saved = None
+            if self.trainer.start_epoch > 0 and os.path.exists(self.path):
+                saved = load_checkpoint(self.path).get("metrics", {}).get(self.metric)
+            self.best = -math.inf if saved is None else float(saved)
+        return self.best
 
     def on_record(self, record: Dict[str, Any]) -> None:
         value = record.get(self.metric) if record["type"] == "eval" else None
-        if isinstance(value, (int, float)) and value > self.best:
+        if isinstance(value, (int, float)) and value > self.value_to_beat():
             self.best = float(value)
             self.trainer.save_checkpoint(self.path, full=self.full)
 
 
 class EvalHook(HookBase):
     """Evaluate every ``period`` epochs and after the last one (main process only); emits an ``eval`` record and keeps
-    the metrics in ``trainer.state.metrics`` and ``trainer.history``."""
+    the metrics in ``trainer.state.metrics`` and ``trainer.history``.
 
-    def __init__(self, period: int):
-        self.period = period
+    On resume, the evaluation of the epoch resumed from is taken from ``records`` (``metrics.jsonl``), or run first
+    when it was due and has no record (the run was stopped during it): a finished run re-reports its results."""
 
-    def after_epoch(self) -> None:
+    def __init__(self, period: int, records: str = ""):
+        self.period, self.records = period, records
+
+    def due(self, epoch: int) -> bool:
+        return epoch >= self.trainer.cfg.solver.epochs or bool(self.period and epoch % self.period == 0)
+
+    def before_train(self) -> None:
         t = self.trainer
-        epoch = t.state.epoch + 1
-        if epoch == t.cfg.solver.epochs or (self.period and epoch % self.period == 0):
-            metrics = t.evaluate()
+        epoch = t.start_epoch
+        if not epoch:
+            return
+        recorded = [r for r in read_records(self.records) if r.get("type") == "eval" and r.get("epoch") == epoch]
+        if recorded:
+            metrics = {k: v for k, v in recorded[-1].items() if k not in ("type", "epoch")}
             t.state.metrics = metrics
             t.history.append({"epoch": epoch, **metrics})
-            t.emit({"type": "eval", "epoch": epoch, **metrics})
-            t.state.test_features = None  # set by trainer.evaluate() for the hooks reading this record
+        elif self.due(epoch) or epoch == t.resumed_epochs:
+            self.evaluate(epoch)
+
+    def after_epoch(self) -> None:
+        epoch = self.trainer.state.epoch + 1
+        if self.due(epoch):
+            self.evaluate(epoch)
+
+    def evaluate(self, epoch: int) -> None:
+        t = self.trainer
+        metrics = t.evaluate()
+        t.state.metrics = metrics
+        t.history.append({"epoch": epoch, **metrics})
+        t.emit({"type": "eval", "epoch": epoch, **metrics})
+        t.state.test_features = None  # set by trainer.evaluate() for the hooks reading this record
 
 
 def diagnostic_hooks(cfg: Any, seed: int) -> List[HookBase]:
