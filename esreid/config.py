@@ -126,6 +126,7 @@ class Section:
         """No structural constraint by default."""
 BACKBONE_NAMES = registry_names("esreid.models.backbones", "BACKBONES")
 POOLING_NAMES = registry_names("esreid.models.pooling", "POOLING")
+ERASE_VALUE_NAMES = registry_names("esreid.erasing.besm", "ERASE_VALUES")  # BESM's "set to 0" (docs/methods.md §7 #6)
 
 
 @dataclass
@@ -274,6 +275,7 @@ class DiagnosticsConfig(Section):
     layer: str = ""  # CG-RAM layer of the probed model; "" = the model's saliency_layer
     erase_ratio: float = param(0.2, ge=0, le=1)  # R
     erase_prob: float = param(1.0, ge=0, le=1)  # P (1: every copy is erased)
+    erase_value: str = param("black", choices=ERASE_VALUE_NAMES)  # as ES-Net's BESM (docs/methods.md §7 #6)
 
 
 @dataclass

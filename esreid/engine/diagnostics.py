@@ -12,7 +12,7 @@ from typing import Any, Dict
 import torch
 
 from esreid.engine.hooks import HOOKS, HookBase
-from esreid.erasing.besm import erased_loss_probe
+from esreid.erasing.besm import erase_fill, erased_loss_probe
 
 
 @HOOKS.register("erased_loss")
@@ -21,13 +21,15 @@ class ErasedLossProbe(HookBase):
 
     def __init__(self, cfg: Any, seed: int):
         self.cfg = cfg.diagnostics
+        self.fill = erase_fill(self.cfg.erase_value, cfg.data.mean, cfg.data.std)  # (3,), docs/methods.md §7 #6
         self.generator = torch.Generator().manual_seed(seed)  # BESM coin flips of the probe (checkpointed)
 
     def before_step(self) -> None:
         t = self.trainer
         batch = t.state.batch
         t.state.extra["erased_loss"] = erased_loss_probe(t.model, batch["images"], batch["pids"], self.cfg.erase_ratio,
-                                                         self.cfg.erase_prob, self.generator, self.cfg.layer or None)
+                                                         self.cfg.erase_prob, self.generator, self.cfg.layer or None,
+                                                         fill=self.fill.to(batch["images"].device))
 
     def generators(self) -> Dict[str, torch.Generator]:
         return {"probe": self.generator}

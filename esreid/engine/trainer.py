@@ -98,6 +98,7 @@ class Trainer:
         # resuming replaces every weight: skip the ImageNet weights (a moved file or offline URL must not stop it)
         model_cfg = cfg.model if resume is None else dataclasses.replace(cfg.model, pretrained="")
         self.model = build_model(model_cfg, self.dataset.num_train_pids, cfg.test).to(self.device)
+        self.model.set_input_normalization(cfg.data.mean, cfg.data.std)
         if cfg.solver.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # Under DDP the model's own generators (BDB's DropBlock region, BESM coin flips) start alike on every rank,
