@@ -138,6 +138,8 @@ class LossConfig(Section):
     triplet_weight: float = param(1.0, ge=0)  # 0 disables the triplet term ("Base" of ES-Net Table II is CE only)
     triplet_margin: float = param(0.3, ge=0)
     soft_margin: bool = False  # log(1+exp(d_ap-d_an)) instead of the hinge (BDB/PMM)
+    # batch_hard (docs/methods.md §0) | weighted (AGW's weighted regularisation, §8.3: no margin, soft margin always)
+    triplet: str = param("batch_hard", choices=registry_names("esreid.losses.triplet", "TRIPLETS"))
 
     def check(self, cfg: Config) -> None:
         if self.ce_weight == 0 and self.triplet_weight == 0:
