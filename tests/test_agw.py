@@ -17,24 +17,10 @@ from esreid.models.esnet import ESNetConfig
 from esreid.models.non_local import NonLocal
 
 
-def randomise_bn(module, seed=0):
-    """Non-trivial BatchNorm parameters and running statistics everywhere (fresh ones are close to the identity)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                if m.bias.requires_grad:
-                    m.bias.copy_(torch.rand(n, generator=g) - 0.5)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Non-local block
 # ----------------------------------------------------------------------------------------------------------------
-def test_non_local_block_matches_a_per_position_loop():
+def test_non_local_block_matches_a_per_position_loop(randomise_bn):
     torch.manual_seed(0)
     block = NonLocal(6, inner=3).double().eval()
     randomise_bn(block)  # the zero-initialised BN would hide W and everything before it
@@ -86,7 +72,7 @@ def test_non_local_runs_right_after_its_block():
     assert order == ["block0", "block1", "block2", "nl2", "block3", "nl3"]
 
 
-def test_imagenet_weights_load_into_the_plain_part_and_the_output_is_unchanged(tmp_path):
+def test_imagenet_weights_load_into_the_plain_part_and_the_output_is_unchanged(tmp_path, randomise_bn):
     torch.manual_seed(0)
     plain = BACKBONES.get("resnet_tiny")()
     randomise_bn(plain)
@@ -151,7 +137,7 @@ def gem(a, p, eps=1e-6):
     return a.clamp(min=eps).pow(p).mean(dim=(2, 3)).pow(1 / p)  # AGW's generalised mean
 
 
-def test_agw_losses_are_ce_ls_on_post_bn_logits_and_weighted_triplet_on_pre_bn():
+def test_agw_losses_are_ce_ls_on_post_bn_logits_and_weighted_triplet_on_pre_bn(randomise_bn):
     model = agw().train()
     for m in model.backbone.modules():  # every non-local block active (not the identity)
         if isinstance(m, NonLocal):
@@ -169,7 +155,7 @@ def test_agw_losses_are_ce_ls_on_post_bn_logits_and_weighted_triplet_on_pre_bn()
     assert all(p.grad is not None for n, p in model.named_parameters() if "non_local" in n)
 
 
-def test_agw_retrieval_is_the_post_bn_feature_without_flip_cosine():
+def test_agw_retrieval_is_the_post_bn_feature_without_flip_cosine(randomise_bn):
     model = agw().eval()
     randomise_bn(model)
     images, _ = batch()
