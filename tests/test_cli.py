@@ -47,8 +47,8 @@ def test_train_help_names_the_options(capsys):
 
 
 def test_subcommands_are_all_there():
-    assert set(build_parser().commands) == {"demo", "train", "eval", "datasets", "models", "search", "visualize",
-                                            "export", "extract"}
+    assert set(build_parser().commands) == {"demo", "train", "eval", "ablate", "datasets", "models", "search",
+                                            "visualize", "export", "extract"}
     assert set(build_parser().commands["datasets"].commands) == {"check", "cache"}
 
 
