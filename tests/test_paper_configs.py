@@ -143,3 +143,30 @@ def test_sweep_specs_resolve():
         for _, config in sweep.series:
             for p in sweep.points:
                 load_config(os.path.join(CONFIGS, sweep.folder, f"{config}.yaml"), list(p.overrides))
+
+
+def docs_results():
+    """The printed values of docs/methods.md §1.9, per table: one list of numbers (None for a dash) per row."""
+    with open(os.path.join(ROOT, "docs", "methods.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("### §1.9 "):text.index("## §2 ")]
+    out = {}
+    for block in section.split("**Table ")[1:]:
+        name = block.split("**")[0]
+        lines = [ln for ln in block.splitlines() if ln.startswith("|")][2:]  # skip header and rule
+        rows = []
+        for ln in lines:
+            cells = [c.strip().strip("*") for c in ln.strip("|").split("|")][1:]
+            if name in ("VIII", "IX"):
+                cells = cells[1:]  # the backbone column
+            rows.append([None if c == "–" else float(c) for c in cells])
+        out[name] = rows
+    return out
+
+
+def test_paper_numbers_are_those_of_the_method_notes():
+    docs = docs_results()
+    assert list(docs) == list(TABLES)
+    for name, table in TABLES.items():
+        ours = [[v for c in table.columns for v in row.values[c.key]] for row in table.rows]
+        assert ours == docs[name], f"Table {name}"
