@@ -17,7 +17,8 @@ sample std over the seeds per metric, the paper's figure beside each cell), ``sw
 
 ``--dataset synthetic`` runs the person tables (and sweeps) on the built-in synthetic people at demo scale: the
 configs of the table's first dataset with :func:`esreid.demo.demo_overrides` (tiny ResNet, 64x32, 64 train ids,
-8 epochs), so each cell takes seconds on a CPU. Command-line ``KEY=VALUE`` overrides apply to every cell, last.
+8 epochs; a non-local backbone becomes ``resnet_tiny_nl``), so each cell takes seconds on a CPU. Command-line
+``KEY=VALUE`` overrides apply to every cell, last.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from esreid.files import atomic_write_text
 from esreid.paper import TABLES, Column, Row, Table
 
 SYNTHETIC = "synthetic"
+TINY_BACKBONES = {"resnet50_nl": "resnet_tiny_nl"}  # demo scale: backbone -> its tiny stand-in (default resnet_tiny)
 INDEX = "cells.json"  # <out>/cells.json: hash of each cell's config -> its folder, shared by every command on <out>
 # keys that change how a cell runs, not what it computes: a finished or interrupted cell is reused across them
 RUN_KEYS = ("device", "log_period", "tensorboard", "data.workers", "data.cache", "data.cache_dir",
@@ -180,7 +182,11 @@ class Plan:
               column_overrides: Sequence[str] = ()) -> List[Cell]:
         """The cells (one per seed) of ``path`` on ``column`` with ``extra`` overrides (a sweep point named
         ``point``)."""
-        base = [*column_overrides, *self.scale, *extra, *self.user]
+        scale = list(self.scale)
+        if scale:  # demo scale: the tiny trunk of the config's kind (AGW's non-local blocks stay)
+            own = load_config(path, list(column_overrides)).model.backbone
+            scale.append(f"model.backbone={TINY_BACKBONES.get(own, 'resnet_tiny')}")
+        base = [*column_overrides, *scale, *extra, *self.user]
         cfg = load_config(path, base)  # every mistake surfaces here, before anything runs
         key = hashlib.sha256(json.dumps(_comparable(to_dict(cfg)), sort_keys=True, default=str).encode()).hexdigest()
         stem = self.by_key.setdefault(key, os.path.join(column, label + (f"@{point}" if point else "")))

@@ -105,6 +105,14 @@ def test_identical_configs_share_one_cell_across_commands(tmp_path):
     assert later.cells("synthetic", esnet, "esnet", ["model.erase_ratio=0.2"], "x")[0].folder == row[0].folder
 
 
+def test_demo_scale_keeps_the_kind_of_backbone(tmp_path):
+    plan = Plan(str(tmp_path), [0], CONFIGS, ablate_mod.scale_overrides(["synthetic"], str(tmp_path)), [])
+    backbone = lambda name: ablate_mod.cell_config(plan.cells(  # noqa: E731
+        "synthetic", os.path.join(CONFIGS, "market1501", f"{name}.yaml"), name)[0]).model.backbone
+    assert (backbone("esnet"), backbone("agw"), backbone("esnet_agw")) == ("resnet_tiny", "resnet_tiny_nl",
+                                                                          "resnet_tiny_nl")
+
+
 def test_markdown_and_csv_in_the_paper_layout():
     table = TABLES["III"]
     cells = {(r.label, "market1501"): [Cell("", "", (), f"{r.config}/{s}", s) for s in (0, 1)] for r in table.rows}
