@@ -131,7 +131,6 @@ def load_sweep(name: str, config_root: str) -> Sweep:
 class Cell:
     """One training run: ``config`` with ``overrides`` (the last ones set output_dir and seed) into ``folder``."""
 
-    name: str
     config: str
     overrides: Tuple[str, ...]
     folder: str
@@ -167,8 +166,12 @@ class Plan:
         self.index = os.path.join(self.out, INDEX)
         self.by_key: Dict[str, str] = {}  # hash of the comparable config -> cell folder stem (INDEX, across runs)
         if os.path.isfile(self.index):
-            with open(self.index, encoding="utf-8") as f:
-                self.by_key = json.load(f)
+            try:
+                with open(self.index, encoding="utf-8") as f:
+                    self.by_key = dict(json.load(f))
+            except (ValueError, TypeError):
+                raise AblateError(f"{self.index} is not a cell index (JSON object): delete it; it is rebuilt from "
+                                  "the configs, and cell folders of other configs are then reported") from None
         self.all: Dict[str, Cell] = {}  # folder -> cell, in planning order
 
     def config_path(self, folder: str, stem: str) -> str:
@@ -193,7 +196,7 @@ class Plan:
         out = []
         for seed in self.seeds:
             folder = os.path.join(self.out, stem, f"seed{seed}")
-            cell = Cell(f"{stem} seed {seed}", path, (*base, f"output_dir={folder}", f"seed={seed}"), folder, seed)
+            cell = Cell(path, (*base, f"output_dir={folder}", f"seed={seed}"), folder, seed)
             self.all.setdefault(folder, cell)
             out.append(self.all[folder])
         return out

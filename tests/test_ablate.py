@@ -115,7 +115,7 @@ def test_demo_scale_keeps_the_kind_of_backbone(tmp_path):
 
 def test_markdown_and_csv_in_the_paper_layout():
     table = TABLES["III"]
-    cells = {(r.label, "market1501"): [Cell("", "", (), f"{r.config}/{s}", s) for s in (0, 1)] for r in table.rows}
+    cells = {(r.label, "market1501"): [Cell("", (), f"{r.config}/{s}", s) for s in (0, 1)] for r in table.rows}
     metrics = {f"base/{s}": {"R1": r1, "mAP": m} for s, (r1, m) in enumerate([(0.93, 0.80), (0.95, 0.82)])}
     res = TableResult(table, (MARKET,), cells, paper=True)
     md = table_markdown(res, metrics, [0, 1])
