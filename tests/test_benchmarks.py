@@ -15,13 +15,15 @@ CASES = {
     "data_pipeline.py": (["--batches", "2", "--backbone", "resnet_tiny", "--height", "64", "--width", "32",
                           "--model-steps", "1", "--workers", "0"], "ratio cache / JPEG"),
     "checkpoint_io.py": (["--backbone", "resnet_tiny", "--runs", "1"], "load: esreid"),
+    "saliency_trap.py": (["--quick", "--out", "{tmp}/trap"], "paired t = "),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(CASES))
-def test_benchmark_runs(script):
+def test_benchmark_runs(script, tmp_path):
     args, expected = CASES[script]
+    args = [a.format(tmp=tmp_path) for a in args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
