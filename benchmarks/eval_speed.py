@@ -1,23 +1,32 @@
-"""Evaluation speed and memory: esreid's chunked evaluator vs a per-query numpy reference, measured in the same run.
+"""Evaluation speed and memory: esreid's chunked evaluator vs a per-query numpy reference and vs the bare distance
+GEMM, measured in the same run.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eval_speed.py            # Market + MSMT17 + 1M faiss
-    .venv/bin/python benchmarks/eval_speed.py --quick                      # smaller problems, for a smoke run
-    .venv/bin/python benchmarks/eval_speed.py --skip-1m --skip-msmt
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eval_speed.py    # Market + floor + MSMT17 + 1M faiss
+    PYTHONPATH=. .venv/bin/python benchmarks/eval_speed.py --quick              # smaller problems, for a smoke run
+    PYTHONPATH=. .venv/bin/python benchmarks/eval_speed.py --skip-1m --skip-msmt --profile
+
+(``PYTHONPATH=.`` makes the script use this checkout's ``esreid`` rather than the installed one.)
 
 1. Market-size (3368 x 15913, 751 ids, 6 cameras, synthetic 128-d features with identity signal): the same float32
    distance matrix goes to ``evaluate_rank`` and to ``reference_eval`` (per query: stable argsort, junk removal,
    cumsum; the definitions of docs/methods.md §0 written directly in numpy). Prints median times, the ratio and max
    |delta|.
-2. MSMT17-size (11659 x 82161, 3060 ids, 15 cameras) from features, never materialising the distance matrix:
+2. The floor: Market-size from 2048-d features clustered by identity (noise 3: mAP ~0.9), one thread. Every
+   (query, gallery) pair needs its dot product, so the bare GEMM ``q @ g.T`` (float32, into fresh memory) is the
+   floor; the full evaluation (normalisation, distances, ranking, metrics) is timed alternately with it and the
+   ratio of the medians printed. ``--profile`` adds a cProfile of one evaluation (where the time above the GEMM goes).
+3. MSMT17-size (11659 x 82161, 3060 ids, 15 cameras) from features, never materialising the distance matrix:
    time and peak RSS of the process (run in a child process so the Market step does not count).
-3. A 1M-image synthetic gallery indexed with faiss (flat = exact, IVF, HNSW): build time, query latency, recall@k of the
+4. A 1M-image synthetic gallery indexed with faiss (flat = exact, IVF, HNSW): build time, query latency, recall@k of the
    approximate indexes against the flat one.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import multiprocessing as mp
+import pstats
 import statistics
 import time
 
@@ -103,6 +112,31 @@ def bench_market(args):
               f"mAP {rr.mAP:.4f}  R1 {rr.cmc[0]:.4f}")
 
 
+def bench_floor(args):
+    nq, ng, ids = (842, 3978, 188) if args.quick else (3368, 15913, 751)
+    qf, gf, q_pids, g_pids, q_cams, g_cams = synthetic(nq, ng, ids, 6, dim=2048, noise=3.0)
+    qt, gt = torch.from_numpy(qf), torch.from_numpy(gf)
+    evaluate = lambda: evaluate_rank(q_pids, g_pids, q_cams, g_cams, qf=qf, gf=gf)  # noqa: E731
+    warm = torch.mm(qt, gt.T)  # written once: its pages are mapped
+    fns = {"gemm": lambda: qt @ gt.T, "warm": lambda: torch.mm(qt, gt.T, out=warm), "eval": evaluate}
+    times = {k: [] for k in fns}
+    for _ in range(args.runs):  # alternating, so that all see the same machine load
+        for key, fn in fns.items():
+            t = time.perf_counter()
+            out = fn()
+            times[key].append(time.perf_counter() - t)
+    gemm, warm_gemm, full = (statistics.median(times[k]) for k in fns)
+    print(f"\n== floor: Market-size {nq} x {ng} from 2048-d features, torch threads {torch.get_num_threads()} ==")
+    for key, label in (("gemm", "bare GEMM q @ g.T (fresh output)"), ("warm", "GEMM into a written buffer"),
+                       ("eval", "evaluate_rank(qf=, gf=), cosine")):
+        t = times[key]
+        print(f"{label:35s}: median {statistics.median(t):7.3f} s  runs {[round(x, 3) for x in t]}")
+    print(f"ratio evaluation / GEMM {full / gemm:.3f} (goal <= 1.15); evaluation / GEMM into a written buffer "
+          f"{full / warm_gemm:.3f}; mAP {out.mAP:.4f}  mINP {out.mINP:.4f}  R1 {out.cmc[0]:.4f}")
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.runcall(evaluate)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(12)
 
 
 def _msmt_child(quick, queue):
@@ -168,9 +202,13 @@ def main():
     ap.add_argument("--ref-runs", type=int, default=3)
     ap.add_argument("--rerank", action="store_true", help="also time re-ranking on the Market-size problem")
     ap.add_argument("--skip-slow-ref", action="store_true", help="skip the ~50 s Python-precision reference")
+    ap.add_argument("--skip-floor", action="store_true", help="skip the evaluation / GEMM ratio")
+    ap.add_argument("--profile", action="store_true", help="cProfile one evaluation of the floor problem")
     args = ap.parse_args()
     print("hardware:", hardware())
     bench_market(args)
+    if not args.skip_floor:
+        bench_floor(args)
     if not args.skip_msmt:
         bench_msmt(args)
     if not args.skip_1m:

@@ -8,10 +8,10 @@ argparse rejects, a file that is missing, exists already or cannot be accessed) 
 exception's ``hint``, e.g. how to resume) and exits 130.
 
 Parsing: ``key=value`` tokens are config overrides wherever they stand (options and overrides in any order; after an
-option taking a list, such as ``ablate --seeds 0 1``, put them before the option or after ``--``).
+option taking a list, such as ``ablate --seeds 0 1``, put them before the option or end its list with another one).
 Building the parser imports nothing heavy (no torch, numpy, models): ``--help`` answers at once and each handler
-imports what it needs. ``ablate``, ``export``, ``extract``, ``visualize`` and ``search`` are parsed here too, and
-their handlers (``module.function(args)``) are imported only when the command runs.
+imports what it needs. ``ablate``, ``export``, ``extract``, ``explain``, ``visualize`` and ``search`` are parsed here
+too, and their handlers (``module.function(args)``) are imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -84,14 +84,14 @@ def resume_value(value: str) -> str:
     return existing_file(value)
 
 
-def listed(convert: Callable[[str], object]) -> Callable[[str], object]:
-    """An argparse type for an option taking a list (``nargs="+"``): ``convert``, but an override that follows the
-    list (which argparse would take as one more item) is named with where to put it."""
+def list_item(convert: Callable[[str], object], what: str) -> Callable[[str], object]:
+    """The type of an option taking a list (``nargs="+"``): such an option swallows the overrides written after it,
+    so an override there is named as the mistake instead of being read as a list item."""
 
-    def check(value: str) -> object:
+    def check(value: str):
         if OVERRIDE.match(value) and not os.path.exists(value):
-            raise argparse.ArgumentTypeError(f"got the override {value!r} in the list: put overrides before this "
-                                             f"option, or after '--'")
+            raise argparse.ArgumentTypeError(f"expected {what}, got the override {value!r} (write overrides before "
+                                             "this option, or end its list with another option)")
         return convert(value)
 
     return check
@@ -129,7 +129,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
     metrics = trainer.train()
-    print(format_metrics(metrics, "final"))
+    trainer.log(format_metrics(metrics, "final"))
     return 0
 
 
@@ -139,18 +139,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from esreid.config import load_config
     from esreid.data.base import build_dataset
     from esreid.engine.checkpoint import load_trained_model
-    from esreid.engine.evaluator import evaluate_model
+    from esreid.engine.evaluator import evaluate_features, extract_test_features
     from esreid.engine.hooks import format_metrics
     from esreid.engine.trainer import resolve_device
+    from esreid.files import atomic_write_text, check_writable
+    from esreid.viz.runreport import evaluation_report
 
     cfg = load_config(args.config, args.overrides)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.weights)),
+                                   "eval_" + os.path.splitext(os.path.basename(args.weights))[0])
+    check_writable(out, "--out")
     device = resolve_device(cfg.device)
-    dataset = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.args)
+    dataset = build_dataset(cfg.data.name, cfg.data.root, verbose=False, **cfg.data.args)
     print(dataset.summary())
     model = load_trained_model(cfg, args.weights).to(device)
-    metrics = evaluate_model(model, dataset, cfg, device)
+    features = extract_test_features(model, dataset, cfg, device)
+    metrics = evaluate_features(features, dataset, cfg, model.retrieval.metric)
     print(format_metrics(metrics, "eval"))
-    if args.json:
+    atomic_write_text(os.path.join(out, "results.json"), json.dumps(metrics, indent=2))
+    print(f"report: {evaluation_report(out, cfg, model, dataset, device, features, metrics, args.weights)}")
+    if args.json:  # the last line, for scripts
         print(json.dumps(metrics))
     return 0
 
@@ -270,17 +278,26 @@ def _add_train(sub) -> None:
 def _add_eval(sub) -> None:
     p = _command(sub, "eval", "evaluate a checkpoint with the dataset's protocol",
                  [f"esreid eval --config {CONFIG} --weights outputs/market1501/esnet/last.pth --json"],
-                 "Evaluate trained weights on the query/gallery split of the configured dataset.",
+                 "Evaluate trained weights on the query/gallery split of the configured dataset; writes results.json "
+                 "and report.html (metrics, CMC, CG-RAM explanations, the run's training curves when its "
+                 "metrics.jsonl lies next to the checkpoint) to --out.",
                  overrides=True, handler=_cmd_eval)
     _trained_model(p)
     p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    p.add_argument("--out", metavar="DIR", help="where report.html and results.json go (default: eval_<checkpoint "
+                                                "name>/ next to the checkpoint)")
+
+
+def _group(sub, name: str, help: str, example: str):
+    """A command with subcommands (``esreid NAME SUBCOMMAND``): its parser and the action adding the subcommands."""
+    group = sub.add_parser(name, help=help, description=f"{help[0].upper()}{help[1:]}; run 'esreid {name} "
+                                                        "SUBCOMMAND --help'.", epilog=f"examples:\n  {example}")
+    return group, group.add_subparsers(dest=f"{name}_command", required=True, metavar="SUBCOMMAND")
 
 
 def _add_datasets(sub) -> None:
-    group = sub.add_parser("datasets", help="dataset utilities: check, cache",
-                           description="Dataset utilities; run 'esreid datasets SUBCOMMAND --help'.",
-                           epilog="examples:\n  esreid datasets check --root /data/reid --verify")
-    dsub = group.add_subparsers(dest="datasets_command", required=True, metavar="SUBCOMMAND")
+    group, dsub = _group(sub, "datasets", "dataset utilities: check, cache",
+                         "esreid datasets check --root /data/reid --verify")
     c = _command(dsub, "check", "find datasets under a root and print their summaries",
                  ["esreid datasets check --root /data/reid --verify", "esreid datasets check --root /data/my_people"],
                  "Print the ids/images/cameras table of every dataset found under ROOT: the known datasets in the "
@@ -310,11 +327,13 @@ def _add_search(sub) -> None:
     p = _command(sub, "search", "top-k gallery images of each query, from features (faiss)",
                  ["esreid search --gallery gallery.npz --query query.npz -k 10 --output top10.json",
                   "esreid search --gallery gallery.npz --query query.npz --index hnsw --save-index gallery_index.npz",
-                  "esreid search --load-index gallery_index.npz --query query.npz -k 5 --output top5.csv"],
+                  "esreid search --load-index gallery_index.npz --query query.npz -k 5 --output top5.csv",
+                  "esreid search --gallery gallery.npz --query query.npz -k 8 --html top8.html --grid top8/"],
                  "Index the gallery features (or load a saved index) and rank the gallery for every query: gallery "
                  "image path, row, pid, camid and distance per match (paths, pids, camids when the .npz holds them, "
                  "as esreid extract writes them). -k is capped at the gallery size. Output columns: see "
-                 "esreid.evaluation.search.", handler=_delegated("esreid.evaluation.search", "search_main"))
+                 "esreid.evaluation.search. --html and --grid show the images (they need the paths).",
+                 handler=_delegated("esreid.evaluation.search", "search_main"))
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--gallery", type=existing_file, metavar="GALLERY.npz",
                      help=".npz with feats (N, D) and optional ids (pids), camids, paths (N,): esreid extract output")
@@ -328,14 +347,57 @@ def _add_search(sub) -> None:
     p.add_argument("--save-index", metavar="FILE.npz", help="write the built index (with the gallery's paths) here")
     p.add_argument("--output", metavar="FILE", help="write the matches to FILE.json, FILE.csv or FILE.npz "
                                                      "(default: print them)")
+    p.add_argument("--html", metavar="FILE.html", help="a page showing each query and its top-k images (linked, "
+                                                        "not copied; green/red borders when pids are known)")
+    p.add_argument("--grid", metavar="DIR", help="draw one PNG per query (query + top-k, distances) and an "
+                                                 "index.html into DIR")
+
+
+def _add_explain(sub) -> None:
+    p = _command(sub, "explain", "ranked lists with CG-RAM maps: why the model ranked these gallery images first",
+                 [f"esreid explain --config {CONFIG} --weights W.pth --num-queries 5 data.root=/data/reid",
+                  f"esreid explain --config {CONFIG} --weights W.pth --query-index 0 5 12 -k 5 --layer backbone.layer3",
+                  "esreid explain --config C.yaml --weights esnet.pth --compare bot.pth --compare-config B.yaml "
+                  "--where differ",
+                  f"esreid explain --config {CONFIG} --weights W.pth --no-maps --num-queries 100 --where wrong"],
+                 "Rank the gallery of the configured dataset for some queries exactly as esreid eval does (the "
+                 "model's retrieval rule, flip included) and draw each query with its top-k: the score, green/red "
+                 "borders for true/false matches (junk greyed), and CG-RAM maps in both directions (the gallery "
+                 "image's and the query's, both explaining that pair's ranked similarity; ES-Net Figs. 1 and 5). "
+                 "Writes one PNG per query, index.html and ranked.json.", overrides=True,
+                 handler=_delegated("esreid.viz.explain", "explain_main"))
+    _trained_model(p)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--query", nargs="+", type=list_item(existing_file, "an image file"), metavar="IMG",
+                       help="query image files (identities known when they are images of the dataset)")
+    which.add_argument("--query-index", nargs="+", type=list_item(int, "a query row"), metavar="I",
+                       help="rows of the dataset's query split")
+    p.add_argument("--num-queries", type=positive_int, metavar="N",
+                   help="draw N of the queries (reproducibly, --seed); default 8 when no query is named")
+    p.add_argument("--seed", type=int, default=0, help="seed of the query draw (default: %(default)s)")
+    p.add_argument("--where", choices=["any", "differ", "wrong"], default="any",
+                   help="keep the queries whose rank-1 (junk skipped, as R1 counts it) differs between the two "
+                        "models (differ, needs --compare) or is a false match of the first model (wrong); default: "
+                        "any")
+    p.add_argument("-k", type=positive_int, default=10, help="matches per query (default: %(default)s)")
+    p.add_argument("--layer", default="", help="module name of the CG-RAM layer, e.g. backbone.layer3 or "
+                                               "backbone.bn1 (default: the model's saliency layer)")
+    p.add_argument("--no-maps", action="store_true", help="rank grids only, no CG-RAM (fast, for many queries)")
+    p.add_argument("--compare", type=existing_file, metavar="W2.pth", help="a second model drawn under the first")
+    p.add_argument("--compare-config", type=existing_file, metavar="C2.yaml",
+                   help="the second model's config (default: --config)")
+    p.add_argument("--out", help="output folder (default: explain/ next to --weights)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="pairs per CG-RAM pass (default: %(default)s)")
+    p.add_argument("--tile-height", type=positive_int, default=128, help="image height in pixels in the pictures "
+                                                                         "(default: %(default)s)")
 
 
 def _add_ablate(sub) -> None:
     p = _command(sub, "ablate", "the paper's tables and figures: configs x seeds, trained in turn and summarised",
                  ["esreid ablate --table III --dataset synthetic --seeds 0 1",
-                  "esreid ablate --table II III --dataset market1501 --seeds 0 1 2 --out outputs/ablate "
-                  "data.root=/data/reid",
-                  "esreid ablate --sweep fig4_erase_ratio --dataset market1501 --seeds 0 data.root=/data/reid",
+                  "esreid ablate data.root=/data/reid --table II III --dataset market1501 --seeds 0 1 2 "
+                  "--out outputs/ablate",
+                  "esreid ablate data.root=/data/reid --sweep fig4_erase_ratio --dataset market1501 --seeds 0",
                   "esreid ablate --configs configs/market1501/base.yaml configs/market1501/esnet.yaml --seeds 0 1"],
                  "Train and evaluate each (config, dataset, seed) cell with the normal trainer, one after the other, "
                  "each into <out>/<dataset>/<config>/seed<k>; rerunning the command skips finished cells and resumes "
@@ -343,15 +405,16 @@ def _add_ablate(sub) -> None:
                  "cell) and, for sweeps, sweep_<name>_<dataset>.md/.csv/.png. --dataset synthetic runs on built-in "
                  "synthetic people at demo scale (seconds per cell on a CPU). Overrides apply to every cell.",
                  overrides=True, handler=_delegated("esreid.ablate", "ablate_main"))
-    p.add_argument("--table", nargs="+", type=listed(str), metavar="T",
+    p.add_argument("--table", nargs="+", type=list_item(str, "a table"), metavar="T",
                    help="ES-Net paper tables: I II III IV V VI VII VIII IX X")
-    p.add_argument("--sweep", nargs="+", type=listed(str), metavar="NAME",
+    p.add_argument("--sweep", nargs="+", type=list_item(str, "a sweep"), metavar="NAME",
                    help="a sweep spec: a name under <config-root>/sweeps (fig4_erase_ratio, fig6_batch_composition) "
                         "or a .yaml path")
-    p.add_argument("--configs", nargs="+", type=listed(existing_file), metavar="CONFIG", help="any configs, a row each")
-    p.add_argument("--dataset", nargs="+", type=listed(str), metavar="D",
+    p.add_argument("--configs", nargs="+", type=list_item(existing_file, "a config file"), metavar="CONFIG",
+                   help="any configs, a row each")
+    p.add_argument("--dataset", nargs="+", type=list_item(str, "a dataset"), metavar="D",
                    help="datasets (config folders) of the tables to run, default all; 'synthetic': demo scale")
-    p.add_argument("--seeds", nargs="+", type=listed(seed_value), default=[0], metavar="S",
+    p.add_argument("--seeds", nargs="+", type=list_item(seed_value, "a seed"), default=[0], metavar="S",
                    help="seeds, each a cell of its own (default: 0)")
     p.add_argument("--out", default="outputs/ablate", help="cells, tables and plots (default: %(default)s)")
     p.add_argument("--config-root", default="configs", help="folder of <dataset>/<config>.yaml and sweeps/ "
@@ -363,14 +426,17 @@ def _add_ablate(sub) -> None:
 def _add_visualize(sub) -> None:
     p = _command(sub, "visualize", "CG-RAM maps of why a query matched a gallery image",
                  [f"esreid visualize --config {CONFIG} --weights W.pth --query q.jpg --gallery g.jpg --out why.png"],
-                 "CG-RAM maps of a (query, gallery) pair for a trained model, saved as a PNG.", overrides=True,
-                 handler=_delegated("esreid.viz.saliency", "visualize_main"))
+                 "CG-RAM maps of one (query, gallery) pair for a trained model, saved as a PNG: the one-pair case "
+                 "of esreid explain, drawn the same way.", overrides=True,
+                 handler=_delegated("esreid.viz.explain", "visualize_main"))
     _trained_model(p)
     p.add_argument("--query", required=True, type=existing_file, help="query image file")
     p.add_argument("--gallery", required=True, type=existing_file, help="gallery image file")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--layer", default="", help="module name of the CG-RAM layer (default: the model's)")
     p.add_argument("--device", default="cpu", help="default: %(default)s")
+    p.add_argument("--tile-height", type=positive_int, default=192, help="image height in pixels (default: "
+                                                                         "%(default)s)")
 
 
 def _add_export(sub) -> None:
@@ -388,19 +454,42 @@ def _add_export(sub) -> None:
 
 
 def _add_extract(sub) -> None:
-    p = _command(sub, "extract", "features of a dataset split as .npz (input of esreid search)",
+    p = _command(sub, "extract", "features of a dataset split or of any images as .npz (input of esreid search)",
                  [f"esreid extract --config {CONFIG} --weights W.pth --split gallery --out gallery.npz "
-                  "data.root=/data/reid"],
-                 "Features of a dataset split (as esreid eval computes them) saved as .npz with feats, ids (pids), "
-                 "camids, paths: the input of esreid search --gallery/--query.", overrides=True,
+                  "data.root=/data/reid",
+                  f"esreid extract --config {CONFIG} --weights W.pth --images photos/ --out photos.npz",
+                  f"esreid extract --config {CONFIG} --weights W.pth --images list.txt --names market --out q.npz"],
+                 "Features (as esreid eval computes them) saved as .npz with feats and paths, plus ids (pids) and "
+                 "camids when known: the input of esreid search --gallery/--query. --split takes a split of the "
+                 "configured dataset; --images any folder (its images, recursively, sorted) or a text file listing "
+                 "image paths (one per line, relative to the file), no dataset layout needed.", overrides=True,
                  handler=_delegated("esreid.export", "extract_main"))
     _trained_model(p)
-    p.add_argument("--split", required=True, choices=["query", "gallery", "train"])
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--split", choices=["query", "gallery", "train"], help="a split of the configured dataset")
+    what.add_argument("--images", metavar="DIR|LIST", help="a folder of images or a text file listing image paths")
+    p.add_argument("--names", metavar="LAYOUT", help="with --images: read pids and cameras from the file names; "
+                                                     "'market' for <pid>_c<camera>... (Market-1501, Duke, VeRi)")
     p.add_argument("--out", required=True, help=".npz file to write")
 
 
-COMMANDS = [_add_demo, _add_train, _add_eval, _add_ablate, _add_datasets, _add_models, _add_search, _add_visualize,
-            _add_export, _add_extract]
+def _add_weights(sub) -> None:
+    group, wsub = _group(sub, "weights", "ImageNet weights for model.pretrained: fetch into the torch hub cache",
+                         "esreid weights fetch torchvision:resnet50")
+    f = _command(wsub, "fetch", "download ImageNet weights once into the torch hub cache",
+                 ["esreid weights fetch", "esreid weights fetch torchvision:resnet101",
+                  "TORCH_HOME=/shared/torch esreid weights fetch https://example.org/resnet50-ibn.pth"],
+                 "Download the weights a config's model.pretrained names (torchvision:resnet18|34|50|101 or a URL) "
+                 "into $TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints), where training looks "
+                 "first: machines that train offline need the file there (copy it, or share TORCH_HOME).",
+                 handler=_delegated("esreid.models.backbones.weights", "fetch_main"))
+    f.add_argument("name", nargs="?", default="torchvision:resnet50", metavar="NAME|URL",
+                   help="torchvision:<resnet> or a URL (default: torchvision:resnet50, what the shipped configs use)")
+    group.commands.update(fetch=f)
+
+
+COMMANDS = [_add_demo, _add_train, _add_eval, _add_ablate, _add_datasets, _add_models, _add_search, _add_explain,
+            _add_visualize, _add_export, _add_extract, _add_weights]
 
 
 def build_parser() -> Parser:

@@ -154,11 +154,18 @@ class ModelConfig(Section):
 
     name: str = "baseline"
     backbone: str = param("resnet50", choices=BACKBONE_NAMES)
-    pretrained: str = ""  # path or URL of an ImageNet state dict (torchvision keys); "" = random init
+    # ImageNet weights (torchvision keys): torchvision:<backbone>, a URL (both via the torch hub cache), a local file;
+    # "" = random init (esreid.models.backbones.weights)
+    pretrained: str = ""
     last_stride: int = param(1, ge=1, le=2)
     loss: LossConfig = field(default_factory=LossConfig)
 
     def check(self, cfg: Config) -> None:
+        from esreid.models.backbones.weights import config_problem
+
+        problem = config_problem(self.pretrained)
+        if problem:
+            raise Invalid("model.pretrained", problem)
         if self.loss.triplet_weight > 0 and cfg.data.instances < 2:
             raise Invalid("data.instances", "the triplet loss needs at least 2 images per identity in a batch "
                                             "(or set model.loss.triplet_weight=0)")
@@ -293,6 +300,7 @@ class Config(Section):
     log_period: int = param(20, ge=0)  # iterations between console/JSONL log lines
     checkpoint_period: int = param(10, ge=0)  # epochs between kept checkpoints (the latest is always saved)
     tensorboard: bool = False
+    report: bool = True  # <output_dir>/report.html (metrics, plots, CG-RAM explanations) at each evaluation and the end
 
     def check(self, cfg: Config) -> None:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):

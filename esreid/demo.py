@@ -78,13 +78,14 @@ def run_demo(quick: bool = False, output_dir: str = "outputs/demo", progress: bo
     data_root = os.path.join(output_dir, "synthetic-quick" if quick else "synthetic")
     run_dir = os.path.join(output_dir, time.strftime("%Y%m%d-%H%M%S") + ("-quick" if quick else ""))
     results: Dict[str, Dict] = {}
+    trainers: Dict[str, Trainer] = {}
     for method, extra in METHODS.items():
         folder = os.path.join(run_dir, extra[0].split("=")[1])
         cfg = load_config(None, demo_overrides(data_root, quick) + extra + [f"output_dir={folder}"])
         print(f"\n=== {method}: {cfg.model.name} / {cfg.model.backbone} / {cfg.data.height}x{cfg.data.width}, "
               f"{cfg.solver.epochs} epochs -> {folder}")
         start = time.perf_counter()
-        trainer = Trainer(cfg, progress=progress)
+        trainer = trainers[method] = Trainer(cfg, progress=progress)
         metrics = trainer.train()
         metrics["train_seconds"] = time.perf_counter() - start
         results[method] = metrics
@@ -96,7 +97,40 @@ def run_demo(quick: bool = False, output_dir: str = "outputs/demo", progress: bo
     with open(os.path.join(run_dir, "demo_results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
     print(f"\nresults: {os.path.join(run_dir, 'demo_results.json')}")
+    print(f"comparison of the two models (metrics, CMC, explanations; links to each report): "
+          f"{comparison_page(run_dir, trainers, results)}")
     return results
+
+
+def comparison_page(run_dir: str, trainers: Dict[str, Trainer], results: Dict[str, Dict], queries: int = 2) -> str:
+    """``<run_dir>/comparison.html``: the metrics of the trained models and the chance row, their CMC curves, links
+    to each model's report.html, and ``queries`` test queries whose rank-1 differs between the two models explained
+    side by side (top-5, CG-RAM at each model's saliency layer). Returns its path."""
+    from esreid.engine.evaluator import extract_test_features
+    from esreid.viz.explain import Explainer, ExplainError, dataset_queries, explanation_grids, select_queries
+    from esreid.viz.report import RunSummary, write_comparison
+    from esreid.viz.runreport import cmc_curve
+
+    runs, explainers, feats = [], [], []
+    for method, t in trainers.items():
+        f = extract_test_features(t.model, t.dataset, t.cfg, t.device)
+        cmc = cmc_curve(results[method], f, t.dataset, t.cfg, t.model.retrieval.metric)
+        report = os.path.relpath(os.path.join(t.out, "report.html"), run_dir)
+        runs.append(RunSummary(method, {**results[method], "cmc": cmc}, report))
+        explainers.append(Explainer(method, t.model, t.cfg, t.device))
+        feats.append(f)
+    runs += [RunSummary(name, m) for name, m in results.items() if name not in trainers]
+    dataset = next(iter(trainers.values())).dataset
+    candidates = dataset_queries(dataset)
+    qfs, gfs = [f.query[0] for f in feats], [f.gallery[0] for f in feats]
+    try:
+        picked = select_queries(explainers, candidates, qfs, gfs, dataset.gallery, "differ", queries, seed=0)
+    except ExplainError:  # the two models agree on every rank-1: nothing to contrast
+        picked = []
+    grids = explanation_grids(explainers, dataset, [qf[picked] for qf in qfs], gfs, [candidates[i] for i in picked])
+    plots = {f"{name}: rank-1 differs between the models": png for name, png in grids.items()}
+    return write_comparison(os.path.join(run_dir, "comparison.html"), "esreid demo: " + " vs ".join(trainers), runs,
+                            plots=plots)
 
 
 def format_table(results: Dict[str, Dict]) -> str:

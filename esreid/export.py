@@ -121,9 +121,7 @@ def extract_split(model: nn.Module, dataset, cfg, split: str) -> Tuple[np.ndarra
     Returns ``feats`` (N, D) float32, ``pids`` (N,) int64, ``camids`` (N,) int64, ``paths`` (N,) str, in dataset order.
     """
     from esreid.data.base import DatasetError
-    from esreid.data.loader import build_test_loader
-    from esreid.data.transforms import TestTransform
-    from esreid.engine.evaluator import extract_features
+    from esreid.engine.evaluator import extract_items
     from esreid.engine.trainer import resolve_device
 
     items = getattr(dataset, split)
@@ -131,8 +129,7 @@ def extract_split(model: nn.Module, dataset, cfg, split: str) -> Tuple[np.ndarra
         raise DatasetError(f"{cfg.data.name} ({cfg.data.root}): split {split!r} has no images")
     device = resolve_device(cfg.device)
     model.to(device)
-    feats, pids, camids = extract_features(model, build_test_loader(cfg.data, items), device, TestTransform(cfg.data),
-                                           cfg.solver.amp)
+    feats, pids, camids = extract_items(model, items, cfg, device, f"{split} features")
     paths = np.array([item.path for item in items], dtype=str)
     return feats.numpy().astype(np.float32), pids.numpy().astype(np.int64), camids.numpy().astype(np.int64), paths
 
@@ -143,15 +140,22 @@ SPLITS = ("query", "gallery", "train")
 def extract_main(args: argparse.Namespace) -> int:
     """``esreid extract`` (arguments: ``esreid extract --help``): features of a dataset split (as ``esreid eval``
     computes them) saved as ``.npz`` with ``feats``, ``ids`` (pids), ``camids``, ``paths``: the input of
-    ``esreid search --gallery/--query``."""
+    ``esreid search --gallery/--query``; with ``--images``, of any images
+    (:func:`esreid.inference.extract_images_main`)."""
+    from esreid.cli import UsageError
     from esreid.config import load_config
     from esreid.data.base import build_dataset
+    from esreid.inference import check_output, extract_images_main, save_features
 
+    if args.images:
+        return extract_images_main(args)
+    if args.names:
+        raise UsageError("--names reads pids from the file names of --images; a --split has its pids already")
+    check_output(args.out)
     cfg = load_config(args.config, args.overrides)
     dataset = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.args)
     model = load_trained_model(cfg, args.weights)
     feats, pids, camids, paths = extract_split(model, dataset, cfg, args.split)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    np.savez(args.out, feats=feats, ids=pids, camids=camids, paths=paths)
+    save_features(args.out, feats, paths, pids, camids)
     print(f"wrote {args.out}: {args.split} features {feats.shape} of {cfg.data.name}")
     return 0

@@ -2,10 +2,10 @@
 
 One intra-op thread (tiny tensors run fastest that way and results are reproducible). Shared helpers are fixtures
 here, never imported from another test module: ``tiny_config`` (a factory of tiny synthetic-data training configs),
-``layouts`` (writers of the real dataset layouts with their quirks), ``storage`` (disk-full / read-only faults),
-``synthetic_files``, ``randomise_bn`` (non-trivial BatchNorm statistics) and ``chromium``: a headless browser driven
-over the DevTools pipe (tests/chromium.py); a test using it is skipped, with the reason, where no Chromium is installed
-(``bash scripts/setup.sh`` installs Debian's as root).
+``layouts`` (writers of the real dataset layouts with their quirks), ``people`` (the custom layout with images of
+people), ``storage`` (disk-full / read-only faults), ``synthetic_files``, ``randomise_bn`` (non-trivial BatchNorm
+statistics) and ``chromium``: a headless browser driven over the DevTools pipe (tests/chromium.py); a test using it is
+skipped, with the reason, where no Chromium is installed (``bash scripts/setup.sh`` installs Debian's as root).
 """
 
 import errno
@@ -16,6 +16,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -34,13 +35,14 @@ TINY_DATA = '{"num_train_ids": 16, "num_test_ids": 8, "images_per_id": 6, "heigh
 
 def make_tiny_config(root, name="baseline", epochs=2, out="run", extra=()):
     """A config training ``name`` on a tiny resnet at 32x16 on 16 synthetic ids (generated under ``root/data``),
-    4 x 2 batches, evaluating and checkpointing every epoch into ``root/out``."""
+    4 x 2 batches, evaluating and checkpointing every epoch into ``root/out``; no report.html (``report=true`` in
+    ``extra`` for one: drawing it costs about a second per evaluation)."""
     return load_config(None, [
         "data.name=synthetic", f"data.root={os.path.join(str(root), 'data')}", f"data.args={TINY_DATA}",
         "data.height=32", "data.width=16", "data.ids_per_batch=4", "data.instances=2", "data.workers=0",
         f"model.name={name}", "model.backbone=resnet_tiny", f"solver.epochs={epochs}", "solver.warmup_epochs=1",
         "solver.milestones=[1]", "solver.lr=1e-3", "test.eval_period=1", "device=cpu", "log_period=1",
-        "checkpoint_period=1", f"output_dir={os.path.join(str(root), out)}", *extra,
+        "checkpoint_period=1", f"output_dir={os.path.join(str(root), out)}", "report=false", *extra,
     ])
 
 
@@ -157,6 +159,50 @@ def layouts():
     return SimpleNamespace(write_image=write_image, write_files=write_files, make_layout=make_layout,
                            make_market=make_market, make_vehicleid=make_vehicleid, triples=triples, MARKET=MARKET,
                            DUKE=DUKE, VERI=VERI, VEHICLEID_TRAIN=VEHICLEID_TRAIN, VEHICLEID_TESTS=VEHICLEID_TESTS)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Users' own data: the custom layout with images of people
+# --------------------------------------------------------------------------------------------------------------
+PALETTE = [(200, 40, 40), (40, 160, 60), (40, 70, 200), (230, 200, 40), (120, 60, 170), (30, 30, 30)]
+
+
+def person_image(pid, seed, size=(32, 64)):
+    """A noisy two-colour figure (upper / lower body colours from ``PALETTE``, fixed per ``pid``) on a grey
+    background, ``size`` = (width, height); identities share colours, so some are confused."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    img = np.full((h, w, 3), 128.0)
+    top, bottom = PALETTE[pid % len(PALETTE)], PALETTE[(pid // len(PALETTE) + 2 * pid) % len(PALETTE)]
+    x0, x1 = w // 4 + int(rng.integers(-2, 3)), 3 * w // 4 + int(rng.integers(-2, 3))
+    img[h // 8: h // 2, x0:x1], img[h // 2: 7 * h // 8, x0:x1] = top, bottom
+    img += rng.normal(0, 30, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def write_people(root, train_ids=8, test_ids=8, images=2, ext=".png"):
+    """The custom layout ``root/{train,query,gallery}/<pid:04d>/<camera>/<n><ext>``: train ids 1.. on cameras
+    cam1 and cam2, test ids 101.. with the query on cam1 and the gallery on cam2; ``images`` per id and camera.
+    Returns ``root``."""
+    seed = 0
+    splits = [("train", range(1, train_ids + 1), ("cam1", "cam2")),
+              ("query", range(101, 101 + test_ids), ("cam1",)), ("gallery", range(101, 101 + test_ids), ("cam2",))]
+    for split, pids, cameras in splits:
+        for pid in pids:
+            for camera in cameras:
+                folder = os.path.join(str(root), split, f"{pid:04d}", camera)
+                os.makedirs(folder, exist_ok=True)
+                for n in range(images):
+                    person_image(pid, seed).save(os.path.join(folder, f"{n}{ext}"))
+                    seed += 1
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def people():
+    """``people.write(root, train_ids=8, test_ids=8, images=2, ext=".png")`` writes the custom layout with person
+    images; ``people.image(pid, seed, size)`` one such PIL image."""
+    return SimpleNamespace(write=write_people, image=person_image)
 
 
 # --------------------------------------------------------------------------------------------------------------

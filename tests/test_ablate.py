@@ -144,7 +144,8 @@ def test_sweep_spec_errors_name_the_key(tmp_path):
     (["ablate", "--table", "XI"], "unknown table 'XI': the paper's tables are I, II, III"),
     (["ablate", "--table", "V", "--dataset", "dukemtmcreid"], "Table V has no dataset 'dukemtmcreid'"),
     (["ablate", "--table", "III", "--dataset", "synthetic", "market1501"], "--dataset synthetic runs alone"),
-    (["ablate", "--table", "III", "--seeds", "0", "data.root=x"], "put overrides before this option, or after '--'"),
+    (["ablate", "--table", "III", "--seeds", "0", "data.root=x"],
+     "expected a seed, got the override 'data.root=x' (write overrides before"),
     (["ablate", "--table", "III", "--seeds", "-1"], "expected a seed"),
     (["ablate", "--table", "III", "--seeds", "0", "0"], "each seed once"),
 ])

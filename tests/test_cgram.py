@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from esreid.erasing.cgram import batch_confidence, cgram_batch, cgram_pair, easiest_positive, salient_map
+from esreid.erasing.cgram import LayerError, batch_confidence, cgram_batch, cgram_pair, easiest_positive, salient_map
 from esreid.models.base import ReIDModel, RetrievalRule
 
 
@@ -153,11 +153,13 @@ def test_detached_weight_changes_the_map():
 def test_layer_errors():
     net = make_net()
     x = torch.randn(2, 3, 8, 6, dtype=torch.float64)
-    with pytest.raises(KeyError, match="nolayer"):
+    with pytest.raises(LayerError, match="'nolayer' is not a module of .* did you mean"):
         cgram_pair(net, x, x, "nolayer")
     with pytest.raises(ValueError, match="same shape"):
         cgram_pair(net, x, x[:1])
-    with pytest.raises(RuntimeError, match="2 times for 1 forward"):
+    with pytest.raises(LayerError, match=r"Sequential must output a \(B, C, h, w\) map, got \(4, 6\)"):
+        cgram_pair(net, x, x, "head_a")
+    with pytest.raises(LayerError, match="2 times for 1 forward"):
         cgram_pair(net, x, x, _twice(net))
 
 

@@ -15,8 +15,8 @@ from esreid.errors import EsreidError
 
 CONFIG = "configs/market1501/esnet.yaml"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = [["demo"], ["train"], ["eval"], ["models"], ["search"], ["visualize"], ["export"], ["extract"],
-            ["datasets", "check"], ["datasets", "cache"]]
+GROUPS = [[name] for name, p in build_parser().commands.items() if p.commands]  # datasets, weights
+COMMANDS = [[name, *sub] for name, p in build_parser().commands.items() for sub in ([[s] for s in p.commands] or [[]])]
 
 
 def help_text(argv, capsys):
@@ -26,7 +26,7 @@ def help_text(argv, capsys):
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv", [[], ["datasets"]] + COMMANDS)
+@pytest.mark.parametrize("argv", [[]] + GROUPS + COMMANDS)
 def test_every_help_screen_has_an_example_that_parses(capsys, monkeypatch, argv):
     out = help_text(argv, capsys)
     assert out.startswith("usage: esreid" + "".join(f" {a}" for a in argv))
@@ -48,8 +48,10 @@ def test_train_help_names_the_options(capsys):
 
 def test_subcommands_are_all_there():
     assert set(build_parser().commands) == {"demo", "train", "eval", "ablate", "datasets", "models", "search",
-                                            "visualize", "export", "extract"}
+                                            "explain", "visualize", "export", "extract", "weights"}
     assert set(build_parser().commands["datasets"].commands) == {"check", "cache"}
+    assert set(build_parser().commands["weights"].commands) == {"fetch"}
+    assert len(COMMANDS) == 13  # every (sub)command's help screen is checked above
 
 
 def test_version(capsys):
@@ -279,9 +281,15 @@ def test_quick_demo_learns_well_above_chance(tmp_path, capsys):
     chance = results["chance (random features)"]["mAP"]
     for method in ("BoT baseline", "ES-Net"):
         assert results[method]["mAP"] > 3 * chance, (method, results[method]["mAP"], chance)
+    run = result_file.parent  # one report per model, and the comparison page linking them, its path printed
+    comparison = (run / "comparison.html").read_text(encoding="utf-8")
+    assert f"comparison of the two models (metrics, CMC, explanations; links to each report): {run}" in out
+    for folder in ("baseline", "esnet"):
+        assert (run / folder / "report.html").is_file() and f'href="{folder}/report.html"' in comparison
+    assert 'alt="CMC"' in comparison and "rank-1 differs between the models" in comparison
 
 
-@pytest.mark.parametrize("name", ["search", "visualize"])
+@pytest.mark.parametrize("name", ["search", "explain", "visualize"])
 def test_delegated_commands_get_their_options(capsys, name):
     with pytest.raises(SystemExit) as e:
         main([name, "--help"])

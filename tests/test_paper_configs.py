@@ -16,12 +16,12 @@ from esreid.paper import TABLES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
-TORCHVISION_R50 = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
+TORCHVISION_R50 = "torchvision:resnet50"
 VEHICLES = ("veri776", "vehicleid")
-# configs of no ES-Net table row: the other methods' recipes (docs/methods.md §2-§4), CUHK03 (not in the paper), and
-# the BoT baseline on the vehicle datasets
+# configs of no ES-Net table row: the other methods' recipes (docs/methods.md §2-§4), CUHK03 (not in the paper), the
+# BoT baseline on the vehicle datasets, and the contract's example method (feature-level random erasing)
 OTHERS = {f"{d}/{m}" for d in ("market1501", "dukemtmcreid", "cuhk03") for m in ("bdb", "pmm", "aelm")} | {
-    "cuhk03/base", "cuhk03/aib", "cuhk03/esnet", "veri776/aib", "vehicleid/aib"}
+    "cuhk03/base", "cuhk03/aib", "cuhk03/esnet", "veri776/aib", "vehicleid/aib", "market1501/feature_erasing"}
 
 
 def docs_mapping():

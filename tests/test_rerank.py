@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_metrics import layouts
 
 from esreid.evaluation.distance import pairwise_distance
 from esreid.evaluation.rerank import re_ranking
@@ -73,3 +74,15 @@ def test_bad_parameters():
         re_ranking(x, x)
     with pytest.raises(ValueError, match="k2"):
         re_ranking(x, x, k1=2, k2=5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_features_of_any_layout_give_the_contiguous_result(dtype):
+    rng = np.random.default_rng(5)
+    qf, gf = rng.normal(size=(8, 6)).astype(dtype), rng.normal(size=(30, 6)).astype(dtype)
+    want = re_ranking(qf, gf, 6, 3)
+    assert want.dtype == (torch.float64 if dtype == np.float64 else torch.float32)
+    for (name, q), g in zip(layouts(qf).items(), layouts(gf).values()):
+        assert torch.equal(re_ranking(q, g, 6, 3), want), name
+    with pytest.raises(ValueError, match="qf: expected floating-point features"):
+        re_ranking(qf.astype(np.int32), gf)

@@ -142,3 +142,14 @@ def test_write_rank_pages_writes_one_png_per_query_and_an_index(tmp_path):
         with Image.open(tmp_path / "ranks" / src) as img:
             heights.append(img.height)
     assert heights[1] > heights[0]  # the second page has two rows
+
+
+def test_captions_wrap_at_spaces_and_keep_no_break_spaces():
+    from esreid.viz.ranklist import _font, wrap
+
+    font = _font(13)
+    text = "id\u00a01450 cam\u00a04"
+    assert wrap(text, font, 1000) == [text]
+    assert wrap(text, font, font.getlength("id\u00a01450") + 1) == ["id\u00a01450", "cam\u00a04"]
+    assert wrap(text, font, 5) == ["id\u00a01450", "cam\u00a04"]  # a word wider than the line keeps its own line
+    assert wrap("", font, 100) == []

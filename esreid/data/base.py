@@ -55,7 +55,8 @@ class ReIDDataset:
         return self.split_stats(self.train)[2]
 
     def summary(self) -> str:
-        """The canonical table torchreid prints: ids / images / cameras per split."""
+        """The canonical table torchreid prints: ids / images / cameras per split (and the number of non-image files
+        skipped, when any)."""
         rows = [("train", self.train), ("query", self.query), ("gallery", self.gallery)]
         lines = [
             f"=> {self.name or type(self).__name__} loaded",
@@ -67,6 +68,8 @@ class ReIDDataset:
             ids, imgs, cams = self.split_stats(items)
             lines.append(f"  {split:<8} | {ids:5d} | {imgs:8d} | {cams:9d}")
         lines.append("  ----------------------------------------")
+        if getattr(self, "ignored_files", 0):
+            lines.append(f"  (skipped {self.ignored_files} non-image files, e.g. Thumbs.db)")
         return "\n".join(lines)
 
     # --- options (checked when a config is loaded, before any file is read) ------------------------------------

@@ -34,6 +34,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from esreid.console import progress
 from esreid.data.base import DatasetError, ImageItem
 from esreid.data.transforms import decode_resize
 from esreid.files import (
@@ -152,7 +153,7 @@ def _build(paths: Sequence[str], height: int, width: int, array_path: str, index
         allocate_file(tmp_array, nbytes)
         with reported(array_path):
             array = np.memmap(tmp_array, dtype=np.uint8, mode="r+", shape=shape)
-            for i, path in enumerate(paths):
+            for i, path in progress(enumerate(paths), f"caching {height}x{width}", total=len(paths), unit="img"):
                 try:
                     array[i] = decode_resize(path, height, width).numpy()
                 except DatasetError as e:

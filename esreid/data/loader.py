@@ -160,7 +160,12 @@ def build_train_loader(cfg: DataConfig, items: Sequence[ImageItem], seed: int = 
 
 def build_test_loader(cfg: DataConfig, items: Sequence[ImageItem]) -> DataLoader:
     """In-order evaluation loader, ``cfg.test_batch_size`` images per batch (last batch may be smaller)."""
-    dataset = ReIDImageDataset(items, build_image_source(cfg, items))
+    return ordered_loader(cfg, ReIDImageDataset(items, build_image_source(cfg, items)))
+
+
+def ordered_loader(cfg: DataConfig, dataset: Dataset) -> DataLoader:
+    """In-order loader over ``dataset`` (items are batch dicts as above), ``cfg.test_batch_size`` per batch, with
+    ``cfg.workers`` workers: the evaluation loader, also used for images that are not a dataset split."""
     return DataLoader(
         dataset,
         batch_size=cfg.test_batch_size,

@@ -65,6 +65,16 @@ def decode_resize(path: str, height: int, width: int) -> torch.Tensor:
             img = _decode_pillow(data)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise DatasetError(f"{path}: corrupt or unsupported image ({type(e).__name__}: {e})") from None
+    return resize_rgb(img, height, width)
+
+
+def resize_rgb(img: Image.Image, height: int, width: int) -> torch.Tensor:
+    """An RGB Pillow image resized (bilinear, Pillow) to ``(height, width)``: the one resize of every image a model
+    sees (dataset files through :func:`decode_resize`, in-memory images through :mod:`esreid.inference`).
+
+    Returns:
+        uint8 tensor ``(3, height, width)``, RGB.
+    """
     if img.size != (width, height):
         img = img.resize((width, height), Image.BILINEAR)
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()

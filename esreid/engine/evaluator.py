@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Dict, List, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -34,21 +35,23 @@ class RetrievalModel(torch.nn.Module):
 
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, loader, device: torch.device, transform,
-                     amp: str = "none") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run ``model`` in eval mode over ``loader``.
+                     amp: str = "none", desc: str = "features") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run ``model`` in eval mode over ``loader`` (a progress bar named ``desc`` on a terminal).
 
     Returns:
         feats (N, D) float32 on the CPU (the model's retrieval vector; with a flip rule each branch's feature is the
         sum of the original and the horizontally flipped image's: "left-right flipping is also utilised in the
         testing stage", ES-Net §IV-A-2), pids (N,), camids (N,), in loader order.
     """
+    from esreid.console import progress
+
     was_training = model.training
     model.eval()
     feats: List[torch.Tensor] = []
     pids: List[torch.Tensor] = []
     camids: List[torch.Tensor] = []
     try:
-        for batch in loader:
+        for batch in progress(loader, desc):
             images = transform(batch["images"].to(device, non_blocking=True))
             with autocast(device, amp):
                 feats.append(model.retrieval_features(images).cpu())
@@ -59,30 +62,59 @@ def extract_features(model: torch.nn.Module, loader, device: torch.device, trans
     return torch.cat(feats), torch.cat(pids), torch.cat(camids)
 
 
-def evaluate_model(model: torch.nn.Module, dataset: ReIDDataset, cfg, device: torch.device) -> Dict[str, float]:
-    """Extract query/gallery features and run the dataset's protocol (``dataset.protocol``).
-
-    Returns the protocol's metric dict (fractions in [0, 1]) plus ``eval_seconds``.
-    """
+def extract_items(model: torch.nn.Module, items: Sequence[ImageItem], cfg, device: torch.device,
+                  desc: str = "features") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`extract_features` of ``items`` with the test loader and transform of ``cfg``: feats (N, D), pids (N,),
+    camids (N,) in item order; empty tensors for no items."""
     from esreid.data.loader import build_test_loader
     from esreid.data.transforms import TestTransform
+
+    if not items:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return extract_features(model, build_test_loader(cfg.data, items), device, TestTransform(cfg.data),
+                            cfg.solver.amp, desc)
+
+
+@dataclass
+class EvalFeatures:
+    """Retrieval features of a dataset's test split: ``query`` and ``gallery`` are (feats (N, D), pids (N,),
+    camids (N,)) in item order; ``seconds``: the extraction time."""
+
+    query: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    gallery: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    seconds: float
+
+
+def extract_test_features(model: torch.nn.Module, dataset: ReIDDataset, cfg, device: torch.device) -> EvalFeatures:
+    """Query and gallery features of ``dataset`` by ``model``'s retrieval rule (what every protocol ranks)."""
+    start = time.perf_counter()
+    query = extract_items(model, dataset.query, cfg, device, "query features")
+    gallery = extract_items(model, dataset.gallery, cfg, device, "gallery features")
+    return EvalFeatures(query, gallery, time.perf_counter() - start)
+
+
+def evaluate_features(features: EvalFeatures, dataset: ReIDDataset, cfg, metric: str,
+                      ranks: Optional[Sequence[int]] = None) -> Dict[str, float]:
+    """The dataset's protocol (``dataset.protocol``) on extracted ``features`` with distance ``metric``, at
+    ``ranks`` (default ``cfg.test.ranks``). Returns the protocol's metric dict (fractions in [0, 1]) plus
+    ``eval_seconds`` (extraction and ranking)."""
     from esreid.evaluation.protocols import PROTOCOLS
 
     start = time.perf_counter()
-    transform = TestTransform(cfg.data)
-
-    def run(items: Sequence[ImageItem]):
-        if not items:
-            return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-        loader = build_test_loader(cfg.data, items)
-        return extract_features(model, loader, device, transform, cfg.solver.amp)
-
-    qf, q_pids, q_camids = run(dataset.query)
-    gf, g_pids, g_camids = run(dataset.gallery)
+    (qf, q_pids, q_camids), (gf, g_pids, g_camids) = features.query, features.gallery
     protocol = PROTOCOLS.get(dataset.protocol)
     metrics = protocol(qf, q_pids.numpy(), q_camids.numpy(), gf, g_pids.numpy(), g_camids.numpy(),
-                       metric=model.retrieval.metric, ap_mode=cfg.test.ap_mode, rerank=cfg.test.rerank,
-                       ranks=tuple(cfg.test.ranks), **cfg.test.protocol_args)
+                       metric=metric, ap_mode=cfg.test.ap_mode, rerank=cfg.test.rerank,
+                       ranks=tuple(cfg.test.ranks if ranks is None else ranks), **cfg.test.protocol_args)
     metrics = dict(metrics)
-    metrics["eval_seconds"] = time.perf_counter() - start
+    metrics["eval_seconds"] = features.seconds + time.perf_counter() - start
     return metrics
+
+
+def evaluate_model(model: torch.nn.Module, dataset: ReIDDataset, cfg, device: torch.device) -> Dict[str, float]:
+    """Extract query/gallery features and run the dataset's protocol (:func:`evaluate_features`).
+
+    Returns the protocol's metric dict (fractions in [0, 1]) plus ``eval_seconds``.
+    """
+    return evaluate_features(extract_test_features(model, dataset, cfg, device), dataset, cfg,
+                             model.retrieval.metric)

@@ -38,7 +38,9 @@ DIAGNOSTIC_MODULES = ("esreid.engine.diagnostics",)  # modules that register dia
 class TrainState:
     """What hooks may read: 0-based ``epoch``, ``iter`` = optimisation steps done, the current ``batch`` (augmented
     ``images`` (B, 3, H, W) and ``pids`` (B,) on the device), ``terms`` (the last step's loss terms as floats; hooks
-    may add entries in ``before_step`` / ``after_step``, e.g. ``erased_loss``) and ``metrics`` (last evaluation)."""
+    may add entries in ``before_step`` / ``after_step``, e.g. ``erased_loss``), ``metrics`` (last evaluation) and
+    ``test_features`` (the :class:`~esreid.engine.evaluator.EvalFeatures` of the evaluation being reported: set while
+    its ``eval`` record is emitted, None otherwise)."""
 
     epoch: int = 0
     iter: int = 0
@@ -46,6 +48,7 @@ class TrainState:
     terms: Dict[str, float] = field(default_factory=dict)
     extra: Dict[str, float] = field(default_factory=dict)
     metrics: Dict[str, Any] = field(default_factory=dict)
+    test_features: Any = None
 
 
 class HookBase:
@@ -134,13 +137,25 @@ class ConsoleWriter(HookBase):
             self.trainer.log(format_metrics(record, f"epoch {record['epoch']}"))
 
 
-_EPOCH_META = ("type", "epoch", "seconds", "images_per_second", "lr")
+_EPOCH_META = ("type", "epoch", "epochs", "seconds", "images_per_second", "data_seconds", "eta_seconds",
+               "peak_memory_mb", "lr")
 
 
 def format_epoch(r: Dict[str, Any]) -> str:
+    """``epoch 3/8  1.1s  304 img/s  data 0.12s  ETA 6.12 s  peak 412 MiB  lr=3.50e-03  <loss terms>`` (the parts
+    whose keys the record holds)."""
+    from esreid.console import format_seconds
+
     losses = "  ".join(f"{k}={v:.3f}" for k, v in r.items() if k not in _EPOCH_META and isinstance(v, float))
-    return (f"epoch {r['epoch']:3d}  {r['seconds']:.1f}s  {r['images_per_second']:.0f} img/s  lr={r['lr']:.2e}  "
-            f"{losses}")
+    parts = [f"epoch {r['epoch']:3d}" + (f"/{r['epochs']}" if "epochs" in r else ""), f"{r['seconds']:.1f}s",
+             f"{r['images_per_second']:.0f} img/s"]
+    if "data_seconds" in r:
+        parts.append(f"data {r['data_seconds']:.2f}s")
+    if "eta_seconds" in r:
+        parts.append(f"ETA {format_seconds(r['eta_seconds'])}")
+    if "peak_memory_mb" in r:
+        parts.append(f"peak {r['peak_memory_mb']:.0f} MiB")
+    return "  ".join(parts + [f"lr={r['lr']:.2e}", losses])
 
 
 def format_metrics(metrics: Dict[str, Any], title: str = "") -> str:
@@ -158,18 +173,29 @@ def format_metrics(metrics: Dict[str, Any], title: str = "") -> str:
 # --------------------------------------------------------------------------------------------------------------
 class TrainLog(HookBase):
     """A ``train`` record every ``period`` iterations (lr and the step's loss terms) and an ``epoch`` record after
-    each epoch: wall time, images/s, lr, the epoch's mean loss terms and the model's ``stats()``."""
+    each epoch: wall time, images/s, ``data_seconds`` (time between the steps: waiting for the loader, the transfer,
+    the batched augmentation, and the diagnostics' before-step probes when they are on), ``eta_seconds`` (the rest
+    of the run at the pace so far, evaluations and checkpoints included), ``peak_memory_mb``
+    (:func:`esreid.console.peak_memory_mb`), lr, the epoch's mean loss terms and the model's ``stats()``."""
 
     def __init__(self, period: int):
         self.period = period
         self.sums: Dict[str, float] = {}
         self.steps = 0
-        self.start = 0.0
+        self.start = self.waiting_since = self.data_seconds = self.train_start = 0.0
+
+    def before_train(self) -> None:
+        self.train_start = time.perf_counter()
 
     def before_epoch(self) -> None:
-        self.sums, self.steps, self.start = {}, 0, time.perf_counter()
+        self.sums, self.steps, self.data_seconds = {}, 0, 0.0
+        self.start = self.waiting_since = time.perf_counter()
+
+    def before_step(self) -> None:
+        self.data_seconds += time.perf_counter() - self.waiting_since
 
     def after_step(self) -> None:
+        self.waiting_since = time.perf_counter()
         t, state = self.trainer, self.trainer.state
         terms = {**state.terms, **state.extra}
         for k, v in terms.items():
@@ -179,10 +205,16 @@ class TrainLog(HookBase):
             t.emit({"type": "train", "epoch": state.epoch + 1, "iter": state.iter, "lr": t.lr(), **terms})
 
     def after_epoch(self) -> None:
+        from esreid.console import peak_memory_mb
+
         t = self.trainer
-        seconds = time.perf_counter() - self.start
-        record = {"type": "epoch", "epoch": t.state.epoch + 1, "seconds": seconds,
-                  "images_per_second": self.steps * t.global_batch_size / max(seconds, 1e-9), "lr": t.lr(),
+        now = time.perf_counter()
+        seconds, epoch, epochs = now - self.start, t.state.epoch + 1, t.cfg.solver.epochs
+        eta = (now - self.train_start) / (epoch - t.start_epoch) * (epochs - epoch)
+        record = {"type": "epoch", "epoch": epoch, "epochs": epochs, "seconds": seconds,
+                  "images_per_second": self.steps * t.global_batch_size / max(seconds, 1e-9),
+                  "data_seconds": self.data_seconds, "eta_seconds": eta, "peak_memory_mb": peak_memory_mb(t.device),
+                  "lr": t.lr(),
                   **{k: v / max(self.steps, 1) for k, v in self.sums.items()},
                   **{k: float(v) for k, v in t.model.stats().items()}}
         t.emit(record)
@@ -217,6 +249,7 @@ class EvalHook(HookBase):
             t.state.metrics = metrics
             t.history.append({"epoch": epoch, **metrics})
             t.emit({"type": "eval", "epoch": epoch, **metrics})
+            t.state.test_features = None  # set by trainer.evaluate() for the hooks reading this record
 
 
 def diagnostic_hooks(cfg: Any, seed: int) -> List[HookBase]:

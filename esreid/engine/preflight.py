@@ -1,5 +1,6 @@
-"""Checks that need the scanned dataset, run right after the scan and before any model is built or step is taken
-(the config itself is checked when it is loaded, :mod:`esreid.config`). Each problem is a one-line
+"""Checks run before training starts that the config alone cannot answer: files the config names (before the dataset
+scan: :func:`check_files`), and what needs the scanned dataset (right after the scan, before any model is built or
+step is taken). The config itself is checked when it is loaded (:mod:`esreid.config`). Each problem is a one-line
 :class:`~esreid.errors.ConfigError` or :class:`~esreid.errors.DatasetError` naming the key or the file."""
 
 from __future__ import annotations
@@ -11,6 +12,16 @@ from esreid.config import invalid
 from esreid.data.base import DatasetError, ReIDDataset
 from esreid.data.sampler import PKSampler
 from esreid.data.transforms import decode_resize
+
+
+def check_files(cfg: Any) -> None:
+    """The ImageNet weights of a fresh run can be loaded: a local ``model.pretrained`` file exists and
+    ``torchvision:`` weights fit ``model.backbone`` (a URL is fetched when the model is built)."""
+    from esreid.models.backbones.weights import problem_before_training
+
+    problem = problem_before_training(cfg.model.pretrained, cfg.model.backbone)
+    if problem:
+        raise invalid(cfg, "model.pretrained", problem)
 
 
 def check_training_data(cfg: Any, dataset: ReIDDataset) -> None:

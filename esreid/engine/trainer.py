@@ -18,9 +18,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from esreid.config import Config, dump_yaml, to_dict
+from esreid.console import RunLog, progress
 from esreid.data.base import build_dataset
 from esreid.engine import hooks as H
 from esreid.engine.checkpoint import (
@@ -31,8 +31,8 @@ from esreid.engine.checkpoint import (
     set_rng_state,
 )
 from esreid.engine.distributed import barrier, init_distributed
-from esreid.engine.evaluator import autocast, evaluate_model
-from esreid.engine.preflight import check_test_data, check_training_data
+from esreid.engine.evaluator import autocast, evaluate_features, extract_test_features
+from esreid.engine.preflight import check_files, check_test_data, check_training_data
 from esreid.engine.schedule import build_optimizer, build_scheduler
 from esreid.errors import ConfigError
 from esreid.files import atomic_write_text, check_writable, remove_orphans
@@ -61,8 +61,8 @@ class Trainer:
         cfg: the validated config.
         resume: ``None`` (fresh run; refuses to overwrite an existing run in ``cfg.output_dir``), ``"auto"``
             (``<output_dir>/last.pth``) or a checkpoint path.
-        progress: show a tqdm progress bar.
-        log: function receiving console lines.
+        progress: show a tqdm progress bar (only where stderr is a terminal; one line per epoch otherwise).
+        log: function receiving console lines; on the main process every line also goes to ``<output_dir>/log.txt``.
         hooks: extra hooks, run after the default ones.
     """
 
@@ -87,9 +87,16 @@ class Trainer:
             )
         if main:
             check_writable(self.out, "output_dir")
+            from esreid import __version__
+
+            self.log = RunLog(self.log, os.path.join(self.out, "log.txt"))
+            self.log.start(f"esreid {__version__} train: output_dir {self.out}" + (f", resuming {resume}" if resume
+                                                                                    else ""))
             for orphan in remove_orphans(self.out):
                 self.log(f"removed {orphan} (a temporary file left by an interrupted write)")
-        self.dataset = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.args)
+        if resume is None:
+            check_files(cfg)
+        self.dataset = build_dataset(cfg.data.name, cfg.data.root, verbose=False, **cfg.data.args)
         self.log(self.dataset.summary())
         check_training_data(cfg, self.dataset)
         if main:
@@ -115,6 +122,10 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.solver, self.iters_per_epoch)
         # fp16 gradients underflow without loss scaling, on the CPU as on CUDA (bf16 has fp32's range: no scaling)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.solver.amp == "fp16")
+        params = sum(p.numel() for p in self.model.parameters())
+        self.log(f"model {cfg.model.name} ({cfg.model.backbone}, {params / 1e6:.2f} M parameters) on {self.device}, "
+                 f"{torch.get_num_threads()} intra-op threads, {self.dist.world_size} process(es); "
+                 f"{cfg.solver.epochs} epochs x {self.iters_per_epoch} iterations of {self.global_batch_size} images")
         self.state = H.TrainState()
         self.start_epoch = 0
         self.history: List[Dict[str, Any]] = []
@@ -142,6 +153,10 @@ class Trainer:
         if self.dist.is_main:
             hooks += [H.CheckpointHook(self.out, cfg.checkpoint_period), H.EvalHook(cfg.test.eval_period),
                       H.JSONLWriter(os.path.join(self.out, "metrics.jsonl")), H.ConsoleWriter()]
+            if cfg.report:
+                from esreid.engine.reporting import ReportHook
+
+                hooks.append(ReportHook())
             if cfg.tensorboard:
                 hooks.append(H.TensorBoardWriter(os.path.join(self.out, "tensorboard")))
         return hooks
@@ -229,7 +244,10 @@ class Trainer:
         return {**self.state.terms, **self.state.extra}
 
     def evaluate(self) -> Dict[str, Any]:
-        return evaluate_model(self.model, self.dataset, self.cfg, self.device)
+        """The protocol's metrics of the current model; its features stay in ``state.test_features`` for the hooks
+        that read the ``eval`` record (the evaluation hook drops them after)."""
+        self.state.test_features = extract_test_features(self.model, self.dataset, self.cfg, self.device)
+        return evaluate_features(self.state.test_features, self.dataset, self.cfg, self.model.retrieval.metric)
 
     def train(self) -> Dict[str, Any]:
         """Run the remaining epochs; returns the last evaluation's metrics."""
@@ -242,8 +260,7 @@ class Trainer:
             self.model.train()
             sampler.set_epoch(epoch)
             self._call("before_epoch")
-            bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.solver.epochs}", leave=False,
-                       disable=not self.progress, dynamic_ncols=True)
+            bar = progress(self.train_loader, f"epoch {epoch + 1}/{cfg.solver.epochs}", enabled=self.progress)
             for batch in bar:
                 terms = self.train_step(batch)
                 bar.set_postfix(loss=f"{terms['loss']:.3f}")

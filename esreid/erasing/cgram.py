@@ -21,11 +21,19 @@ and the model runs in eval mode so no BatchNorm running statistics change.
 from __future__ import annotations
 
 import contextlib
+import difflib
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from esreid.errors import EsreidError
+
+
+class LayerError(EsreidError, ValueError):
+    """A CG-RAM layer that is not a module of the model, does not output a (B, C, h, w) map, or is not on the single
+    path of the retrieval features (e.g. ``esreid explain --layer``, ``diagnostics.layer``)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -90,7 +98,9 @@ def resolve_layer(model: nn.Module, layer: Union[str, nn.Module]) -> nn.Module:
     modules = dict(model.named_modules())
     if layer not in modules:
         names = [n for n in modules if n]
-        raise KeyError(f"CG-RAM layer {layer!r} is not a module of {type(model).__name__}; some names: {names[-8:]}")
+        close = difflib.get_close_matches(layer, names, n=4, cutoff=0.5) or names[-4:]
+        raise LayerError(f"CG-RAM layer {layer!r} is not a module of {type(model).__name__}; did you mean one of "
+                         f"{', '.join(close)}? (the names are those of model.named_modules())")
     return modules[layer]
 
 
@@ -107,7 +117,8 @@ def capture_layer(module: nn.Module) -> Iterator[List[Tensor]]:
 
     def hook(_mod: nn.Module, _inp: tuple, out: Tensor) -> Tensor:
         if not isinstance(out, Tensor) or out.dim() != 4:
-            raise TypeError(f"CG-RAM layer must output a (B, C, h, w) tensor, got {type(out).__name__}")
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise LayerError(f"CG-RAM layer {type(_mod).__name__} must output a (B, C, h, w) map, got {shape}")
         leaf = out.detach().to(torch.promote_types(out.dtype, torch.float32)).requires_grad_(True)
         captured.append(leaf)
         return leaf.to(out.dtype).clone()  # successors may modify it in place
@@ -131,6 +142,20 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
 
 
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily stop every parameter from requiring grad (restoring each flag after): the forward then records
+    no graph before the captured layer, which test-time CG-RAM never differentiates (less memory, faster)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def _forward_captured(model: nn.Module, layer: Union[str, nn.Module], images: Tensor, flip: bool,
                       feature_fn: Callable[[List[Tensor]], Tensor]) -> Tuple[List[Tensor], Tensor]:
     """Eval-mode ``model.features`` of ``images`` (B, 3, H, W) -- and of their mirror images when ``flip``, summed per
@@ -144,8 +169,8 @@ def _forward_captured(model: nn.Module, layer: Union[str, nn.Module], images: Te
         f = feature_fn(branches)
     runs = 2 if flip else 1
     if len(captured) != runs:
-        raise RuntimeError(f"CG-RAM layer ran {len(captured)} times for {runs} forward pass(es); it must run once per "
-                           "pass (choose a layer on the path of the retrieval features)")
+        raise LayerError(f"CG-RAM layer ran {len(captured)} times for {runs} forward pass(es); it must run once per "
+                         "pass (choose a layer on the path of the retrieval features)")
     return captured, f
 
 
@@ -171,8 +196,9 @@ def cgram_pair(model: nn.Module, query: Tensor, gallery: Tensor,
     if query.shape != gallery.shape:
         raise ValueError(f"query {tuple(query.shape)} and gallery {tuple(gallery.shape)} must have the same shape")
     b, rule = query.shape[0], model.retrieval
-    captured, f = _forward_captured(model, layer or model.saliency_layer, torch.cat([query, gallery]), rule.flip,
-                                    rule.combine)
+    with frozen_parameters(model):
+        captured, f = _forward_captured(model, layer or model.saliency_layer, torch.cat([query, gallery]), rule.flip,
+                                        rule.combine)
     s = rule.similarity(f[:b], f[b:])  # eq. 2 (cosine) or -||f_q - f_g||^2
     m = _maps(s.sum(), captured)
     shown = s + 1 if rule.metric == "cosine" else s  # cosine: report eq. 2's cos itself

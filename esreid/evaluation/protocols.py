@@ -1,7 +1,9 @@
 """Evaluation protocols, chosen by name (``ReIDDataset.protocol``) from :data:`PROTOCOLS`.
 
 Every entry is ``fn(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric, ap_mode, rerank, ranks, **options)
--> dict`` with JSON-serialisable values (floats in [0, 1] for the metrics). ``options`` come from
+-> dict`` with JSON-serialisable values (floats in [0, 1] for the metrics), among them ``"cmc"``: the CMC curve at
+ranks 1..50 (a list of 50 floats; VehicleID: the mean over trials), for plots. Features may be numpy arrays or torch
+tensors of any strides (see :func:`~esreid.evaluation.metrics.evaluate_rank` for the dtypes). ``options`` come from
 ``cfg.test.protocol_args``; every protocol accepts ``memory_budget_mb``, ``chunk_size`` and ``device``.
 
 * ``market``: docs/methods.md §0 (evaluation protocol) (see :mod:`esreid.evaluation.metrics`); pid-0 gallery distractors
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 from esreid.evaluation.distance import as_features
-from esreid.evaluation.metrics import DistanceChunks, labels, query_stats, same_pid_index, summarize
+from esreid.evaluation.metrics import CMC_RANKS, DistanceChunks, labels, query_stats, same_pid_index, summarize
 from esreid.evaluation.rerank import re_ranking
 from esreid.registry import Registry
 
@@ -70,8 +72,9 @@ def distance_chunks(qf, gf, *, metric: str, rerank: bool, memory_budget_mb: floa
 def market(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric: str = "cosine", ap_mode: str = "anchor",
            rerank: bool = False, ranks: Sequence[int] = (1, 5, 10, 20), **options: Any) -> Dict[str, Any]:
     chunks = distance_chunks(qf, gf, metric=metric, rerank=rerank, **options)
-    result = summarize(query_stats(q_pids, g_pids, q_camids, g_camids, chunks, ap_mode), max(ranks))
-    return {**result.as_dict(ranks), "num_valid_q": result.num_valid_q, "num_skipped_q": result.num_skipped_q}
+    result = summarize(query_stats(q_pids, g_pids, q_camids, g_camids, chunks, ap_mode), max(CMC_RANKS, *ranks))
+    return {**result.as_dict(ranks), "cmc": result.cmc[:CMC_RANKS].tolist(), "num_valid_q": result.num_valid_q,
+            "num_skipped_q": result.num_skipped_q}
 
 
 def _sgs_draw(g_pids: torch.Tensor, pid_slot: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -117,9 +120,12 @@ def cuhk03_sgs(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric: str = "cos
 
     full = summarize(query_stats(q_pids, g_pids, q_camids, g_camids, chunks, ap_mode, single_shot), max(ranks))
     ok = first[0] > 0
-    cmc = torch.stack([(first[:, ok] <= r).double().mean(1) for r in ranks], 1).mean(0)  # mean over the draws
-    out = {"mAP": full.mAP, "mINP": full.mINP, **{f"R{r}": float(c) for r, c in zip(ranks, cmc)}}
-    return {**out, "num_valid_q": full.num_valid_q, "num_skipped_q": full.num_skipped_q, "num_repeats": num_repeats}
+    top = max(CMC_RANKS, *ranks)
+    hist = torch.stack([torch.bincount(f[ok].clamp_max(top + 1), minlength=top + 2) for f in first])
+    cmc = (torch.cumsum(hist, 1)[:, 1 : top + 1].double() / int(ok.sum())).mean(0)  # mean over the draws
+    out = {"mAP": full.mAP, "mINP": full.mINP, **{f"R{r}": float(cmc[r - 1]) for r in ranks}}
+    return {**out, "cmc": cmc[:CMC_RANKS].tolist(), "num_valid_q": full.num_valid_q,
+            "num_skipped_q": full.num_skipped_q, "num_repeats": num_repeats}
 
 
 @PROTOCOLS.register("vehicleid", options=Options({"trials": (int, 1), "base_seed": (int, 0)}))
@@ -147,4 +153,5 @@ def vehicleid(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric: str = "cosi
     for key in keys:
         vals = np.array([r[key] for r in rows])
         out[key], out[f"{key}_std"] = float(vals.mean()), float(vals.std())
+    out["cmc"] = np.mean([r["cmc"] for r in rows], 0).tolist()
     return {**out, "trials": trials, "seeds": seeds, "num_queries": [int(r["num_valid_q"]) for r in rows]}

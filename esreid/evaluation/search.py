@@ -27,17 +27,19 @@ extract`` writes them: ``feats`` (N, D) float, and optionally ``ids`` (N,) int (
   (M, k) str, ``ids`` (pids) / ``camids`` (M, k) int64 when the gallery file has them; ``query_paths`` /
   ``query_ids`` / ``query_camids`` (M,) when the query file has them. Where an approximate index found fewer than k
   matches: row -1, dist inf, id / camid -1, path "".
+
+``--html FILE`` / ``--grid DIR`` show each query and its top-k images (:mod:`esreid.viz.matches`).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -48,6 +50,7 @@ import torch
 from esreid.errors import EsreidError
 from esreid.evaluation.distance import ArrayLike
 from esreid.evaluation.metrics import AP_MODES, labels, same_pid_index
+from esreid.files import atomic_writer
 from esreid.registry import Registry
 
 INDEX_KINDS = Registry("index kind")
@@ -227,18 +230,16 @@ class GalleryIndex:
 
 
 def write_atomically(path: str, write: Callable[[IO], None], mode: str = "wb") -> None:
-    """``write(file)`` into a temporary file next to ``path``, then move it into place: ``path`` is never left
-    half-written (text modes: UTF-8, newlines as written)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
-        with open(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
+    """``write(file)`` through :func:`esreid.files.atomic_writer` (``path`` is never left half-written, and gets the
+    permissions of any new file); text modes (``"w"``) get a UTF-8 text file writing newlines as given."""
+    with atomic_writer(path) as f:
+        if "b" in mode:
             write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
+            return
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        write(text)
+        text.flush()
+        text.detach()  # the binary file stays open for atomic_writer to sync and move
 
 
 def evaluate_topk(q_pids, g_pids, q_camids, g_camids, qf: ArrayLike, index: GalleryIndex, k: int = 50,
@@ -452,14 +453,35 @@ def format_results(results: SearchResults) -> List[str]:
     return lines
 
 
-def search_main(args: argparse.Namespace) -> int:
-    """``esreid search ARGS`` (arguments: ``esreid search --help``): top-k matches printed or written to --output.
+def npz_keys(path: str) -> List[str]:
+    """The array names in the ``.npz`` file ``path`` (nothing is read); [] when it is not one (reading it later
+    reports why)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return list(f.files) if isinstance(f, np.lib.npyio.NpzFile) else []
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return []
 
-    Hook for a drawing option (``--html`` / ``--grid``): register a writer for its extension in
-    :data:`OUTPUT_FORMATS`, or draw from :func:`search_files`' results (query paths, match paths, distances).
-    """
+
+def check_drawable(query: str, gallery: Optional[str], load_index: Optional[str]) -> None:
+    """``--html`` / ``--grid`` need image paths on both sides: checked on the files' keys before the search."""
+    for side, path, key in (("query", query, "paths"), ("gallery", gallery, "paths"),
+                            ("gallery index", load_index, "info_path")):
+        keys = npz_keys(path) if path else None
+        if keys and key not in keys:
+            raise SearchError(f"{path}: --html/--grid show images, but this {side} file has no image paths "
+                              f"(keys {sorted(keys)}); write it with esreid extract, which stores them")
+
+
+def search_main(args: argparse.Namespace) -> int:
+    """``esreid search ARGS`` (arguments: ``esreid search --help``): top-k matches printed or written to --output,
+    drawn with ``--html`` (a page linking the images) and ``--grid`` (a PNG per query), :mod:`esreid.viz.matches`."""
     if args.output:
         output_format(args.output)  # a wrong extension stops before any work
+    if args.html and not args.html.lower().endswith((".html", ".htm")):
+        raise SearchError(f"--html {args.html}: expected a file name ending in .html")
+    if args.html or args.grid:
+        check_drawable(args.query, args.gallery, args.load_index)
     results = search_files(args.query, args.k, gallery=args.gallery, load_index=args.load_index, kind=args.index,
                            metric=args.metric, save_index=args.save_index)
     if args.save_index:
@@ -467,6 +489,14 @@ def search_main(args: argparse.Namespace) -> int:
     if args.output:
         write_results(results, args.output)
         print(f"wrote the top-{results.k} matches of {len(results)} queries to {args.output}")
-    else:
+    if args.html or args.grid:
+        from esreid.viz.matches import write_match_grids, write_match_html  # the viz layer sits above this one
+
+        if args.html:
+            print(f"wrote {write_match_html(results, args.html)}: the top-{results.k} images of {len(results)} "
+                  "queries (it links the image files by paths relative to the page)")
+        if args.grid:
+            print(f"wrote {len(results)} rank grids to {args.grid} (open {write_match_grids(results, args.grid)})")
+    if not (args.output or args.html or args.grid):
         print("\n".join(format_results(results)))
     return 0

@@ -6,7 +6,8 @@ draws any list of panels into one PNG. ``metrics.jsonl`` records (written by the
 
 - ``train`` (every ``log_period`` iterations): ``epoch``, ``iter``, ``lr``, the loss terms (``aib_ce``, ``esb_triplet``,
   ``global_ce``, ``s1_ce``, ...), their sum ``loss`` and, with ``diagnostics.erased_loss``, ``erased_loss``;
-- ``epoch``: ``epoch``, ``seconds``, ``images_per_second``, ``lr``, mean loss terms and the model's ``stats()``
+- ``epoch``: ``epoch``, ``epochs``, ``seconds``, ``images_per_second``, ``data_seconds``, ``eta_seconds``,
+  ``peak_memory_mb``, ``lr``, mean loss terms and the model's ``stats()``
   (pooling exponents ``esb_l`` / ``pool_p``, ``erased_fraction``, ``saliency_mean``, ``empty_map_fraction``);
 - ``eval``: ``epoch``, ``mAP``, ``R1``, ``R5``, ... (fractions in [0, 1]).
 
@@ -25,7 +26,8 @@ from esreid.viz.images import figure_png
 Record = Mapping[str, Any]
 
 # keys of train/epoch records that are not loss terms (bookkeeping, totals, diagnostics, model stats)
-BOOKKEEPING = frozenset({"type", "epoch", "iter", "seconds", "images_per_second", "lr", "loss", "erased_loss"})
+BOOKKEEPING = frozenset({"type", "epoch", "epochs", "iter", "seconds", "images_per_second", "data_seconds",
+                         "eta_seconds", "peak_memory_mb", "lr", "loss", "erased_loss"})
 BESM_STATS = {"erased_fraction": ("BESM: fraction of the batch erased", "fraction"),
               "saliency_mean": ("BESM: mean CG-RAM value", "mean map value"),
               "empty_map_fraction": ("BESM: fraction drawn with an all-zero map (not erased)", "fraction")}

@@ -8,7 +8,8 @@ gallery j (``Match.query_map``), each as its own strip under the images (ES-Net 
 
 Borders: green for a true match (same identity, other camera), red for a false match, grey for junk (same identity
 and camera: ignored by the Market protocol, drawn dimmed), blue for the query. Unlike the evaluator, the grid keeps
-junk images in place so what the model ranked high is visible.
+junk images in place so what the model ranked high is visible. Slate grey ("neutral") marks a match whose identity
+is unknown (images outside a labelled dataset, or a query from outside it).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ COLOURS: Dict[str, Tuple[int, int, int]] = {
     "match": (22, 163, 74),
     "false": (220, 38, 38),
     "junk": (150, 150, 150),
+    "neutral": (100, 116, 139),
 }
-LEGEND = {"match": "true match", "false": "false match", "junk": "junk (same identity and camera)"}
+LEGEND = {"match": "true match", "false": "false match", "junk": "junk (same identity and camera)",
+          "neutral": "identity unknown"}
 BACKGROUND = (255, 255, 255)
 TEXT = (25, 25, 25)
 JUNK_DIM = 0.45  # a junk image keeps this weight, the rest is white
@@ -39,9 +42,9 @@ STRIP_LABELS = {"gallery_map": "gallery\nCG-RAM", "query_map": "query\nCG-RAM"}
 
 @dataclass
 class Match:
-    """One ranked gallery image: ``score`` as printed (similarity or distance), ``label`` match | false | junk,
-    optional CG-RAM maps ``(h, w)``: ``map`` of this gallery image and ``query_map`` of the query, both for this pair;
-    ``caption`` (e.g. ``"id 12 cam 3"``) printed under the image."""
+    """One ranked gallery image: ``score`` as printed (similarity or distance), ``label`` match | false | junk |
+    neutral, optional CG-RAM maps ``(h, w)``: ``map`` of this gallery image and ``query_map`` of the query, both for
+    this pair; ``caption`` (e.g. ``"id 12 cam 3"``) printed under the image."""
 
     image: ImageLike
     score: float
@@ -134,6 +137,18 @@ def _row_title(row: RankRow) -> str:
     return f"{row.title}: {head}" if row.title else head
 
 
+def wrap(text: str, font, width: float) -> List[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` pixels in ``font`` (a word longer than that keeps
+    a line of its own; a no-break space ``\\u00a0`` joins words); ``[]`` for empty text."""
+    lines: List[str] = []
+    for word in filter(None, text.split(" ")):
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
 def _tile_rgb(image: ImageLike, layout: _Layout) -> np.ndarray:
     from PIL import Image
 
@@ -159,9 +174,14 @@ def draw_rank_grid(rows: Sequence[RankRow], tile_height: int = 128, border: int 
     font, bold = _font(L.font_size), _font(L.font_size + 2)
     strips_of = [["image"] + [s for s, key in (("gallery_map", "map"), ("query_map", "query_map"))
                               if any(getattr(m, key) is not None for m in r.matches)] for r in rows]
-    captions = [any(m.caption for m in r.matches) or bool(r.query_caption) for r in rows]
+    fit = L.cell_w + L.pad - 2  # a caption may use its column and the gap to the next
+    captions = [[wrap(c, font, fit) for c in [r.query_caption] + [m.caption for m in r.matches]] for r in rows]
+    # a row whose captions do not all fit on one line gets every caption broken at each space (aligned lines)
+    captions = [[list(filter(None, c.split(" "))) for c in [r.query_caption] + [m.caption for m in r.matches]]
+                if max(map(len, caps)) > 1 else caps for r, caps in zip(rows, captions)]
+    caption_lines = [max(map(len, c)) for c in captions]
     row_h = [2 * L.line + L.cell_h + L.line * (1 + cap) + (len(s) - 1) * (L.cell_h + L.pad)
-             for s, cap in zip(strips_of, captions)]
+             for s, cap in zip(strips_of, caption_lines)]
     used = sorted({m.label for r in rows for m in r.matches}, key=list(LEGEND).index)
     legend_w = sum(L.font_size + 6 + font.getlength(LEGEND[label]) + 3 * L.pad for label in used)
     titles_w = max(bold.getlength(_row_title(r)) for r in rows)
@@ -199,11 +219,10 @@ def draw_rank_grid(rows: Sequence[RankRow], tile_height: int = 128, border: int 
             paste(gs[j - 1], j, y, m.label, i, "image")
             centred(f"{m.score:.3f}", mid[j], y + L.cell_h + 2)
         y += L.cell_h + L.line
-        if captions[i]:
-            centred(row.query_caption, mid[0], y + 2)
-            for j, m in enumerate(row.matches, 1):
-                centred(m.caption, mid[j], y + 2)
-            y += L.line
+        for j, lines in enumerate(captions[i]):
+            for n, line in enumerate(lines):
+                centred(line, mid[j], y + 2 + n * L.line)
+        y += L.line * caption_lines[i]
         for strip in strips_of[i][1:]:
             y += L.pad
             centred(STRIP_LABELS[strip], mid[0], y + L.cell_h // 2 - L.line)

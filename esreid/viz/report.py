@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Sequence
 
+from esreid.console import format_seconds
 from esreid.viz.images import atomic_write
 
 METRIC_KEYS = ("mAP", "R1", "R5", "R10", "R20", "mINP")
@@ -91,17 +92,6 @@ def _figures(figures: Mapping[str, Optional[bytes]]) -> str:
 def _key_value_table(rows: Mapping[str, Any]) -> str:
     return ('<table class="kv">' + "".join(f'<tr><th class="name">{_e(k)}</th><td class="name">{_e(v)}</td></tr>'
                                            for k, v in rows.items()) + "</table>")
-
-
-def format_seconds(s: float) -> str:
-    """``0.32 s``, ``57 s``, ``1 min 57 s``, ``2 h 05 min``."""
-    if s < 10:
-        return f"{s:.2f} s"
-    if s < 60:
-        return f"{s:.0f} s"
-    if s < 3600:
-        return f"{int(s // 60)} min {int(s % 60):02d} s"
-    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
 
 
 def _cpu_model() -> str:

@@ -106,11 +106,8 @@ def require_nonempty(title: str, split: str, items: Sequence[ImageItem], where: 
 
 def announce(dataset: ReIDDataset, verbose: bool) -> None:
     """Print the canonical summary table (and the number of skipped non-image files)."""
-    if not verbose:
-        return
-    print(dataset.summary())
-    if getattr(dataset, "ignored_files", 0):
-        print(f"  (skipped {dataset.ignored_files} non-image files, e.g. Thumbs.db)")
+    if verbose:
+        print(dataset.summary())
 
 
 # --------------------------------------------------------------------------------------------------------------

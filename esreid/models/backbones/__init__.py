@@ -13,7 +13,6 @@ Each backbone is registered with ``channels=`` (per stage) so that configs can b
 
 from __future__ import annotations
 
-import os
 from typing import Dict, Mapping, Tuple
 
 import torch
@@ -38,22 +37,20 @@ def feature_size(height: int, width: int, stage: str = "layer4", last_stride: in
     return height, width
 
 from esreid.models.backbones import resnet, resnet_nl  # noqa: E402,F401  (register the ResNets; need BACKBONES above)
+from esreid.models.backbones.weights import resolve  # noqa: E402
 
 
 def _read_state_dict(source: str) -> Dict[str, torch.Tensor]:
-    """Read a state dict from a local file or a URL (through torch.hub's cache, so it works offline once cached).
+    """Read a state dict from what ``model.pretrained`` names: a local file, a URL or ``torchvision:NAME`` (both
+    through the torch hub cache, so they work offline once cached: :mod:`esreid.models.backbones.weights`).
 
     Accepts a bare state dict or ``{'state_dict': ...}`` / ``{'model': ...}``; strips a ``module.`` prefix.
     """
-    if source.startswith(("http://", "https://")):
-        obj = torch.hub.load_state_dict_from_url(source, map_location="cpu", progress=False, weights_only=True)
-    else:
-        if not os.path.isfile(source):
-            raise CheckpointError(f"pretrained weights not found: {source}")
-        try:
-            obj = torch.load(source, map_location="cpu", weights_only=True)
-        except Exception as e:  # re-raised with the file name
-            raise CheckpointError(f"{source}: not a loadable torch checkpoint ({type(e).__name__}: {e})") from None
+    path = resolve(source)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # re-raised with the file name
+        raise CheckpointError(f"{path}: not a loadable torch checkpoint ({type(e).__name__}: {e})") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
@@ -69,9 +66,9 @@ def _listing(keys: list, limit: int = 10) -> str:
 
 
 def load_pretrained(model: nn.Module, source: str) -> None:
-    """Load ``source`` (path or URL) into ``model`` strictly: every key present, none extra, all shapes equal. Keys
-    under the model's ``not_pretrained`` prefixes (modules added to the torchvision layout, e.g. non-local blocks) are
-    not expected in the file and keep their initialisation.
+    """Load ``source`` (path, URL or ``torchvision:NAME``) into ``model`` strictly: every key present, none extra,
+    all shapes equal. Keys under the model's ``not_pretrained`` prefixes (modules added to the torchvision layout,
+    e.g. non-local blocks) are not expected in the file and keep their initialisation.
 
     Raises :class:`CheckpointError` listing the missing / unexpected / mismatched keys and naming ``source``.
     """
@@ -97,7 +94,7 @@ def load_pretrained(model: nn.Module, source: str) -> None:
 
 def build_backbone(name: str, last_stride: int = 1, pretrained: str = "") -> nn.Module:
     """Build backbone ``name`` (see ``BACKBONES.names()``), optionally load ImageNet weights strictly from
-    ``pretrained`` (path or URL; torchvision keys incl. ``fc``), then drop the ImageNet ``fc``.
+    ``pretrained`` (path, URL or ``torchvision:NAME``; torchvision keys incl. ``fc``), then drop the ImageNet ``fc``.
 
     Returns a module whose ``forward`` maps ``(B, 3, H, W)`` to the ``layer4`` map ``(B, out_channels, h, w)``.
     """

@@ -67,7 +67,7 @@ class ResNetNL(ResNet):
         self.not_pretrained = tuple(fresh)
 
 
-@BACKBONES.register("resnet50_nl", channels=stage_channels((64, 128, 256, 512), 4))
+@BACKBONES.register("resnet50_nl", channels=stage_channels((64, 128, 256, 512), 4), imagenet="resnet50")
 def resnet50_nl(last_stride: int = 1) -> ResNetNL:
     """AGW's backbone: ResNet-50 + non-local blocks after the last 2 blocks of layer2 and the last 3 of layer3."""
     return ResNetNL(Bottleneck, (3, 4, 6, 3), last_stride=last_stride, non_local=(0, 2, 3, 0))
