@@ -127,10 +127,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from esreid.engine.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
-    trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
+    trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress, allow_changes=args.allow_changes,
+                      command=train_command(args))
     metrics = trainer.train()
     trainer.log(format_metrics(metrics, "final"))
     return 0
+
+
+def train_command(args: argparse.Namespace) -> str:
+    """The ``esreid train`` command line of ``args`` without ``--resume`` (what a hint extends to continue the run)."""
+    import shlex
+
+    options = (["--allow-changes", *args.allow_changes] if args.allow_changes else []) + \
+        (["--no-progress"] if args.no_progress else [])
+    return shlex.join(["esreid", "train", "--config", args.config, *args.overrides, *options])
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -265,13 +275,18 @@ def _add_demo(sub) -> None:
 def _add_train(sub) -> None:
     p = _command(sub, "train", "train a model from a YAML config",
                  [f"esreid train --config {CONFIG} data.root=/data/reid solver.amp=bf16",
-                  f"esreid train --config {CONFIG} --resume auto solver.epochs=150"],
+                  f"esreid train --config {CONFIG} --resume auto solver.epochs=150",
+                  f"esreid train --config {CONFIG} --resume auto --allow-changes solver.lr solver.lr=1e-4"],
                  "Train a model from a YAML config; checkpoints, config.yaml, metrics.jsonl and results.json go to "
-                 "output_dir. A run already in output_dir is never overwritten: continue it with --resume auto.",
+                 "output_dir. A run already in output_dir is never overwritten: continue it with --resume auto (a "
+                 "config that changes the run is refused unless --allow-changes names the changed keys).",
                  overrides=True, handler=_cmd_train)
     p.add_argument("--config", required=True, type=existing_file, help=f"YAML config, e.g. {CONFIG}")
     p.add_argument("--resume", type=resume_value, metavar="auto|CKPT",
                    help="continue a run: 'auto' for <output_dir>/last.pth, or a checkpoint path")
+    p.add_argument("--allow-changes", nargs="+", action="extend", default=[], metavar="KEY",
+                   help="config keys (or sections) a resumed run may change although the checkpoint was trained with "
+                        "other values (e.g. solver.lr); other changes are refused")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -528,11 +543,24 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.parse_args(rest)
         parser.error("expected a command")
     args = parser.parse_intermixed_args(rest)  # options and KEY=VALUE positionals in any order
+    _reclaim_overrides(args, rest)
     overrides = getattr(args, "overrides", [])
     bad = [t for t in overrides if not OVERRIDE.match(t)]
     if bad:
         parser.error(f"unexpected argument {bad[0]!r} (config overrides look like section.key=value)")
     return args
+
+
+def _reclaim_overrides(args: argparse.Namespace, tokens: List[str]) -> None:
+    """``--allow-changes KEY...`` also swallows the ``KEY=VALUE`` overrides that follow it: give them back to
+    ``overrides``, in command-line order (a later override wins)."""
+    keys = getattr(args, "allow_changes", None)
+    if not keys:
+        return
+    taken = [k for k in keys if OVERRIDE.match(k)]
+    args.allow_changes = [k for k in keys if not OVERRIDE.match(k)]
+    order = {token: i for i, token in reversed(list(enumerate(tokens)))}
+    args.overrides = sorted(args.overrides + taken, key=lambda t: order.get(t, len(tokens)))
 
 
 def _one_line(text: str) -> str:

@@ -7,7 +7,7 @@ dataclass of ``model.name``.
 Every mistake is found when the config is loaded, before any data is read, and raises :class:`ConfigError` naming the
 dotted key and the file (or "command line") it came from:
 
-* unknown keys and wrong types (:func:`_coerce`); floats must be finite;
+* unknown keys and wrong types (:func:`_coerce`); floats must be finite, of magnitude <= 1e30 (float32 arithmetic);
 * each field's own constraint, declared next to it with :func:`param` (ranges, choices, registry names, lengths);
 * structural checks between fields that need no data: each section's ``check(cfg)`` method raises
   :class:`Invalid` naming the key to fix (milestones within epochs, Cutout square inside the image, a block size that
@@ -210,8 +210,9 @@ class DataConfig(Section):
     workers: int = param(2, ge=0, le=256)
     cache: bool = False  # decode + resize once into a memory-mapped uint8 array
     cache_dir: str = ""  # default: <root>/.esreid_cache
-    mean: List[float] = param(factory=lambda: [0.485, 0.456, 0.406], length=3)
-    std: List[float] = param(factory=lambda: [0.229, 0.224, 0.225], length=3, gt=0)
+    # per-channel statistics of pixel values in [0, 1]; (x - mean) / std stays within +-1000
+    mean: List[float] = param(factory=lambda: [0.485, 0.456, 0.406], length=3, ge=0, le=1)
+    std: List[float] = param(factory=lambda: [0.229, 0.224, 0.225], length=3, ge=1e-3, le=1)
     flip_prob: float = param(0.5, ge=0, le=1)
     pad: int = param(0, ge=0, le=1024)  # pad-and-random-crop (BoT); ES-Net uses flip + normalise only
     random_erasing: float = param(0.0, ge=0, le=1)  # probability of Zhong et al. random erasing
@@ -264,7 +265,7 @@ class TestConfig(Section):
     normalize: Optional[bool] = None  # L2-normalise each branch's feature before concatenation
     metric: Optional[str] = param(None, choices=registry_names("esreid.evaluation.distance", "METRICS"))
     eval_period: int = param(10, ge=0)  # epochs; 0 = only at the end
-    ranks: List[int] = param(factory=lambda: [1, 5, 10, 20], ge=1, nonempty=True)
+    ranks: List[int] = param(factory=lambda: [1, 5, 10, 20], ge=1, le=100_000, nonempty=True)  # the CMC is that long
     ap_mode: str = param("anchor", choices=registry_names("esreid.evaluation.metrics", "AP_MODES"))
     rerank: bool = False
     protocol_args: Dict[str, Any] = field(default_factory=dict)
@@ -288,12 +289,28 @@ class DiagnosticsConfig(Section):
 
 
 @dataclass
+class GuardConfig(Section):
+    """The divergence guard (:class:`esreid.engine.guard.DivergenceGuard`): a step is *high* when its loss exceeds
+    ``divergence_factor`` times the untrained model's loss (the run's first step); ``patience`` high steps in a row, or
+    an epoch ending on a high step, stop the run before its checkpoint. A non-finite loss always stops it."""
+
+    divergence_factor: float = param(10.0, ge=0)  # 0 = only non-finite losses stop the run
+    patience: int = param(3, ge=1, le=1_000_000)  # consecutive high steps
+
+    def check(self, cfg: Config) -> None:
+        if 0 < self.divergence_factor <= 1:
+            raise Invalid("guard.divergence_factor", f"expected 0 (off) or a factor > 1 of the untrained model's "
+                                                     f"loss, got {self.divergence_factor!r} (default 10)")
+
+
+@dataclass
 class Config(Section):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     test: TestConfig = field(default_factory=TestConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     output_dir: str = param("outputs/run", nonempty=True)
     seed: int = param(0, ge=0, lt=2**32)  # numpy accepts seeds below 2^32
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -310,6 +327,9 @@ class Config(Section):
 # --------------------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------------------
+# Largest float magnitude accepted: far inside float32's range (3.4e38), so that the products training forms with a
+# value (Adam's bias-corrected step: lr x 10, ...) stay finite; 1e30 is already absurd for any setting
+FLOAT_LIMIT = 1e30
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 Origins = Dict[str, str]  # dotted key -> file (or "command line") that set it
 
@@ -475,6 +495,9 @@ def _coerce(value: Any, tp: Any, key: str, origins: Origins) -> Any:
             raise ConfigError(f"{where}: key '{key}': expected a number, got {value!r}")
         if not math.isfinite(value):
             raise ConfigError(f"{where}: key '{key}': expected a finite number, got {value!r}")
+        if abs(value) > FLOAT_LIMIT:  # training computes in float32: products with such a value overflow
+            raise ConfigError(f"{where}: key '{key}': expected a number of magnitude <= {FLOAT_LIMIT:g} (training "
+                              f"computes in float32), got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -542,7 +565,7 @@ def build_config(raw: Dict[str, Any], origins: Optional[Origins] = None) -> Conf
     cfg = _build(Config, raw, "", origins)
     cfg.model = _build(model_cls, model_raw, "model.", origins)
     vars(cfg)["_origins"] = dict(origins)  # not a field: kept for errors found after loading (invalid())
-    for section in (cfg.model.loss, cfg.model, cfg.data, cfg.solver, cfg.test, cfg.diagnostics, cfg):
+    for section in (cfg.model.loss, cfg.model, cfg.data, cfg.solver, cfg.test, cfg.diagnostics, cfg.guard, cfg):
         try:
             section.check(cfg)
         except Invalid as e:

@@ -71,7 +71,7 @@ def test_losses_are_the_baselines_on_the_erased_map_and_eval_does_not_erase():
 @pytest.mark.parametrize("override, message", [
     ("model.area=[0.4, 0.1]", "key 'model.area': expected [min, max] with min <= max, got [0.4, 0.1]"),
     ("model.area=[0.1, 1.5]", "key 'model.area': item 1 (1.5): expected a value <= 1, got 1.5"),
-    ("model.aspect=[0, 2]", "key 'model.aspect': item 0 (0.0): expected a value > 0, got 0.0"),
+    ("model.aspect=[0, 2]", "key 'model.aspect': item 0 (0.0): expected a value >= 0.001, got 0.0"),
     ("model.erase_prob=2", "key 'model.erase_prob': expected a value <= 1, got 2.0"),
 ])
 def test_bad_settings_are_named(override, message):

@@ -222,6 +222,19 @@ def test_gap_gmp_gem_definitions():
     np.testing.assert_allclose(gem(x).detach().double().numpy(), ((a**5.5).mean(-1)) ** (1 / 5.5), rtol=2e-6)
 
 
+def test_gem_large_exponent_stays_finite_and_exact():
+    """x^p overflows float32 at x = 30, p = 40 (the fuzzer's ppool_init=50 gave NaN features); the max-normalised
+    evaluation matches the float64 definition and has finite gradients."""
+    x64 = _map(seed=12) * 30
+    a = x64.numpy().reshape(2, 3, -1)
+    x = x64.float().requires_grad_(True)
+    gem = build_pooling("gem", init=40.0)
+    out = gem(x)
+    np.testing.assert_allclose(out.detach().double().numpy(), ((a**40).mean(-1)) ** (1 / 40), rtol=1e-5)
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(gem.raw.grad).all()
+
+
 def test_registry_and_bad_input():
     assert POOLING.names() == ["gap", "gem", "gmp", "ppool"]
     with pytest.raises(KeyError, match="ppool"):

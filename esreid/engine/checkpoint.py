@@ -1,7 +1,7 @@
 """Checkpoints: everything needed to resume exactly, written atomically with a checksum, loaded with ``weights_only``.
 
 A checkpoint is a dict ``{format, model, optimizer, scheduler, scaler, epoch, num_classes, rng, generators, config,
-metrics}``. Files are written
+metrics, hooks}``. Files are written
 through :func:`esreid.files.atomic_writer` (a temporary name in the same folder moved into place with
 ``os.replace``), so an interrupted save never leaves a half-written file and never destroys the previous one; the free
 space is checked first, and a full disk or read-only folder raises a :class:`~esreid.files.StorageError`.
@@ -25,6 +25,7 @@ import hashlib
 import os
 import random
 import re
+import shutil
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -174,9 +175,11 @@ def _corrupt(path: str, why: str) -> str:
 def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, config: Dict[str, Any],
                     optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None, scaler: Any = None,
                     metrics: Optional[Dict[str, Any]] = None,
-                    generators: Optional[Dict[str, torch.Generator]] = None, num_classes: Optional[int] = None) -> None:
+                    generators: Optional[Dict[str, torch.Generator]] = None, num_classes: Optional[int] = None,
+                    hooks: Optional[Dict[str, Dict[str, Any]]] = None) -> None:
     """Save a full training checkpoint; ``generators`` are extra named RNGs (augmentation, BESM coin flips),
-    ``num_classes`` the size of the model's classifiers (what inference builds the model with)."""
+    ``num_classes`` the size of the model's classifiers (what inference builds the model with), ``hooks`` the
+    trainer hooks' states by class name (e.g. the divergence guard's reference loss)."""
     state = {
         "format": FORMAT,
         "model": unwrap(model).state_dict(),
@@ -189,8 +192,18 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, config: Di
         "generators": {k: g.get_state() for k, g in (generators or {}).items()},
         "config": config,
         "metrics": metrics or {},
+        "hooks": hooks or {},
     }
     atomic_save(state, path)
+
+
+def copy_checkpoint(src: str, dst: str) -> None:
+    """Copy checkpoint ``src`` to ``dst`` atomically after verifying its checksum (a corrupt file is not copied)."""
+    verify_checkpoint(src)
+    folder = os.path.dirname(os.path.abspath(dst))
+    ensure_free_space(folder, os.path.getsize(src), f"checkpoint {os.path.basename(dst)}")
+    with open(src, "rb") as f, atomic_writer(dst) as out:
+        shutil.copyfileobj(f, out, 1 << 20)
 
 
 def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from esreid.data.base import ImageItem, ReIDDataset
+from esreid.errors import EsreidError
 
 
 def autocast(device: torch.device, amp: str):
@@ -62,6 +63,23 @@ def extract_features(model: torch.nn.Module, loader, device: torch.device, trans
     return torch.cat(feats), torch.cat(pids), torch.cat(camids)
 
 
+class NonFiniteFeatures(EsreidError):
+    """The model gives NaN, inf or overflowing features: its weights or BatchNorm statistics are not finite or have
+    exploded."""
+
+
+def check_finite(feats: torch.Tensor, items: Sequence[ImageItem], split: str) -> None:
+    """Raise :class:`NonFiniteFeatures` naming the images whose features ``(N, D)`` are not finite or so large that
+    their squared norm (hence a distance) overflows float32."""
+    if not feats.numel():
+        return
+    bad = (~torch.isfinite(feats.float().pow(2).sum(dim=1))).nonzero().flatten().tolist()
+    if bad:
+        raise NonFiniteFeatures(f"the model gives non-finite (or overflowing) features for {len(bad)} of {len(items)} "
+                                f"{split} images (e.g. {items[bad[0]].path}): its weights or BatchNorm statistics hold "
+                                "NaN or inf or have exploded (a diverged run?); evaluate an earlier checkpoint")
+
+
 def extract_items(model: torch.nn.Module, items: Sequence[ImageItem], cfg, device: torch.device,
                   desc: str = "features") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`extract_features` of ``items`` with the test loader and transform of ``cfg``: feats (N, D), pids (N,),
@@ -102,6 +120,8 @@ def evaluate_features(features: EvalFeatures, dataset: ReIDDataset, cfg, metric:
 
     start = time.perf_counter()
     (qf, q_pids, q_camids), (gf, g_pids, g_camids) = features.query, features.gallery
+    for split, feats in (("query", qf), ("gallery", gf)):
+        check_finite(feats, getattr(dataset, split), split)
     protocol = PROTOCOLS.get(dataset.protocol)
     metrics = protocol(qf, q_pids.numpy(), q_camids.numpy(), gf, g_pids.numpy(), g_camids.numpy(),
                        metric=metric, ap_mode=cfg.test.ap_mode, rerank=cfg.test.rerank,

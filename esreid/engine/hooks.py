@@ -20,10 +20,11 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
 
+from esreid.engine.checkpoint import copy_checkpoint
 from esreid.files import append_text, atomic_write_text, reported
 from esreid.registry import Registry
 
@@ -75,6 +76,14 @@ class HookBase:
         """RNGs this hook owns (saved in checkpoints with the trainer's)."""
         return {}
 
+    def state_dict(self) -> Dict[str, Any]:
+        """What this hook must carry over a resume (numbers, tensors, lists, dicts), saved in checkpoints under its
+        class name; empty: nothing."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (called on resume when the checkpoint holds it)."""
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Writers
@@ -94,6 +103,20 @@ class JSONLWriter(HookBase):
 
     def on_record(self, record: Dict[str, Any]) -> None:
         append_text(self.path, json.dumps(record) + "\n")
+
+
+def read_records(path: str) -> List[Dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (none when it does not exist; a line cut short by a crash is skipped)."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return [r for r in records if isinstance(r, dict)]
 
 
 def record_epoch(line: str) -> float:
@@ -222,34 +245,72 @@ class TrainLog(HookBase):
 
 class CheckpointHook(HookBase):
     """After every epoch: ``last.pth`` (everything needed to resume exactly) and, every ``period`` epochs,
-    ``epoch_XXX.pth``. Runs before the evaluation, so a failing evaluation never loses the epoch."""
+    ``epoch_XXX.pth``. Runs before the evaluation, so a failing evaluation never loses the epoch. On resume, the
+    periodic checkpoint of the epoch resumed from is re-created (a copy of the checkpoint resumed from) when a kill
+    during its write lost it."""
 
     def __init__(self, folder: str, period: int):
         self.folder, self.period = folder, period
 
-    def after_epoch(self) -> None:
-        epoch = self.trainer.state.epoch + 1
-        self.trainer.save_checkpoint(os.path.join(self.folder, "last.pth"))
-        if self.period and epoch % self.period == 0:
-            self.trainer.save_checkpoint(os.path.join(self.folder, f"epoch_{epoch:03d}.pth"))
+    def periodic(self, epoch: int) -> Optional[str]:
+        return os.path.join(self.folder, f"epoch_{epoch:03d}.pth") if self.period and epoch % self.period == 0 else None
 
-
-class EvalHook(HookBase):
-    """Evaluate every ``period`` epochs and after the last one (main process only); emits an ``eval`` record and keeps
-    the metrics in ``trainer.state.metrics`` and ``trainer.history``."""
-
-    def __init__(self, period: int):
-        self.period = period
+    def before_train(self) -> None:
+        t = self.trainer
+        path = self.periodic(t.start_epoch) if t.last_checkpoint is not None else None
+        if path is not None and not os.path.exists(path):
+            copy_checkpoint(t.last_checkpoint[0], path)
+            t.log(f"re-created {path} (lost when the run was stopped while writing it)")
 
     def after_epoch(self) -> None:
         t = self.trainer
         epoch = t.state.epoch + 1
-        if epoch == t.cfg.solver.epochs or (self.period and epoch % self.period == 0):
-            metrics = t.evaluate()
+        last = os.path.join(self.folder, "last.pth")
+        t.save_checkpoint(last)
+        t.last_checkpoint = (last, epoch)
+        path = self.periodic(epoch)
+        if path is not None:
+            t.save_checkpoint(path)
+
+
+class EvalHook(HookBase):
+    """Evaluate every ``period`` epochs and after the last one (main process only); emits an ``eval`` record and keeps
+    the metrics in ``trainer.state.metrics`` and ``trainer.history``.
+
+    On resume, the evaluation of the epoch resumed from is taken from ``records`` (``metrics.jsonl``), or run first
+    when it was due and has no record (the run was stopped during it): a finished run re-reports its results."""
+
+    def __init__(self, period: int, records: str = ""):
+        self.period, self.records = period, records
+
+    def due(self, epoch: int) -> bool:
+        return epoch >= self.trainer.cfg.solver.epochs or bool(self.period and epoch % self.period == 0)
+
+    def before_train(self) -> None:
+        t = self.trainer
+        epoch = t.start_epoch
+        if not epoch:
+            return
+        recorded = [r for r in read_records(self.records) if r.get("type") == "eval" and r.get("epoch") == epoch]
+        if recorded:
+            metrics = {k: v for k, v in recorded[-1].items() if k not in ("type", "epoch")}
             t.state.metrics = metrics
             t.history.append({"epoch": epoch, **metrics})
-            t.emit({"type": "eval", "epoch": epoch, **metrics})
-            t.state.test_features = None  # set by trainer.evaluate() for the hooks reading this record
+        elif self.due(epoch) or epoch == t.resumed_epochs:
+            self.evaluate(epoch)
+
+    def after_epoch(self) -> None:
+        epoch = self.trainer.state.epoch + 1
+        if self.due(epoch):
+            self.evaluate(epoch)
+
+    def evaluate(self, epoch: int) -> None:
+        t = self.trainer
+        metrics = t.evaluate()
+        t.state.metrics = metrics
+        t.history.append({"epoch": epoch, **metrics})
+        t.emit({"type": "eval", "epoch": epoch, **metrics})
+        t.state.test_features = None  # set by trainer.evaluate() for the hooks reading this record
 
 
 def diagnostic_hooks(cfg: Any, seed: int) -> List[HookBase]:

@@ -55,4 +55,6 @@ def build_optimizer(model: torch.nn.Module, solver_cfg) -> torch.optim.Optimizer
 OPTIMIZERS = Registry("optimizer")  # solver.optimizer -> (param groups, solver config) -> optimiser
 OPTIMIZERS.register("adam")(lambda groups, c: torch.optim.Adam(groups, lr=c.lr))
 OPTIMIZERS.register("adamw")(lambda groups, c: torch.optim.AdamW(groups, lr=c.lr))
-OPTIMIZERS.register("sgd")(lambda groups, c: torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=True))
+# Nesterov momentum; momentum 0 is plain SGD (torch refuses nesterov=True without momentum)
+OPTIMIZERS.register("sgd")(lambda groups, c: torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum,
+                                                              nesterov=c.momentum > 0))

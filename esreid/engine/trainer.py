@@ -14,7 +14,8 @@ import dataclasses
 import json
 import os
 import random
-from typing import Any, Callable, Dict, List, Optional
+import shlex
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -32,7 +33,9 @@ from esreid.engine.checkpoint import (
 )
 from esreid.engine.distributed import barrier, init_distributed
 from esreid.engine.evaluator import autocast, evaluate_features, extract_test_features
+from esreid.engine.guard import DivergenceGuard
 from esreid.engine.preflight import check_files, check_test_data, check_training_data
+from esreid.engine.resume import check_resume_config, describe, restore_solver
 from esreid.engine.schedule import build_optimizer, build_scheduler
 from esreid.errors import ConfigError
 from esreid.files import atomic_write_text, check_writable, remove_orphans
@@ -45,6 +48,13 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"key 'device': {name!r} requested but CUDA is not available here; use device=cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"key 'device': {name!r} requested but this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    mps = getattr(torch.backends, "mps", None)
+    if device.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ConfigError(f"key 'device': {name!r} requested but MPS (Apple GPUs) is not available here; use "
+                          "device=cpu or auto")
     return device
 
 
@@ -64,10 +74,16 @@ class Trainer:
         progress: show a tqdm progress bar (only where stderr is a terminal; one line per epoch otherwise).
         log: function receiving console lines; on the main process every line also goes to ``<output_dir>/log.txt``.
         hooks: extra hooks, run after the default ones.
+        allow_changes: config keys (or sections) a resumed run may change although they change the run
+            (:mod:`esreid.engine.resume`); any other such difference with the checkpoint's config is refused.
+        command: the command line that started the run, without ``--resume`` (e.g. ``esreid train --config c.yaml``);
+            hints on how to continue (Ctrl-C, divergence) extend it. Default: ``esreid train --config
+            <output_dir>/config.yaml``.
     """
 
     def __init__(self, cfg: Config, resume: Optional[str] = None, progress: bool = True,
-                 log: Callable[[str], None] = print, hooks: Optional[List[H.HookBase]] = None):
+                 log: Callable[[str], None] = print, hooks: Optional[List[H.HookBase]] = None,
+                 allow_changes: Sequence[str] = (), command: Optional[str] = None):
         from esreid.data.loader import build_train_loader
         from esreid.data.transforms import TrainAugment
 
@@ -79,12 +95,18 @@ class Trainer:
         self.cfg, self.progress = cfg, progress and main
         self.log = log if main else (lambda line: None)
         self.out = cfg.output_dir
+        self.command = command or f"esreid train --config {shlex.quote(os.path.join(self.out, 'config.yaml'))}"
         last = os.path.join(self.out, "last.pth")
         if resume is None and os.path.exists(last):
             raise FileExistsError(
                 f"output_dir {self.out!r} already holds a run ({last}); pass --resume auto to continue it "
                 "or choose another output_dir (nothing was overwritten)"
             )
+        if resume is None and allow_changes:
+            raise ConfigError("--allow-changes names what a resumed run may change; add --resume auto (or a "
+                              "checkpoint path)")
+        # the checkpoint and its config are checked before any data is read
+        checkpoint = self._read_checkpoint(last if resume == "auto" else resume, allow_changes) if resume else None
         if main:
             check_writable(self.out, "output_dir")
             from esreid import __version__
@@ -128,11 +150,13 @@ class Trainer:
                  f"{cfg.solver.epochs} epochs x {self.iters_per_epoch} iterations of {self.global_batch_size} images")
         self.state = H.TrainState()
         self.start_epoch = 0
+        self.resumed_epochs: Optional[int] = None  # solver.epochs of the run a resumed checkpoint comes from
+        self.last_checkpoint: Optional[Tuple[str, int]] = None  # (path, epoch) of the newest checkpoint of this run
         self.history: List[Dict[str, Any]] = []
         self.hooks: List[H.HookBase] = []
         self.register_hooks(self.default_hooks() + list(hooks or []))
-        if resume is not None:
-            self._resume(last if resume == "auto" else resume)
+        if checkpoint is not None:
+            self._resume(*checkpoint)
         # the module trained: DDP-wrapped under torchrun (self.model stays the plain module for eval and checkpoints)
         self.net = self.model
         if self.dist.enabled:
@@ -146,13 +170,17 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------------------
     def default_hooks(self) -> List[H.HookBase]:
-        """Diagnostics (before the step), the train / epoch records, then checkpoint and evaluation (checkpoint first,
-        so an evaluation that fails loses no epoch); record writers on the main process only."""
+        """Diagnostics (before the step), the train / epoch records, the divergence guard (before the checkpoint: a
+        diverged epoch is not saved), then checkpoint and evaluation (checkpoint first, so an evaluation that fails
+        loses no epoch); record writers on the main process only (``metrics.jsonl`` first: it drops the records of
+        interrupted epochs before a resumed run adds any)."""
         cfg = self.cfg
-        hooks: List[H.HookBase] = [*H.diagnostic_hooks(cfg, self.seed), H.TrainLog(cfg.log_period)]
+        records = os.path.join(self.out, "metrics.jsonl")
+        hooks: List[H.HookBase] = [*H.diagnostic_hooks(cfg, self.seed), H.TrainLog(cfg.log_period),
+                                   DivergenceGuard(cfg.guard)]
         if self.dist.is_main:
-            hooks += [H.CheckpointHook(self.out, cfg.checkpoint_period), H.EvalHook(cfg.test.eval_period),
-                      H.JSONLWriter(os.path.join(self.out, "metrics.jsonl")), H.ConsoleWriter()]
+            hooks += [H.JSONLWriter(records), H.CheckpointHook(self.out, cfg.checkpoint_period),
+                      H.EvalHook(cfg.test.eval_period, records), H.ConsoleWriter()]
             if cfg.report:
                 from esreid.engine.reporting import ReportHook
 
@@ -190,27 +218,65 @@ class Trainer:
         return gens
 
     def save_checkpoint(self, path: str) -> None:
+        hook_states = {type(h).__name__: h.state_dict() for h in self.hooks}
         save_checkpoint(path, model=self.model, epoch=self.state.epoch + 1, config=to_dict(self.cfg),
                         optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-                        metrics=self.state.metrics, generators=self.generators(), num_classes=self.model.num_classes)
+                        metrics=self.state.metrics, generators=self.generators(), num_classes=self.model.num_classes,
+                        hooks={k: v for k, v in hook_states.items() if v})
 
-    def _resume(self, path: str) -> None:
+    def _read_checkpoint(self, path: str, allow_changes: Sequence[str]) -> Tuple[str, Dict[str, Any], List[Any]]:
+        """Load the checkpoint to resume and check its config against this one (:mod:`esreid.engine.resume`)."""
+        if not os.path.isfile(path) and path == os.path.join(self.out, "last.pth"):
+            raise CheckpointError(f"--resume auto: output_dir {self.out} holds no run to continue ({path} not found); "
+                                  "start without --resume, or pass the path of a checkpoint")
         # read to the CPU: RNG states must be CPU ByteTensors; the optimiser state follows its parameters' device
         state = load_checkpoint(path, map_location="cpu")
         if state.get("optimizer") is None:
             raise CheckpointError(f"{path}: holds model weights only; resuming needs a full training checkpoint")
+        changes = check_resume_config(path, state.get("config"), self.cfg, allow_changes)
+        return path, state, changes
+
+    def _resume(self, path: str, state: Dict[str, Any], changes: List[Any]) -> None:
         load_model_weights(self.model, state, path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.start_epoch = int(state["epoch"])
+        saved_solver = (state.get("config") or {}).get("solver", {})
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        if saved_solver.get("optimizer", self.cfg.solver.optimizer) == self.cfg.solver.optimizer:
+            self.optimizer.load_state_dict(state["optimizer"])
+        else:
+            self.log(f"=> solver.optimizer changed to {self.cfg.solver.optimizer}: its state starts afresh")
         self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
+        restore_solver(self.optimizer, self.scheduler, fresh, self.start_epoch * self.iters_per_epoch)
+        if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         for name, gen in self.generators().items():
             if name in state.get("generators", {}):
                 gen.set_state(state["generators"][name])
-        self.start_epoch = int(state["epoch"])
+        for hook in self.hooks:
+            if type(hook).__name__ in state.get("hooks", {}):
+                hook.load_state_dict(state["hooks"][type(hook).__name__])
         self.state.metrics = dict(state.get("metrics") or {})
+        self.resumed_epochs = saved_solver.get("epochs")
+        self.last_checkpoint = (path, self.start_epoch)
         self.log(f"=> resumed from {path} at epoch {self.start_epoch}")
+        if changes:
+            self.log(f"=> with changes (allowed): {describe(changes)}")
+
+    def continue_command(self, extra: Sequence[str] = ()) -> str:
+        """The command that continues this run from its newest checkpoint (``--resume auto`` when that is
+        ``last.pth``), followed by ``extra`` arguments."""
+        path = self.last_checkpoint[0] if self.last_checkpoint else os.path.join(self.out, "last.pth")
+        resume = "auto" if path == os.path.join(self.out, "last.pth") else shlex.quote(path)
+        return " ".join([self.command, "--resume", resume, *extra])
+
+    def _interrupted(self) -> KeyboardInterrupt:
+        """A KeyboardInterrupt whose ``hint`` (printed by the CLI) says where the run stopped and how to go on."""
+        e = KeyboardInterrupt()
+        where = f"interrupted at epoch {self.state.epoch + 1}, iteration {self.state.iter}"
+        e.hint = (f"{where}; continue with: {self.continue_command()}" if self.last_checkpoint is not None
+                  else f"{where}, before the first checkpoint; start again with: {self.command}")
+        return e
 
     # ------------------------------------------------------------------------------------------------------------
     def train_step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, float]:
@@ -226,10 +292,6 @@ class Trainer:
         with autocast(self.device, self.cfg.solver.amp):
             terms = self.net(images, pids)
         loss = sum(t.float() for t in terms.values())
-        if not torch.isfinite(loss):
-            values = {k: float(v) for k, v in terms.items()}
-            raise FloatingPointError(f"non-finite loss {values}; lower solver.lr or disable solver.amp "
-                                     "(the last checkpoint was left untouched)")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.solver.grad_clip > 0:
@@ -243,6 +305,18 @@ class Trainer:
         self._call("after_step")
         return {**self.state.terms, **self.state.extra}
 
+    def _train_epoch(self, epoch: int) -> None:
+        self.state.epoch = epoch
+        self.model.train()
+        self.train_loader.batch_sampler.set_epoch(epoch)
+        self._call("before_epoch")
+        bar = progress(self.train_loader, f"epoch {epoch + 1}/{self.cfg.solver.epochs}", enabled=self.progress)
+        for batch in bar:
+            terms = self.train_step(batch)
+            bar.set_postfix(loss=f"{terms['loss']:.3f}")
+        self._call("after_epoch")
+        barrier(self.dist)  # the other processes wait for rank 0's evaluation and checkpoint
+
     def evaluate(self) -> Dict[str, Any]:
         """The protocol's metrics of the current model; its features stay in ``state.test_features`` for the hooks
         that read the ``eval`` record (the evaluation hook drops them after)."""
@@ -250,23 +324,23 @@ class Trainer:
         return evaluate_features(self.state.test_features, self.dataset, self.cfg, self.model.retrieval.metric)
 
     def train(self) -> Dict[str, Any]:
-        """Run the remaining epochs; returns the last evaluation's metrics."""
+        """Run the remaining epochs; returns the last evaluation's metrics (a finished run's, when resumed).
+
+        Ctrl-C raises a ``KeyboardInterrupt`` whose ``hint`` names the epoch, the iteration and the command that
+        continues the run."""
         cfg = self.cfg
-        sampler = self.train_loader.batch_sampler
         self.state.iter = self.start_epoch * self.iters_per_epoch
-        self._call("before_train")
-        for epoch in range(self.start_epoch, cfg.solver.epochs):
-            self.state.epoch = epoch
-            self.model.train()
-            sampler.set_epoch(epoch)
-            self._call("before_epoch")
-            bar = progress(self.train_loader, f"epoch {epoch + 1}/{cfg.solver.epochs}", enabled=self.progress)
-            for batch in bar:
-                terms = self.train_step(batch)
-                bar.set_postfix(loss=f"{terms['loss']:.3f}")
-            self._call("after_epoch")
-            barrier(self.dist)  # the other processes wait for rank 0's evaluation and checkpoint
-        self._call("after_train")
+        self.state.epoch = self.start_epoch
+        if self.start_epoch >= cfg.solver.epochs:
+            self.log(f"=> the run in {self.out} is finished: its checkpoint is at epoch {self.start_epoch} and "
+                     f"solver.epochs is {cfg.solver.epochs} (raise it to train longer)")
+        try:
+            self._call("before_train")
+            for epoch in range(self.start_epoch, cfg.solver.epochs):
+                self._train_epoch(epoch)
+            self._call("after_train")
+        except KeyboardInterrupt as e:
+            raise self._interrupted() from e
         metrics = self.state.metrics
         if metrics and self.dist.is_main:
             atomic_write_text(os.path.join(self.out, "results.json"), json.dumps(metrics, indent=2))

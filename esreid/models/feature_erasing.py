@@ -36,7 +36,8 @@ class FeatureErasingConfig(ModelConfig):
     ppool_init: float = param(3.0, gt=1)  # initial exponent of a learnable pooling (gem / ppool)
     erase_prob: float = param(0.5, ge=0, le=1)  # P: Zhong et al.'s default
     area: List[float] = param(factory=lambda: [0.02, 0.4], length=2, gt=0, le=1)  # erased fraction of the map
-    aspect: List[float] = param(factory=lambda: [0.3, 3.33], length=2, gt=0)  # height / width of the rectangle
+    # height / width of the rectangle; beyond 1e-3..1e3 a side is clamped to the map anyway (and sqrt(a / r) overflows)
+    aspect: List[float] = param(factory=lambda: [0.3, 3.33], length=2, ge=1e-3, le=1e3)
 
     def check(self, cfg) -> None:
         super().check(cfg)

@@ -143,14 +143,18 @@ class GeM(_ExponentPool):
     """Generalised mean: ``(mean_{h,w} clamp(x, eps)^p)^(1/p)``, one learnable scalar ``p = 1 + softplus(raw)``
     (init 3, AGW convention). Float32, autocast disabled. ``(B, C, H, W) -> (B, C)``.
 
-    The floor p >= 1 (GeM is defined for any p > 0) keeps it between GAP and GMP like P-pooling.
+    The floor p >= 1 (GeM is defined for any p > 0) keeps it between GAP and GMP like P-pooling. Evaluated as
+    ``m · (mean (x/m)^p)^(1/p)`` with ``m`` the channel's maximum, the same value (GeM is homogeneous of degree 1, so
+    the gradient through ``m`` cancels) without overflow: ``x^p`` itself is inf in float32 for x = 10, p = 40.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_map(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
             p = self.exponent.float()
-            return x.float().clamp(min=self.eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+            x = x.float().clamp(min=self.eps)
+            m = x.amax(dim=(2, 3), keepdim=True)  # (B, C, 1, 1), >= eps > 0
+            return (x / m).pow(p).mean(dim=(2, 3)).pow(1.0 / p) * m.flatten(1)
 
 
 @POOLING.register("ppool", exponent=True)
