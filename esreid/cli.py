@@ -7,10 +7,11 @@ argparse rejects, a file that is missing, exists already or cannot be accessed) 
 ``--debug`` (anywhere on the line) prints the traceback first. Ctrl-C prints ``esreid: interrupted`` (and the
 exception's ``hint``, e.g. how to resume) and exits 130.
 
-Parsing: ``key=value`` tokens are config overrides wherever they stand (options and overrides in any order).
+Parsing: ``key=value`` tokens are config overrides wherever they stand (options and overrides in any order; after an
+option taking a list, such as ``ablate --seeds 0 1``, put them before the option or end its list with another one).
 Building the parser imports nothing heavy (no torch, numpy, models): ``--help`` answers at once and each handler
-imports what it needs. ``export``, ``extract``, ``explain``, ``visualize`` and ``search`` are parsed here too, and
-their handlers (``module.function(args)``) are imported only when the command runs.
+imports what it needs. ``ablate``, ``export``, ``extract``, ``explain``, ``visualize`` and ``search`` are parsed here
+too, and their handlers (``module.function(args)``) are imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -99,6 +100,12 @@ def list_item(convert: Callable[[str], object], what: str) -> Callable[[str], ob
 def threads_value(value: str) -> str:
     """``auto`` or a positive integer (kept as text: it becomes the override ``threads=<value>``)."""
     return value if value == "auto" else str(positive_int(value))
+
+
+def seed_value(value: str) -> int:
+    if not value.isdigit() or int(value) >= 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed (an integer in [0, 2^32)), got {value!r}")
+    return int(value)
 
 
 def positive_int(value: str) -> int:
@@ -410,6 +417,37 @@ def _add_explain(sub) -> None:
                                                                          "(default: %(default)s)")
 
 
+def _add_ablate(sub) -> None:
+    p = _command(sub, "ablate", "the paper's tables and figures: configs x seeds, trained in turn and summarised",
+                 ["esreid ablate --table III --dataset synthetic --seeds 0 1",
+                  "esreid ablate data.root=/data/reid --table II III --dataset market1501 --seeds 0 1 2 "
+                  "--out outputs/ablate",
+                  "esreid ablate data.root=/data/reid --sweep fig4_erase_ratio --dataset market1501 --seeds 0",
+                  "esreid ablate --configs configs/market1501/base.yaml configs/market1501/esnet.yaml --seeds 0 1"],
+                 "Train and evaluate each (config, dataset, seed) cell with the normal trainer, one after the other, "
+                 "each into <out>/<dataset>/<config>/seed<k>; rerunning the command skips finished cells and resumes "
+                 "an interrupted one. Writes table_<T>.md/.csv (mean ± std over seeds, the paper's figure beside each "
+                 "cell) and, for sweeps, sweep_<name>_<dataset>.md/.csv/.png. --dataset synthetic runs on built-in "
+                 "synthetic people at demo scale (seconds per cell on a CPU). Overrides apply to every cell.",
+                 overrides=True, handler=_delegated("esreid.ablate", "ablate_main"))
+    p.add_argument("--table", nargs="+", type=list_item(str, "a table"), metavar="T",
+                   help="ES-Net paper tables: I II III IV V VI VII VIII IX X")
+    p.add_argument("--sweep", nargs="+", type=list_item(str, "a sweep"), metavar="NAME",
+                   help="a sweep spec: a name under <config-root>/sweeps (fig4_erase_ratio, fig6_batch_composition) "
+                        "or a .yaml path")
+    p.add_argument("--configs", nargs="+", type=list_item(existing_file, "a config file"), metavar="CONFIG",
+                   help="any configs, a row each")
+    p.add_argument("--dataset", nargs="+", type=list_item(str, "a dataset"), metavar="D",
+                   help="datasets (config folders) of the tables to run, default all; 'synthetic': demo scale")
+    p.add_argument("--seeds", nargs="+", type=list_item(seed_value, "a seed"), default=[0], metavar="S",
+                   help="seeds, each a cell of its own (default: 0)")
+    p.add_argument("--out", default="outputs/ablate", help="cells, tables and plots (default: %(default)s)")
+    p.add_argument("--config-root", default="configs", help="folder of <dataset>/<config>.yaml and sweeps/ "
+                                                              "(default: %(default)s)")
+    p.add_argument("--verbose", action="store_true", help="the trainer's lines and progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars with --verbose")
+
+
 def _add_visualize(sub) -> None:
     p = _command(sub, "visualize", "CG-RAM maps of why a query matched a gallery image",
                  [f"esreid visualize --config {CONFIG} --weights W.pth --query q.jpg --gallery g.jpg --out why.png"],
@@ -475,8 +513,8 @@ def _add_weights(sub) -> None:
     group.commands.update(fetch=f)
 
 
-COMMANDS = [_add_demo, _add_train, _add_eval, _add_datasets, _add_models, _add_search, _add_explain, _add_visualize,
-            _add_export, _add_extract, _add_weights]
+COMMANDS = [_add_demo, _add_train, _add_eval, _add_ablate, _add_datasets, _add_models, _add_search, _add_explain,
+            _add_visualize, _add_export, _add_extract, _add_weights]
 
 
 def build_parser() -> Parser:

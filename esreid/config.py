@@ -126,6 +126,7 @@ class Section:
         """No structural constraint by default."""
 BACKBONE_NAMES = registry_names("esreid.models.backbones", "BACKBONES")
 POOLING_NAMES = registry_names("esreid.models.pooling", "POOLING")
+ERASE_VALUE_NAMES = registry_names("esreid.erasing.besm", "ERASE_VALUES")  # BESM's "set to 0" (docs/methods.md §7 #6)
 
 
 @dataclass
@@ -137,6 +138,8 @@ class LossConfig(Section):
     triplet_weight: float = param(1.0, ge=0)  # 0 disables the triplet term ("Base" of ES-Net Table II is CE only)
     triplet_margin: float = param(0.3, ge=0)
     soft_margin: bool = False  # log(1+exp(d_ap-d_an)) instead of the hinge (BDB/PMM)
+    # batch_hard (docs/methods.md §0) | weighted (AGW's weighted regularisation, §8.3: no margin, soft margin always)
+    triplet: str = param("batch_hard", choices=registry_names("esreid.losses.triplet", "TRIPLETS"))
 
     def check(self, cfg: Config) -> None:
         if self.ce_weight == 0 and self.triplet_weight == 0:
@@ -283,6 +286,7 @@ class DiagnosticsConfig(Section):
     layer: str = ""  # CG-RAM layer of the probed model; "" = the model's saliency_layer
     erase_ratio: float = param(0.2, ge=0, le=1)  # R
     erase_prob: float = param(1.0, ge=0, le=1)  # P (1: every copy is erased)
+    erase_value: str = param("black", choices=ERASE_VALUE_NAMES)  # as ES-Net's BESM (docs/methods.md §7 #6)
 
 
 @dataclass

@@ -4,9 +4,9 @@ One intra-op thread (tiny tensors run fastest that way and results are reproduci
 commands (``threads: auto`` reads ``OMP_NUM_THREADS``). Shared helpers are fixtures here, never imported from another
 test module: ``tiny_config`` (a factory of tiny synthetic-data training configs), ``layouts``
 (writers of the real dataset layouts with their quirks), ``people`` (the custom layout with images of people),
-``storage`` (disk-full / read-only faults), ``synthetic_files`` and ``chromium``: a headless browser driven over the
-DevTools pipe (tests/chromium.py); a test using it is skipped, with the reason, where no Chromium is installed
-(``bash scripts/setup.sh`` installs Debian's as root).
+``storage`` (disk-full / read-only faults), ``synthetic_files``, ``randomise_bn`` (non-trivial BatchNorm statistics)
+and ``chromium``: a headless browser driven over the DevTools pipe (tests/chromium.py); a test using it is skipped,
+with the reason, where no Chromium is installed (``bash scripts/setup.sh`` installs Debian's as root).
 """
 
 import errno
@@ -56,6 +56,31 @@ def tiny_config(tmp_path):
         return make_tiny_config(root if root is not None else tmp_path, name, epochs, out, extra)
 
     return make
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Non-trivial BatchNorm
+# --------------------------------------------------------------------------------------------------------------
+def randomise_batchnorm(module, seed=0):
+    """Random running statistics, weights and (trainable) biases in every BatchNorm of ``module``: a fresh BN in
+    eval mode is the identity (up to sqrt(1 + eps)), so a test that confuses pre-BN and post-BN tensors would pass."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                if m.bias.requires_grad:  # BNNeck's shift stays frozen at 0
+                    m.bias.copy_(torch.rand(n, generator=g) - 0.5)
+    return module
+
+
+@pytest.fixture
+def randomise_bn():
+    """``randomise_bn(module, seed=0)``: non-trivial statistics and affine parameters in every BatchNorm."""
+    return randomise_batchnorm
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def test_besm_erases_the_top_of_the_gradcam_map():
     terms = model(x, PIDS)
     assert set(terms) == {"esb_ce"}
     erased = inputs[-1]  # the ESB pass runs on I*
-    mask = (erased == 0).all(dim=1)  # (B, H, W)
+    mask = (erased == model.erase_fill[:, None, None]).all(dim=1)  # (B, H, W)
     assert torch.equal(erased[~mask[:, None].expand_as(x)], x[~mask[:, None].expand_as(x)])
     up = F.interpolate(maps[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]  # M*, Algorithm 1
     for i in range(len(PIDS)):

@@ -25,13 +25,15 @@ CASES = {
     "search_speed.py": (["--gallery", "2000", "--dim", "32", "--queries", "50", "--runs", "1"],
                         ["nearest neighbours agree: True"]),
     "threads.py": (["--runs", "1", "--epochs", "1", "--settings", "1", "--conditions", "as is"], ["| as is |"]),
+    "saliency_trap.py": (["--quick", "--out", "{tmp}/trap"], ["paired t = ", "same-group impostors"]),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(CASES))
-def test_benchmark_runs(script):
+def test_benchmark_runs(script, tmp_path):
     args, expected = CASES[script]
+    args = [a.format(tmp=tmp_path) for a in args]
     path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)  # this checkout's esreid
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args], cwd=ROOT, env=env,

@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from esreid.erasing.besm import besm, erase_count, erased_loss_probe, salient_mask
+from esreid.config import DataConfig
+from esreid.data.transforms import TestTransform
+from esreid.erasing.besm import besm, erase_count, erase_fill, erased_loss_probe, salient_mask
 from esreid.models.base import ReIDModel
 
 
@@ -19,7 +21,8 @@ def test_erased_pixels_are_the_top_of_the_upsampled_map():
     torch.manual_seed(0)
     maps = torch.rand(3, 4, 2)
     images = torch.randn(3, 3, 16, 8) + 5.0  # no natural zeros
-    erased, chosen = besm(images, maps, ratio=0.25, prob=1.0)
+    erased, chosen, empty = besm(images, maps, ratio=0.25, prob=1.0)
+    assert not empty.any()
     assert chosen.all()
     k = erase_count(0.25, 16, 8)
     up = torch.nn.functional.interpolate(maps[:, None], size=(16, 8), mode="bilinear", align_corners=False)[:, 0]
@@ -47,14 +50,33 @@ def test_probability_and_zero_maps():
     maps = torch.rand(n, 2, 2) + 0.1
     maps[:10] = 0.0  # no positive evidence: never erased
     images = torch.ones(n, 3, 4, 4)
-    erased, chosen = besm(images, maps, ratio=0.5, prob=0.3, generator=gen)
+    erased, chosen, empty = besm(images, maps, ratio=0.5, prob=0.3, generator=gen)
     assert not chosen[:10].any()
+    gen.manual_seed(1)
+    drawn = torch.rand(n, generator=gen) < 0.3  # Algorithm 1 line 2, the same coins
+    assert torch.equal(empty, drawn & (torch.arange(n) < 10))  # drawn with an all-zero map: counted, not erased
+    assert torch.equal(chosen, drawn & ~empty)
     frac = chosen[10:].float().mean().item()
     assert abs(frac - 0.3) < 4 * (0.3 * 0.7 / n) ** 0.5
     zeros = (erased[:, 0] == 0).flatten(1).sum(1)
     assert torch.equal(zeros, chosen.long() * 8)  # exactly round(R*H*W) pixels on the chosen images, 0 elsewhere
     gen.manual_seed(1)
     assert torch.equal(besm(images, maps, 0.5, 0.3, generator=gen)[1], chosen)  # the generator makes it repeatable
+
+
+def test_fill_values_are_a_black_pixel_or_the_mean_colour():
+    data = DataConfig(mean=[0.3, 0.5, 0.7], std=[0.2, 0.25, 0.5])
+    black = erase_fill("black", data.mean, data.std)
+    raw = torch.zeros(1, 3, 1, 1, dtype=torch.uint8)  # a raw black pixel, through the data pipeline's normalisation
+    torch.testing.assert_close(black, TestTransform(data)(raw).flatten())
+    assert torch.equal(erase_fill("mean", data.mean, data.std), torch.zeros(3))  # the mean colour normalises to 0
+    maps = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])  # top-right cell: R = 1/4 erases the top-right 2x2 of a 4x4
+    images = torch.randn(1, 3, 4, 4)
+    out = besm(images, maps, 0.25, 1.0, fill=black).images
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[:2, 2:] = True
+    for c in range(3):  # each channel gets its own value, only inside the mask
+        assert torch.all(out[0, c][mask] == black[c]) and torch.equal(out[0, c][~mask], images[0, c][~mask])
 
 
 def test_bad_arguments():

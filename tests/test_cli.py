@@ -47,11 +47,11 @@ def test_train_help_names_the_options(capsys):
 
 
 def test_subcommands_are_all_there():
-    assert set(build_parser().commands) == {"demo", "train", "eval", "datasets", "models", "search", "explain",
-                                            "visualize", "export", "extract", "weights"}
+    assert set(build_parser().commands) == {"demo", "train", "eval", "ablate", "datasets", "models", "search",
+                                            "explain", "visualize", "export", "extract", "weights"}
     assert set(build_parser().commands["datasets"].commands) == {"check", "cache"}
     assert set(build_parser().commands["weights"].commands) == {"fetch"}
-    assert len(COMMANDS) == 12  # every (sub)command's help screen is checked above
+    assert len(COMMANDS) == 13  # every (sub)command's help screen is checked above
 
 
 def test_version(capsys):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from esreid.config import ConfigError, load_config
+from esreid.engine.trainer import Trainer
 from esreid.erasing.besm import erase_count
 from esreid.erasing.cgram import cgram_batch
 from esreid.models import MODELS, build_model
@@ -43,7 +44,7 @@ def test_train_step_terms_and_gradients(shared_until):
     sum(terms.values()).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
-    assert set(model.stats()) == {"erased_fraction", "saliency_mean", "esb_l"}
+    assert set(model.stats()) == {"erased_fraction", "saliency_mean", "empty_map_fraction", "esb_l"}
 
 
 @pytest.mark.parametrize("shared_until", ["layer2", "layer4"])
@@ -91,19 +92,40 @@ def test_saliency_head_is_float32_under_bf16_autocast(esb_pooling):
 
 
 @pytest.mark.parametrize("prob", [0.0, 1.0])
-def test_esb_trains_on_besm_erased_images(prob):
-    model = make(erase_ratio=0.25, erase_prob=prob).train()
+@pytest.mark.parametrize("erase_value", ["black", "mean"])
+def test_esb_trains_on_besm_erased_images(prob, erase_value):
+    model = make(erase_ratio=0.25, erase_prob=prob, erase_value=erase_value).train()
+    mean, std = [0.3, 0.5, 0.7], [0.2, 0.25, 0.5]
+    model.set_input_normalization(mean, std)  # what the trainer tells it (data.mean / data.std)
+    fill = {"black": -torch.tensor(mean) / torch.tensor(std), "mean": torch.zeros(3)}[erase_value]  # §7 #6
     inputs = count_calls(model.shared)
     x = images()
     model(x, PIDS)
     aib_in, esb_in = inputs
     assert torch.equal(aib_in, x)
-    zeros = (esb_in == 0).all(dim=1).flatten(1).sum(dim=1)
+    filled = (esb_in == fill[:, None, None]).all(dim=1).flatten(1).sum(dim=1)
     if prob == 0.0:
         assert torch.equal(esb_in, x)
     else:
-        assert zeros.tolist() == [erase_count(0.25, H, W)] * len(PIDS)
-    assert model.stats()["erased_fraction"] == prob
+        assert filled.tolist() == [erase_count(0.25, H, W)] * len(PIDS)
+    assert model.stats()["erased_fraction"] == prob and model.stats()["empty_map_fraction"] == 0.0
+
+
+def test_trainer_tells_the_model_its_normalisation(tiny_config):
+    cfg = tiny_config("esnet", extra=["data.mean=[0.3, 0.5, 0.7]", "data.std=[0.2, 0.25, 0.5]"])
+    model = Trainer(cfg, progress=False, log=lambda line: None).model
+    torch.testing.assert_close(model.erase_fill, -torch.tensor([0.3, 0.5, 0.7]) / torch.tensor([0.2, 0.25, 0.5]))
+
+
+def test_drawn_images_without_a_positive_are_counted_not_erased():
+    torch.manual_seed(0)
+    model = build_model(ESNetConfig(backbone="resnet_tiny", erase_ratio=0.25, erase_prob=1.0), num_classes=4).train()
+    pids = torch.tensor([0, 0, 1, 1, 2, 3])  # ids 2 and 3 appear once: no easiest positive, an all-zero map
+    inputs = count_calls(model.shared)
+    model(images(), pids)
+    assert torch.equal(inputs[1][4:], images()[4:])  # left unchanged
+    assert model.stats()["empty_map_fraction"] == pytest.approx(2 / 6)
+    assert model.stats()["erased_fraction"] == pytest.approx(4 / 6)
 
 
 def test_eval_features_and_variants():

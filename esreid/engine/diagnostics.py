@@ -13,7 +13,7 @@ import torch
 
 from esreid.config import invalid
 from esreid.engine.hooks import HOOKS, HookBase
-from esreid.erasing.besm import erased_loss_probe
+from esreid.erasing.besm import erase_fill, erased_loss_probe
 from esreid.erasing.cgram import LayerError
 
 
@@ -23,6 +23,7 @@ class ErasedLossProbe(HookBase):
 
     def __init__(self, cfg: Any, seed: int):
         self.full_cfg, self.cfg = cfg, cfg.diagnostics
+        self.fill = erase_fill(self.cfg.erase_value, cfg.data.mean, cfg.data.std)  # (3,), docs/methods.md §7 #6
         self.generator = torch.Generator().manual_seed(seed)  # BESM coin flips of the probe (checkpointed)
 
     def before_step(self) -> None:
@@ -31,7 +32,8 @@ class ErasedLossProbe(HookBase):
         try:
             t.state.extra["erased_loss"] = erased_loss_probe(t.model, batch["images"], batch["pids"],
                                                              self.cfg.erase_ratio, self.cfg.erase_prob, self.generator,
-                                                             self.cfg.layer or None)
+                                                             self.cfg.layer or None,
+                                                             fill=self.fill.to(batch["images"].device))
         except LayerError as e:  # the first step: nothing trained yet
             raise invalid(self.full_cfg, "diagnostics.layer", str(e)) from None
 

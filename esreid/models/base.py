@@ -19,6 +19,7 @@ member                                     meaning
 ``stats() -> dict``                        values to log once per epoch (pooling exponent, erased fraction, ...)
 ``compile_regions() -> list[Module]``      the heavy, static submodules ``solver.compile`` compiles one by one
 ``num_classes``                            training identities the classifiers were built for (saved in checkpoints)
+``set_input_normalization(mean, std)``     told by the trainer: how its images were normalised (BESM's black fill)
 =========================================  ==========================================================================
 
 ``model(images, pids)`` in train mode is ``forward_train`` (what DDP wraps); ``model(images)`` in eval mode is
@@ -124,6 +125,11 @@ class ReIDModel(nn.Module):
         if pids is None:
             raise ValueError(f"{type(self).__name__} in train mode needs pids: model(images, pids), or model.eval()")
         return self.forward_train(images, pids)
+
+    def set_input_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """The per-channel normalisation ``(x / 255 - mean) / std`` of the images this model trains on (``data.mean``,
+        ``data.std``), told by the trainer once the model is built; a model that writes pixel values into its inputs
+        (ES-Net's BESM with ``erase_value: black``) needs it. Nothing by default."""
 
     # --- declarations ---------------------------------------------------------------------------------------------
     def heads(self) -> Dict[str, Head]:

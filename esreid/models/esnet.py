@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from esreid.config import POOLING_NAMES, Invalid, ModelConfig, param
-from esreid.erasing.besm import besm
+from esreid.config import ERASE_VALUE_NAMES, POOLING_NAMES, DataConfig, Invalid, ModelConfig, param
+from esreid.erasing.besm import besm, erase_fill
 from esreid.erasing.cgram import batch_confidence, eval_mode, salient_map
 from esreid.erasing.gradcam import grad_cam, true_class_score
 from esreid.losses import branch_losses
@@ -70,6 +70,9 @@ class ESNetConfig(ModelConfig):
     ppool_init: float = param(3.0, gt=1)  # initial exponent of a learnable pooling (not in the paper; §7 #7)
     erase_ratio: float = param(0.2, ge=0, le=1)  # R of Algorithm 1 (Table I = Table II AIB+ESB(R20,P0.5))
     erase_prob: float = param(0.5, ge=0, le=1)  # P of Algorithm 1
+    # "set to 0" (§III-C-2, pixels "of the raw images"): black = a raw 0 (-mean/std after normalisation) or mean = 0 on
+    # the normalised tensor (docs/methods.md §7 #6)
+    erase_value: str = param("black", choices=ERASE_VALUE_NAMES)
     detach_confidence_weight: bool = False  # eq. 5 literal (False) or exp(S) as a constant weight (§7 #4)
     saliency: str = param("cgram", choices=lambda: list(SALIENCY))  # cgram (§III-C) | gradcam (Table V)
 
@@ -116,6 +119,9 @@ class ESNet(ReIDModel):
         # CG-RAM layer L = the ESB's res_conv5 (its layer4 output; the AIB's without an ESB)
         self.saliency_layer = f"{'esb' if cfg.esb else 'aib'}.stages.layer4" if own else "shared.layer4"
         self.generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))  # BESM coin flips
+        self.register_buffer("erase_fill", torch.zeros(3), persistent=False)  # (3,) what BESM writes
+        data = DataConfig()  # ImageNet statistics until the trainer tells the data's (set_input_normalization)
+        self.set_input_normalization(data.mean, data.std)
         self._last: Dict[str, Tensor] = {}
 
     def branches(self) -> Dict[str, Branch]:
@@ -137,10 +143,11 @@ class ESNet(ReIDModel):
             terms.update(branch_losses(self.aib.head(a_aib), pids, self.cfg.loss, "aib_"))  # eq. 1, AIB terms
         if self.esb is not None:
             maps = self.saliency(images, pids, t, a_aib)
-            erased, chosen = besm(images, maps, self.cfg.erase_ratio, self.cfg.erase_prob, self.generator)
-            out = self.esb(self.shared(erased))
+            erased = besm(images, maps, self.cfg.erase_ratio, self.cfg.erase_prob, self.generator, self.erase_fill)
+            out = self.esb(self.shared(erased.images))
             terms.update(branch_losses(out, pids, self.cfg.loss, "esb_"))  # eq. 1, ESB terms
-            self._last = {"erased_fraction": chosen.float().mean(), "saliency_mean": maps.mean()}
+            self._last = {"erased_fraction": erased.erased.float().mean(), "saliency_mean": maps.mean(),
+                          "empty_map_fraction": erased.empty.float().mean()}
         return terms
 
     def saliency(
@@ -166,6 +173,9 @@ class ESNet(ReIDModel):
                 return SALIENCY[self.cfg.saliency](self.esb.head, a, pids, self.cfg)
 
     # ------------------------------------------------------------------------------------------------------------
+    def set_input_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.erase_fill.copy_(erase_fill(self.cfg.erase_value, mean, std))  # docs/methods.md §7 #6
+
     def heads(self) -> Dict[str, Head]:
         return {name: b.head for name, b in self.branches().items()}
 
@@ -179,5 +189,6 @@ class ESNet(ReIDModel):
         return [self.shared, *own, *super().compile_regions()]
 
     def stats(self) -> Dict[str, float]:
-        """P-pooling exponent(s), fraction of the last batch erased by BESM, mean saliency value of the last batch."""
+        """P-pooling exponent(s); of the last batch: the fraction erased by BESM, the fraction drawn for erasing whose
+        map was all zero (left unchanged), the mean saliency value."""
         return {**{k: float(v) for k, v in self._last.items()}, **super().stats()}

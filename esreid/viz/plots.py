@@ -8,7 +8,7 @@ draws any list of panels into one PNG. ``metrics.jsonl`` records (written by the
   ``global_ce``, ``s1_ce``, ...), their sum ``loss`` and, with ``diagnostics.erased_loss``, ``erased_loss``;
 - ``epoch``: ``epoch``, ``epochs``, ``seconds``, ``images_per_second``, ``data_seconds``, ``eta_seconds``,
   ``peak_memory_mb``, ``lr``, mean loss terms and the model's ``stats()``
-  (pooling exponents ``esb_l`` / ``pool_p``, ``erased_fraction``, ``saliency_mean``);
+  (pooling exponents ``esb_l`` / ``pool_p``, ``erased_fraction``, ``saliency_mean``, ``empty_map_fraction``);
 - ``eval``: ``epoch``, ``mAP``, ``R1``, ``R5``, ... (fractions in [0, 1]).
 
 Every key is optional: panels are made only for the values present.
@@ -29,7 +29,8 @@ Record = Mapping[str, Any]
 BOOKKEEPING = frozenset({"type", "epoch", "epochs", "iter", "seconds", "images_per_second", "data_seconds",
                          "eta_seconds", "peak_memory_mb", "lr", "loss", "erased_loss"})
 BESM_STATS = {"erased_fraction": ("BESM: fraction of the batch erased", "fraction"),
-              "saliency_mean": ("BESM: mean CG-RAM value", "mean map value")}
+              "saliency_mean": ("BESM: mean CG-RAM value", "mean map value"),
+              "empty_map_fraction": ("BESM: fraction drawn with an all-zero map (not erased)", "fraction")}
 EXPONENT_SYMBOLS = ("l", "p")  # model.stats() names a pooling exponent <where>_<symbol>: esb_l (P-pooling), pool_p
 EVAL_CURVES = ("mAP", "R1")
 CMC_MARKS = (1, 5, 10, 20)  # ranks marked on CMC curves

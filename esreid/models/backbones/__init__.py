@@ -36,7 +36,7 @@ def feature_size(height: int, width: int, stage: str = "layer4", last_stride: in
         height, width = -(-height // 2), -(-width // 2)
     return height, width
 
-from esreid.models.backbones import resnet  # noqa: E402,F401  (registers the ResNets; needs BACKBONES above)
+from esreid.models.backbones import resnet, resnet_nl  # noqa: E402,F401  (register the ResNets; need BACKBONES above)
 from esreid.models.backbones.weights import resolve  # noqa: E402
 
 
@@ -67,12 +67,14 @@ def _listing(keys: list, limit: int = 10) -> str:
 
 def load_pretrained(model: nn.Module, source: str) -> None:
     """Load ``source`` (path, URL or ``torchvision:NAME``) into ``model`` strictly: every key present, none extra,
-    all shapes equal.
+    all shapes equal. Keys under the model's ``not_pretrained`` prefixes (modules added to the torchvision layout,
+    e.g. non-local blocks) are not expected in the file and keep their initialisation.
 
     Raises :class:`CheckpointError` listing the missing / unexpected / mismatched keys and naming ``source``.
     """
     state = _read_state_dict(source)
-    own = model.state_dict()
+    fresh = tuple(getattr(model, "not_pretrained", ()))  # prefixes of modules added to the ImageNet layout
+    own = {k: v for k, v in model.state_dict().items() if not (fresh and k.startswith(fresh))}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [
@@ -87,7 +89,7 @@ def load_pretrained(model: nn.Module, source: str) -> None:
     ]
     if problems:
         raise CheckpointError(f"{source} does not match the {type(model).__name__} backbone; " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=not fresh)  # the keys under ``fresh`` keep their own initialisation
 
 
 def build_backbone(name: str, last_stride: int = 1, pretrained: str = "") -> nn.Module:

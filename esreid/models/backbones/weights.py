@@ -154,6 +154,14 @@ def config_problem(spec: str) -> Optional[str]:
     return None
 
 
+def imagenet_of(backbone: str) -> str:
+    """The torchvision network whose ImageNet weights ``backbone`` loads: its registration's ``imagenet`` (a ResNet
+    with added modules, e.g. ``resnet50_nl`` -> ``resnet50``), else its own name."""
+    from esreid.models.backbones import BACKBONES  # late import: the registry's module imports this one
+
+    return BACKBONES.meta(backbone).get("imagenet", backbone) if backbone in BACKBONES else backbone
+
+
 def problem_before_training(spec: str, backbone: str) -> Optional[str]:
     """What would stop loading ``spec`` into ``backbone``, found without the network: a missing local file, or
     torchvision weights of another architecture. None when nothing (a URL is fetched when the model is built)."""
@@ -161,7 +169,7 @@ def problem_before_training(spec: str, backbone: str) -> Optional[str]:
         return None
     if spec.startswith(PREFIX):
         name = spec[len(PREFIX):]
-        if name != backbone:
+        if name != imagenet_of(backbone):
             return (f"{spec} are the weights of {name}, but model.backbone is {backbone}; use "
                     + (f"{PREFIX}{backbone}" if backbone in TORCHVISION else "model.pretrained=''")
                     + " or set model.backbone to " + name)
