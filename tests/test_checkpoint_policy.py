@@ -55,9 +55,10 @@ class FakeTrainer:
     def __init__(self, start_epoch):
         self.start_epoch, self.saved, self.metrics = start_epoch, [], {}
 
-    def save_checkpoint(self, path, full=True):
-        self.saved.append((self.metrics["epoch"], full))
-        save_checkpoint(path, model=torch.nn.Linear(1, 1), epoch=self.metrics["epoch"], config={},
+    def save_checkpoint(self, path, full=True, epoch=None):
+        assert epoch == self.metrics["epoch"]  # the evaluated epoch, also in a resume's catch-up evaluation
+        self.saved.append((epoch, full))
+        save_checkpoint(path, model=torch.nn.Linear(1, 1), epoch=epoch, config={},
                         metrics=self.metrics)
 
 

@@ -145,7 +145,7 @@ ROWS = [
         "train --help')"),
     # --- config ---
     Row("a misspelt key", TRAIN + ["solver.lrr=0.1"], "esreid: error: command line: unknown key 'solver.lrr'; expected "
-        "one of: amp, channels_last, epochs, gamma, grad_clip, lr, milestones, momentum, optimizer, sync_bn, "
+        "one of: amp, channels_last, compile, epochs, gamma, grad_clip, lr, milestones, momentum, optimizer, sync_bn, "
         "warmup_epochs, warmup_factor, weight_decay"),
     Row("a value of the wrong type", TRAIN + ["solver.epochs=ten"],
         "esreid: error: command line: key 'solver.epochs': expected an integer, got 'ten'"),
@@ -224,10 +224,10 @@ ROWS = [
         "continue ({run}/last.pth not found); start without --resume, or pass the path of a checkpoint"),
     Row("resuming a checkpoint with a flipped byte", RESUME, "esreid: error: checkpoint {run}/last.pth is corrupt "
         "(checksum mismatch: its bytes changed after it was written, e.g. a disk or copy error); use another "
-        "checkpoint (epoch_001.pth in {run}) or retrain", setup=damaged_checkpoint("flip")),
+        "checkpoint (model_best.pth, epoch_001.pth in {run}) or retrain", setup=damaged_checkpoint("flip")),
     Row("resuming a truncated checkpoint", RESUME, "esreid: error: checkpoint {run}/last.pth is corrupt (truncated or "
         "damaged: it ends with neither its checksum nor the end of a zip archive); use another checkpoint "
-        "(epoch_001.pth in {run}) or retrain", setup=damaged_checkpoint("truncate")),
+        "(model_best.pth, epoch_001.pth in {run}) or retrain", setup=damaged_checkpoint("truncate")),
     Row("resuming from a weights-only file", TRAIN + ["--resume", "{dir}/weights.pth"], "esreid: error: "
         "{dir}/weights.pth: holds model weights only; resuming needs a full training checkpoint", setup=weights_only),
     Row("resuming with another learning rate", RESUME + ["solver.epochs=2", "solver.lr=0.01"], "esreid: error: "

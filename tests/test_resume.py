@@ -10,7 +10,7 @@ import torch
 from esreid.cli import main, parse_args
 from esreid.config import Config, to_dict
 from esreid.engine.checkpoint import load_checkpoint
-from esreid.engine.resume import NON_RUN_KEYS, flatten
+from esreid.engine.resume import NON_RUN_KEYS, RENAMED_KEYS, flatten, run_changes
 from esreid.engine.schedule import lr_factor
 from esreid.engine.trainer import Trainer
 from esreid.errors import ConfigError
@@ -90,7 +90,7 @@ def test_keys_that_do_not_change_the_run_really_do_not(tmp_path, tiny_config):
     straight = Trainer(tiny_config(epochs=2, out="a"), **QUIET)
     straight.train()
     Trainer(tiny_config(epochs=1, out="b"), **QUIET).train()
-    free = ["log_period=3", "checkpoint_period=2", "test.eval_period=2", "test.flip=false", "test.rerank=true",
+    free = ["log_period=3", "checkpoint.period=2", "test.eval_period=2", "test.flip=false", "test.rerank=true",
             "data.test_batch_size=7", "data.workers=1", "diagnostics.erased_loss=true", "guard.patience=9",
             f"data.cache_dir={tmp_path / 'cache'}", "data.cache=true",
             "model.pretrained=/gone.pth"]
@@ -101,8 +101,18 @@ def test_keys_that_do_not_change_the_run_really_do_not(tmp_path, tiny_config):
 
 def test_non_run_keys_name_real_keys():
     keys = flatten(to_dict(Config()))
-    for name in NON_RUN_KEYS:
+    for name in [*NON_RUN_KEYS, *RENAMED_KEYS.values()]:
         assert any(k == name or k.startswith(name + ".") for k in keys), name
+    assert not set(RENAMED_KEYS) & set(keys)
+
+
+def test_a_renamed_key_of_an_older_checkpoint_compares_under_its_new_name():
+    current = to_dict(Config())
+    older = {k: v for k, v in current.items() if k != "checkpoint"}
+    older["checkpoint_period"] = 40  # an esreid 0.1 checkpoint's config
+    assert run_changes(older, current) == []
+    older["solver"] = {**current["solver"], "lr": 1.0}
+    assert [k for k, _, _ in run_changes(older, current)] == ["solver.lr"]
 
 
 @pytest.mark.parametrize("kwargs, message", [

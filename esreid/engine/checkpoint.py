@@ -197,8 +197,15 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, config: Di
     atomic_save(state, path)
 
 
-def copy_checkpoint(src: str, dst: str) -> None:
-    """Copy checkpoint ``src`` to ``dst`` atomically after verifying its checksum (a corrupt file is not copied)."""
+def copy_checkpoint(src: str, dst: str, full: bool = True) -> None:
+    """Copy checkpoint ``src`` to ``dst`` atomically after verifying its checksum (a corrupt file is not copied);
+    ``full=False`` keeps what a weights-only checkpoint holds (no optimiser, schedule, scaler, generator or hook
+    states: what ``Trainer.save_checkpoint(path, full=False)`` writes)."""
+    if not full:
+        state = load_checkpoint(src)
+        state.update(optimizer=None, scheduler=None, scaler=None, generators={}, hooks={})
+        atomic_save(state, dst)
+        return
     verify_checkpoint(src)
     folder = os.path.dirname(os.path.abspath(dst))
     ensure_free_space(folder, os.path.getsize(src), f"checkpoint {os.path.basename(dst)}")

@@ -248,7 +248,7 @@ class CheckpointHook(HookBase):
     """After every epoch: ``last.pth`` (everything needed to resume exactly) and, every ``cfg.period`` epochs,
     ``epoch_XXX.pth`` (model weights only unless ``cfg.full``), keeping the newest ``cfg.keep_last`` of them (0: all).
     Runs before the evaluation, so a failing evaluation never loses the epoch. On resume, the periodic checkpoint of
-    the epoch resumed from is re-created (a copy of the checkpoint resumed from) when a kill during its write lost it.
+    the epoch resumed from is re-created (from the checkpoint resumed from) when a kill during its write lost it.
     ``cfg``: the ``checkpoint`` section."""
 
     def __init__(self, folder: str, cfg: Any):
@@ -262,7 +262,7 @@ class CheckpointHook(HookBase):
         t = self.trainer
         path = self.periodic(t.start_epoch) if t.last_checkpoint is not None else None
         if path is not None and not os.path.exists(path):
-            copy_checkpoint(t.last_checkpoint[0], path)
+            copy_checkpoint(t.last_checkpoint[0], path, full=self.cfg.full)
             t.log(f"re-created {path} (lost when the run was stopped while writing it)")
 
     def after_epoch(self) -> None:
@@ -310,7 +310,7 @@ class BestCheckpointHook(HookBase):
         value = record.get(self.metric) if record["type"] == "eval" else None
         if isinstance(value, (int, float)) and value > self.value_to_beat():
             self.best = float(value)
-            self.trainer.save_checkpoint(self.path, full=self.full)
+            self.trainer.save_checkpoint(self.path, full=self.full, epoch=record["epoch"])  # also a resume's catch-up
 
 
 class EvalHook(HookBase):

@@ -30,7 +30,6 @@ NON_RUN_KEYS: Dict[str, str] = {
     "tensorboard": "logging only",
     "report": "report.html only",
     "checkpoint": "which checkpoints are kept and what they hold",
-    "checkpoint_period": "which checkpoints are kept (the key of checkpoints written before the checkpoint section)",
     "data.root": "where the dataset lies, not what it holds (other identities would not fit the classifier)",
     "data.workers": "decoding processes: the batches and their order do not depend on them",
     "data.cache": "the decoded-image cache holds the same pixels, read faster",
@@ -42,6 +41,8 @@ NON_RUN_KEYS: Dict[str, str] = {
     "model.pretrained": "a resumed model's weights all come from the checkpoint",
 }
 
+# Keys of older checkpoints' configs -> their current name (compared under that name)
+RENAMED_KEYS: Dict[str, str] = {"checkpoint_period": "checkpoint.period"}
 ABSENT = object()  # a key the other config does not have (e.g. a checkpoint of an older esreid)
 Change = Tuple[str, Any, Any]  # (dotted key, value in the checkpoint, current value)
 
@@ -64,7 +65,8 @@ def _under(key: str, names: Sequence[str]) -> Optional[str]:
 
 def run_changes(saved: Dict[str, Any], current: Dict[str, Any]) -> List[Change]:
     """Differences between two config dicts in keys that change the run (not under :data:`NON_RUN_KEYS`)."""
-    old, new = flatten(saved), flatten(current)
+    old = {RENAMED_KEYS.get(k, k): v for k, v in flatten(saved).items()}
+    new = flatten(current)
     keys = list(new) + [k for k in old if k not in new]
     return [(k, old.get(k, ABSENT), new.get(k, ABSENT)) for k in keys
             if old.get(k, ABSENT) != new.get(k, ABSENT) and _under(k, list(NON_RUN_KEYS)) is None]

@@ -222,15 +222,17 @@ class Trainer:
             gens.update({f"hook.{k}": g for k, g in hook.generators().items()})
         return gens
 
-    def save_checkpoint(self, path: str, full: bool = True) -> None:
-        """Save the run at the end of the current epoch: everything needed to resume (``full``), or the model
-        weights with the epoch, config, metrics and class count only (what eval / extract / export read)."""
+    def save_checkpoint(self, path: str, full: bool = True, epoch: Optional[int] = None) -> None:
+        """Save the run at the end of ``epoch`` (1-based; default: the current epoch): everything needed to resume
+        (``full``), or the model weights with the epoch, config, metrics and class count only (what eval / extract /
+        export read)."""
         resume = {}
         if full:
             hook_states = {type(h).__name__: h.state_dict() for h in self.hooks}
             resume = dict(optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
                           generators=self.generators(), hooks={k: v for k, v in hook_states.items() if v})
-        save_checkpoint(path, model=self.model, epoch=self.state.epoch + 1, config=to_dict(self.cfg),
+        epoch = self.state.epoch + 1 if epoch is None else epoch
+        save_checkpoint(path, model=self.model, epoch=epoch, config=to_dict(self.cfg),
                         metrics=self.state.metrics, num_classes=self.model.num_classes, **resume)
 
     def _read_checkpoint(self, path: str, allow_changes: Sequence[str]) -> Tuple[str, Dict[str, Any], List[Any]]:
