@@ -73,7 +73,7 @@ FIGURE_QUERIES, TOP_K = 6, 5
 
 def overrides(quick: bool) -> List[str]:
     args, schedule = SETTINGS[quick]
-    return [f"data.args={json.dumps(args)}", *schedule, "data.workers=0", "device=cpu"]
+    return [f"data.args={json.dumps(args)}", *schedule, "data.workers=0", "device=cpu", "threads=1"]
 
 
 def write_sweep_spec(out: str) -> str:
@@ -186,7 +186,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="outputs/saliency_trap")
     p.add_argument("--quick", action="store_true", help="smoke test of the script (tiny data, 2 epochs): no result")
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # the script's own work (statistics, figures); the cells: threads=1 in overrides()
     out = os.path.abspath(args.out + ("-quick" if args.quick else ""))
     start = time.perf_counter()
     print(f"hardware: {hardware()}")

@@ -517,14 +517,18 @@ def ablate(tables: Sequence[str] = (), sweeps: Sequence[str] = (), configs: Sequ
     return {"tables": results, "sweeps": sweep_results, "metrics": metrics, "files": files}
 
 
+def default_config_root() -> str:
+    """``configs`` in the working directory, else the ``configs`` of the checkout esreid is installed from (an
+    editable install run from another folder); a plain ``configs`` when neither exists (the error names it)."""
+    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    return "configs" if os.path.isdir("configs") or not os.path.isdir(checkout) else checkout
+
+
 def ablate_main(args: argparse.Namespace) -> int:
     """``esreid ablate`` (parsed in :mod:`esreid.cli`)."""
-    if "OMP_NUM_THREADS" not in os.environ and SYNTHETIC in (args.dataset or ()):
-        import torch
-
-        torch.set_num_threads(1)  # tiny tensors: one thread is fastest (see esreid.demo)
     ablate(tables=args.table or (), sweeps=args.sweep or (), configs=args.configs or (),
-           datasets=args.dataset or (), seeds=args.seeds, out=args.out, config_root=args.config_root,
+           datasets=args.dataset or (), seeds=args.seeds, out=args.out,
+           config_root=args.config_root or default_config_root(),
            overrides=args.overrides, progress=not args.no_progress and args.verbose, verbose=args.verbose)
     return 0
 

@@ -442,8 +442,8 @@ def _add_ablate(sub) -> None:
     p.add_argument("--seeds", nargs="+", type=list_item(seed_value, "a seed"), default=[0], metavar="S",
                    help="seeds, each a cell of its own (default: 0)")
     p.add_argument("--out", default="outputs/ablate", help="cells, tables and plots (default: %(default)s)")
-    p.add_argument("--config-root", default="configs", help="folder of <dataset>/<config>.yaml and sweeps/ "
-                                                              "(default: %(default)s)")
+    p.add_argument("--config-root", help="folder of <dataset>/<config>.yaml and sweeps/ (default: ./configs, else "
+                                          "the configs of the esreid checkout)")
     p.add_argument("--verbose", action="store_true", help="the trainer's lines and progress bars")
     p.add_argument("--no-progress", action="store_true", help="no progress bars with --verbose")
 

@@ -154,3 +154,10 @@ def test_command_line_mistakes_are_one_line_errors(argv, message, capsys, tmp_pa
     err = capsys.readouterr().err
     assert err.startswith("esreid: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()  # before any work
+
+
+def test_default_config_root_finds_the_shipped_configs_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the checkout's, where every table row's config lies
+    assert os.path.samefile(ablate_mod.default_config_root(), CONFIGS)
+    (tmp_path / "configs").mkdir()  # the user's own configs/ in the working folder come first
+    assert ablate_mod.default_config_root() == "configs"
