@@ -62,7 +62,7 @@ def test_log_txt_holds_exactly_the_console_lines(run):
     text = "\n".join(lines)
     assert lines[0].startswith("==== ") and f"output_dir {out}" in lines[0]
     assert text.count("=> synthetic loaded") == 1 and text.count("subset   | # ids") == 1  # the table, once
-    assert "esnet (resnet_tiny, 0." in text and "M parameters) on cpu, 1 intra-op threads" in text
+    assert "esnet (resnet_tiny, 0." in text and "M parameters) on cpu, 1 intra-op thread (threads: auto)" in text
     epochs = [line for line in lines if line.startswith("epoch ") and "img/s" in line]
     assert [e.split()[1] for e in epochs] == [f"{i}/{EPOCHS}" for i in range(1, EPOCHS + 1)]
     assert all(" data " in e and " ETA " in e and " MiB" in e for e in epochs)

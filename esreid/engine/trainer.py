@@ -146,9 +146,10 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.solver, self.iters_per_epoch)
         # fp16 gradients underflow without loss scaling, on the CPU as on CUDA (bf16 has fp32's range: no scaling)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.solver.amp == "fp16")
-        params = sum(p.numel() for p in self.model.parameters())
+        params, threads = sum(p.numel() for p in self.model.parameters()), torch.get_num_threads()
         self.log(f"model {cfg.model.name} ({cfg.model.backbone}, {params / 1e6:.2f} M parameters) on {self.device}, "
-                 f"{torch.get_num_threads()} intra-op threads, {self.dist.world_size} process(es); "
+                 f"{threads} intra-op thread{'s' * (threads != 1)} (threads: {cfg.threads}), "
+                 f"{self.dist.world_size} process(es); "
                  f"{cfg.solver.epochs} epochs x {self.iters_per_epoch} iterations of {self.global_batch_size} images")
         self.state = H.TrainState()
         self.start_epoch = 0
