@@ -125,8 +125,11 @@ def test_ctrl_c_prints_how_to_continue(tmp_path, tiny_config):
     config = write_config(tmp_path, tiny_config, 40, "run")
     last = tmp_path / "run" / "last.pth"
     with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        # SIGINT as a terminal delivers it, even where this test runs with SIGINT ignored (a background job of a
+        # non-interactive shell): Python keeps an inherited SIG_IGN, so reset it in the child before it starts
         proc = subprocess.Popen([sys.executable, "-m", "esreid.cli", "train", "--config", config, "--no-progress"],
-                                env=ENV, stdout=out, stderr=err)
+                                env=ENV, stdout=out, stderr=err,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 300
         while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
