@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from esreid.config import Config, ConfigError, load_config, to_dict
+from esreid.engine.resume import flatten, under
 from esreid.errors import EsreidError
 from esreid.files import atomic_write_text
 from esreid.paper import TABLES, Column, Row, Table
@@ -45,10 +46,10 @@ from esreid.paper import TABLES, Column, Row, Table
 SYNTHETIC = "synthetic"
 TINY_BACKBONES = {"resnet50_nl": "resnet_tiny_nl"}  # demo scale: backbone -> its tiny stand-in (default resnet_tiny)
 INDEX = "cells.json"  # <out>/cells.json: hash of each cell's config -> its folder, shared by every command on <out>
-# keys that change how a cell runs, not what it computes: a finished or interrupted cell is reused across them
+# keys (or whole sections) that change how a cell runs, not what it computes: a finished or interrupted cell is
+# reused across them
 RUN_KEYS = ("device", "log_period", "tensorboard", "data.workers", "data.cache", "data.cache_dir",
-            "data.test_batch_size", "test.eval_period", "threads", "checkpoint.period", "checkpoint.keep_last",
-            "checkpoint.best", "checkpoint.full")
+            "data.test_batch_size", "test.eval_period", "threads", "checkpoint")
 Log = Callable[[str], None]
 
 
@@ -138,20 +139,10 @@ class Cell:
     seed: int
 
 
-def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and not k.endswith("args"):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _comparable(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """A config's keys that define what a cell computes (no output_dir, seed or :data:`RUN_KEYS`)."""
-    flat = _flatten(cfg)
-    return {k: v for k, v in flat.items() if k not in RUN_KEYS and k not in ("output_dir", "seed")}
+    return {k: v for k, v in flatten(cfg).items()
+            if under(k, RUN_KEYS) is None and k not in ("output_dir", "seed")}
 
 
 class Plan:

@@ -58,7 +58,7 @@ def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-def _under(key: str, names: Sequence[str]) -> Optional[str]:
+def under(key: str, names: Sequence[str]) -> Optional[str]:
     """The entry of ``names`` that is ``key`` or a section holding it."""
     return next((n for n in names if key == n or key.startswith(n + ".")), None)
 
@@ -69,7 +69,7 @@ def run_changes(saved: Dict[str, Any], current: Dict[str, Any]) -> List[Change]:
     new = flatten(current)
     keys = list(new) + [k for k in old if k not in new]
     return [(k, old.get(k, ABSENT), new.get(k, ABSENT)) for k in keys
-            if old.get(k, ABSENT) != new.get(k, ABSENT) and _under(k, list(NON_RUN_KEYS)) is None]
+            if old.get(k, ABSENT) != new.get(k, ABSENT) and under(k, list(NON_RUN_KEYS)) is None]
 
 
 def show(value: Any) -> str:
@@ -98,7 +98,7 @@ def check_resume_config(path: str, saved: Optional[Dict[str, Any]], cfg: Config,
     saved, current = saved or {}, to_dict(cfg)
     check_allowed(allowed, [*flatten(current), *flatten(saved)])
     changes = run_changes(saved, current)
-    refused = [c for c in changes if _under(c[0], allowed) is None]
+    refused = [c for c in changes if under(c[0], allowed) is None]
     if refused:
         raise ConfigError(f"resuming {path} with a config that changes the run: {describe(refused)}; the checkpoint "
                           "was trained with the old values: keep them, or continue with the new ones by adding "
