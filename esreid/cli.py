@@ -152,15 +152,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from esreid.config import load_config
-    from esreid.data.base import build_dataset
     from esreid.engine.checkpoint import load_trained_model
     from esreid.engine.compile import place_model
-    from esreid.engine.evaluator import evaluate_features, extract_test_features
-    from esreid.engine.hooks import format_metrics
+    from esreid.engine.hooks import format_cases
+    from esreid.engine.reporting import evaluation_report
+    from esreid.engine.testsets import cases_csv, evaluate_run, open_datasets, test_cases
     from esreid.engine.threads import apply_threads
     from esreid.engine.trainer import resolve_device
     from esreid.files import atomic_write_text, check_writable
-    from esreid.viz.runreport import evaluation_report
 
     cfg = load_config(args.config, args.overrides)
     apply_threads(cfg)
@@ -168,14 +167,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                    "eval_" + os.path.splitext(os.path.basename(args.weights))[0])
     check_writable(out, "--out")
     device = resolve_device(cfg.device)
-    dataset = build_dataset(cfg.data.name, cfg.data.root, verbose=False, **cfg.data.args)
-    print(dataset.summary())
+    datasets = open_datasets(cfg, train=False)
+    print(datasets.summary())
     model = place_model(load_trained_model(cfg, args.weights), cfg.solver, device)
-    features = extract_test_features(model, dataset, cfg, device)
-    metrics = evaluate_features(features, dataset, cfg, model.retrieval.metric)
-    print(format_metrics(metrics, "eval"))
+    metrics, results = evaluate_run(model, test_cases(cfg, datasets.test_sets), cfg, device)
+    print("\n".join(format_cases(metrics, "eval")))
     atomic_write_text(os.path.join(out, "results.json"), json.dumps(metrics, indent=2))
-    print(f"report: {evaluation_report(out, cfg, model, dataset, device, features, metrics, args.weights)}")
+    atomic_write_text(os.path.join(out, "cases.csv"), cases_csv(results))
+    print(f"report: {evaluation_report(out, cfg, model, device, results, metrics, args.weights)}")
     if args.json:  # the last line, for scripts
         print(json.dumps(metrics))
     return 0
@@ -302,10 +301,15 @@ def _add_train(sub) -> None:
 
 def _add_eval(sub) -> None:
     p = _command(sub, "eval", "evaluate a checkpoint with the dataset's protocol",
-                 [f"esreid eval --config {CONFIG} --weights outputs/market1501/esnet/last.pth --json"],
-                 "Evaluate trained weights on the query/gallery split of the configured dataset; writes results.json "
-                 "and report.html (metrics, CMC, CG-RAM explanations, the run's training curves when its "
-                 "metrics.jsonl lies next to the checkpoint) to --out.",
+                 [f"esreid eval --config {CONFIG} --weights outputs/market1501/esnet/last.pth --json",
+                  f"esreid eval --config {CONFIG} --weights W.pth test.datasets=[market1501,dukemtmcreid]",
+                  f"esreid eval --config {CONFIG} --weights W.pth test.occlusion=[none,random:0.2,random:0.4]"],
+                 "Evaluate trained weights on the query/gallery split of each test set (test.datasets, default: the "
+                 "training datasets) under each query occlusion (test.occlusion, default none), each with its "
+                 "dataset's protocol; writes results.json (the first test case's metrics at the top level, every "
+                 "case's under 'cases'), cases.csv (a row per case) and report.html (metrics, CMC, CG-RAM "
+                 "explanations, occluded queries, the run's training curves when its metrics.jsonl lies next to the "
+                 "checkpoint) to --out.",
                  overrides=True, handler=_cmd_eval)
     _trained_model(p)
     p.add_argument("--json", action="store_true", help="also print the metrics as JSON")

@@ -10,6 +10,7 @@ from esreid.config.schema import (
     CheckpointConfig,
     Config,
     DataConfig,
+    DatasetEntry,
     DiagnosticsConfig,
     GuardConfig,
     LossConfig,
@@ -17,7 +18,10 @@ from esreid.config.schema import (
     SolverConfig,
     TestConfig,
     build_config,
+    case_name,
+    case_names,
     dataset_class,
+    dataset_entries,
     invalid,
     load_config,
     model_config_class,
@@ -39,7 +43,8 @@ from esreid.errors import ConfigError
 
 __all__ = [
     "BACKBONE_NAMES", "ERASE_VALUE_NAMES", "POOLING_NAMES", "STAGE_NAMES", "CheckpointConfig", "Config", "DataConfig",
-    "DiagnosticsConfig", "GuardConfig", "LossConfig", "ModelConfig", "SolverConfig", "TestConfig", "build_config",
-    "dataset_class", "invalid", "load_config", "model_config_class", "FLOAT_LIMIT", "Check", "Invalid", "Section",
-    "apply_overrides", "dump_yaml", "load_raw", "param", "parse_override", "registry_names", "to_dict", "ConfigError",
+    "DatasetEntry", "DiagnosticsConfig", "GuardConfig", "LossConfig", "ModelConfig", "SolverConfig", "TestConfig",
+    "build_config", "case_name", "case_names", "dataset_class", "dataset_entries", "invalid", "load_config",
+    "model_config_class", "FLOAT_LIMIT", "Check", "Invalid", "Section", "apply_overrides", "dump_yaml", "load_raw",
+    "param", "parse_override", "registry_names", "to_dict", "ConfigError",
 ]

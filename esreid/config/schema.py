@@ -21,6 +21,7 @@ Checks that need the dataset (enough identities for a batch, a readable test spl
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import re
 from dataclasses import dataclass, field
@@ -114,11 +115,61 @@ def dataset_class(name: str) -> Any:
     return DATASETS.get(name)
 
 
+DATASET_NAMES = registry_names("esreid.data.base", "DATASETS", load="esreid.data.datasets")
+
+
+@dataclass
+class DatasetEntry(Section):
+    """One dataset of ``data.train`` or ``test.datasets``; a plain name ``market1501`` is short for
+    ``{name: market1501}``. ``root`` defaults to ``data.root``; ``args`` are the dataset's options (as ``data.args``);
+    ``protocol_args`` (test sets) default to ``test.protocol_args``; ``label`` is the entry's name in tables, metrics
+    and ``results.json`` (default: the dataset name; give one when a dataset is listed twice, e.g. CUHK03 labeled and
+    detected)."""
+
+    name: str = param("", choices=DATASET_NAMES)
+    root: str = ""
+    args: Dict[str, Any] = field(default_factory=dict)
+    protocol_args: Optional[Dict[str, Any]] = None
+    label: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+DatasetList = List[Union[DatasetEntry, str]]
+
+
+def dataset_entries(items: DatasetList, root: str) -> List[DatasetEntry]:
+    """``items`` as :class:`DatasetEntry` objects, ``root`` filled in where an entry gives none."""
+    entries = [DatasetEntry(name=it) if isinstance(it, str) else it for it in items]
+    return [dataclasses.replace(e, root=e.root or root, args=dict(e.args)) for e in entries]
+
+
+def check_entries(entries: List[DatasetEntry], key: str) -> None:
+    """Registered names, the datasets' own options, distinct labels; :class:`Invalid` naming ``key[i]``."""
+    names = DATASET_NAMES()
+    for i, e in enumerate(entries):
+        if e.name not in names:
+            raise Invalid(f"{key}[{i}]", f"unknown dataset {e.name!r}; expected one of {', '.join(names)}")
+        problem = dataset_class(e.name).check_options(e.args)
+        if problem:
+            raise Invalid(f"{key}[{i}]", f"dataset {e.name!r}: args: {problem}")
+    keys = [e.key for e in entries]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise Invalid(key, f"{twice[0]!r} is listed twice; give the entries distinct labels ({{name: {twice[0]}, "
+                           "label: <text>, ...}})")
+
+
 @dataclass
 class DataConfig(Section):
-    name: str = param("synthetic", choices=registry_names("esreid.data.base", "DATASETS", load="esreid.data.datasets"))
+    name: str = param("synthetic", choices=DATASET_NAMES)
     root: str = param("data", nonempty=True)
     args: Dict[str, Any] = field(default_factory=dict)  # dataset-specific keyword arguments
+    # several training datasets: a list of names or {name, root, args, label} (docs/architecture.md, "Several
+    # datasets"); empty = data.name with data.root and data.args alone
+    train: DatasetList = field(default_factory=list)
     height: int = param(256, ge=1, le=4096)
     width: int = param(128, ge=1, le=4096)
     ids_per_batch: int = param(16, ge=2, le=4096)  # J (the triplet loss and PMM's partners need >= 2 identities)
@@ -140,9 +191,20 @@ class DataConfig(Section):
         if self.cutout_prob > 0 and self.cutout_size > min(self.height, self.width):
             raise Invalid("data.cutout_size", f"the {self.cutout_size}x{self.cutout_size} Cutout square does not fit "
                                               f"in {self.height}x{self.width} images; lower it or set cutout_prob=0")
-        problem = dataset_class(self.name).check_options(self.args)
-        if problem:
-            raise Invalid("data.args", f"dataset {self.name!r}: {problem}")
+        if not self.train:
+            problem = dataset_class(self.name).check_options(self.args)
+            if problem:
+                raise Invalid("data.args", f"dataset {self.name!r}: {problem}")
+            return
+        entries = cfg.train_sets()
+        check_entries(entries, "data.train")
+        if self.args:
+            raise Invalid("data.args", "with data.train each entry has its own args ({name: ..., args: {...}}); "
+                                       "set data.args={}")
+        if "data.name" in vars(cfg).get("_origins", {}) and self.name != entries[0].name:
+            raise Invalid("data.name", f"data.train starts with {entries[0].name!r} but data.name is {self.name!r}: "
+                                       f"data.name names the run's first training dataset; set data.name="
+                                       f"{entries[0].name}")
 
 
 @dataclass
@@ -186,11 +248,31 @@ class TestConfig(Section):
     ap_mode: str = param("anchor", choices=registry_names("esreid.evaluation.metrics", "AP_MODES"))
     rerank: bool = False
     protocol_args: Dict[str, Any] = field(default_factory=dict)
+    # test sets, each evaluated with its own protocol: names or {name, root, args, protocol_args, label}; empty = the
+    # test split of every training dataset. The first listed one is the primary test set (flat metrics).
+    datasets: DatasetList = field(default_factory=list)
+    # query occlusion conditions (esreid/data/occlusion.py): none | random:F | lower:F, each evaluated
+    occlusion: List[str] = param(factory=lambda: ["none"], nonempty=True)
+    occlusion_fill: str = param("mean", choices=("mean", "black"))  # mean: data.mean (0 after normalisation)
 
     def check(self, cfg: Config) -> None:
-        problem = dataset_class(cfg.data.name).check_protocol_options(cfg.data.args, self.protocol_args)
-        if problem:
-            raise Invalid("test.protocol_args", problem)
+        from esreid.data.occlusion import condition_problem
+
+        entries = cfg.test_sets()
+        key = "test.datasets" if self.datasets else "test.protocol_args"
+        if self.datasets:
+            check_entries(entries, key)
+        for i, e in enumerate(entries):
+            problem = dataset_class(e.name).check_protocol_options(e.args, e.protocol_args)
+            if problem:
+                raise Invalid(f"{key}[{i}]" if self.datasets else key, f"{e.key}: {problem}")
+        for i, text in enumerate(self.occlusion):
+            problem = condition_problem(text)
+            if problem:
+                raise Invalid(f"test.occlusion[{i}]", problem)
+        names = case_names(cfg)
+        if len(set(names)) != len(names):
+            raise Invalid("test.occlusion", f"a condition is listed twice: {self.occlusion}")
 
 
 @dataclass
@@ -212,6 +294,7 @@ class CheckpointConfig(Section):
     period: int = param(10, ge=0)  # epochs between kept epoch_XXX.pth files; 0 = none
     keep_last: int = param(0, ge=0)  # keep only the newest N epoch_XXX.pth files; 0 = all
     best: str = "mAP"  # write model_best.pth when an evaluation improves this metric (mAP, mINP, R<k>); "" = never
+    best_on: str = ""  # the test case whose `best` metric decides (see case_names); "" = the primary (first) one
     full: bool = False  # epoch_XXX.pth and model_best.pth also hold the optimiser state (resumable; ~3x larger)
 
     def check(self, cfg: Config) -> None:
@@ -219,6 +302,10 @@ class CheckpointConfig(Section):
         if self.best and self.best not in metrics:
             raise Invalid("checkpoint.best", f"expected one of {', '.join(metrics)} (a metric every evaluation "
                                              f"reports; R<k> for k in test.ranks) or '' for none; got {self.best!r}")
+        cases = case_names(cfg)
+        if self.best_on and self.best_on not in cases:
+            raise Invalid("checkpoint.best_on", f"expected one of the test cases {', '.join(cases)} or '' (the "
+                                                f"first); got {self.best_on!r}")
 
 
 @dataclass
@@ -257,6 +344,39 @@ class Config(Section):
     def check(self, cfg: Config) -> None:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             raise Invalid("device", f"expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    def train_sets(self) -> List[DatasetEntry]:
+        """The training datasets: ``data.train``, or ``data.name`` with ``data.root`` and ``data.args`` alone."""
+        if self.data.train:
+            return dataset_entries(self.data.train, self.data.root)
+        return [DatasetEntry(self.data.name, self.data.root, dict(self.data.args))]
+
+    def test_sets(self) -> List[DatasetEntry]:
+        """The test datasets (``test.datasets``, default: every training dataset), ``protocol_args`` filled in."""
+        entries = dataset_entries(self.test.datasets, self.data.root) if self.test.datasets else self.train_sets()
+        default = self.test.protocol_args
+        return [dataclasses.replace(e, protocol_args=dict(default if e.protocol_args is None else e.protocol_args))
+                for e in entries]
+
+
+def case_name(test_set: str, condition: str) -> str:
+    """A test case's name: the test set's key, ``@<condition>`` added unless the condition is ``none``
+    (``market1501``, ``market1501@random:0.2``)."""
+    return test_set if condition == "none" else f"{test_set}@{condition}"
+
+
+def case_names(cfg: Config) -> List[str]:
+    """The test cases of ``cfg`` in evaluation order: per test set, per occlusion condition; the first is the
+    primary case, whose metrics are also the flat (top-level) metrics of an evaluation."""
+    from esreid.data.occlusion import parse_condition
+
+    conditions = []
+    for text in cfg.test.occlusion:
+        try:
+            conditions.append(parse_condition(text).name)
+        except ValueError:
+            conditions.append(str(text))  # reported by TestConfig.check
+    return [case_name(e.key, c) for e in cfg.test_sets() for c in conditions]
 
 
 def model_config_class(name: str) -> type:

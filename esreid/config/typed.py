@@ -310,8 +310,9 @@ def _nearest_origin(key: str, origins: Origins) -> str:
 
 
 def _where(key: str, origins: Origins) -> str:
-    """The file (or "command line", or "defaults") that set ``key``."""
-    return origins.get(key, _nearest_origin(key, origins))
+    """The file (or "command line", or "defaults") that set ``key`` (a list item ``key[i]...``: the list's)."""
+    plain = re.sub(r"\[\d+\]", "", key)
+    return origins.get(key, origins.get(plain, _nearest_origin(plain, origins)))
 
 
 def _build(cls: Any, data: Dict[str, Any], prefix: str, origins: Origins) -> Any:

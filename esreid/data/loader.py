@@ -158,9 +158,16 @@ def build_train_loader(cfg: DataConfig, items: Sequence[ImageItem], seed: int = 
     )
 
 
-def build_test_loader(cfg: DataConfig, items: Sequence[ImageItem]) -> DataLoader:
-    """In-order evaluation loader, ``cfg.test_batch_size`` images per batch (last batch may be smaller)."""
-    return ordered_loader(cfg, ReIDImageDataset(items, build_image_source(cfg, items)))
+def build_test_loader(cfg: DataConfig, items: Sequence[ImageItem], occlusion=None, fill: str = "mean") -> DataLoader:
+    """In-order evaluation loader, ``cfg.test_batch_size`` images per batch (last batch may be smaller); with an
+    ``occlusion`` (a :class:`~esreid.data.occlusion.Condition` that occludes) each image is occluded under it, filled
+    as ``fill`` says (``test.occlusion_fill``)."""
+    source = build_image_source(cfg, items)
+    if occlusion is not None and occlusion.occludes:
+        from esreid.data.occlusion import OccludedSource, fill_value
+
+        source = OccludedSource(source, [it.path for it in items], occlusion, fill_value(fill, cfg.mean))
+    return ordered_loader(cfg, ReIDImageDataset(items, source))
 
 
 def ordered_loader(cfg: DataConfig, dataset: Dataset) -> DataLoader:

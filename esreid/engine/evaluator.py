@@ -86,16 +86,18 @@ def check_finite(feats: torch.Tensor, items: Sequence[ImageItem], split: str) ->
 
 
 def extract_items(model: torch.nn.Module, items: Sequence[ImageItem], cfg, device: torch.device,
-                  desc: str = "features") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`extract_features` of ``items`` with the test loader and transform of ``cfg``: feats (N, D), pids (N,),
-    camids (N,) in item order; empty tensors for no items."""
+                  desc: str = "features", occlusion=None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`extract_features` of ``items`` with the test loader and transform of ``cfg``, the images occluded under
+    ``occlusion`` (a :class:`~esreid.data.occlusion.Condition`, filled as ``cfg.test.occlusion_fill``) when given:
+    feats (N, D), pids (N,), camids (N,) in item order; empty tensors for no items."""
     from esreid.data.loader import build_test_loader
     from esreid.data.transforms import TestTransform
 
     if not items:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-    return extract_features(model, build_test_loader(cfg.data, items), device, TestTransform(cfg.data),
-                            cfg.solver.amp, desc, cfg.solver.channels_last)
+    loader = build_test_loader(cfg.data, items, occlusion, cfg.test.occlusion_fill)
+    return extract_features(model, loader, device, TestTransform(cfg.data), cfg.solver.amp, desc,
+                            cfg.solver.channels_last)
 
 
 @dataclass
@@ -117,10 +119,11 @@ def extract_test_features(model: torch.nn.Module, dataset: ReIDDataset, cfg, dev
 
 
 def evaluate_features(features: EvalFeatures, dataset: ReIDDataset, cfg, metric: str,
-                      ranks: Optional[Sequence[int]] = None) -> Dict[str, float]:
+                      ranks: Optional[Sequence[int]] = None, protocol_args: Optional[Dict] = None) -> Dict[str, float]:
     """The dataset's protocol (``dataset.protocol``) on extracted ``features`` with distance ``metric``, at
-    ``ranks`` (default ``cfg.test.ranks``). Returns the protocol's metric dict (fractions in [0, 1]) plus
-    ``eval_seconds`` (extraction and ranking)."""
+    ``ranks`` (default ``cfg.test.ranks``), with the protocol's options ``protocol_args`` (default
+    ``cfg.test.protocol_args``). Returns the protocol's metric dict (fractions in [0, 1]) plus ``eval_seconds``
+    (extraction and ranking)."""
     from esreid.evaluation.protocols import PROTOCOLS
 
     start = time.perf_counter()
@@ -130,7 +133,8 @@ def evaluate_features(features: EvalFeatures, dataset: ReIDDataset, cfg, metric:
     protocol = PROTOCOLS.get(dataset.protocol)
     metrics = protocol(qf, q_pids.numpy(), q_camids.numpy(), gf, g_pids.numpy(), g_camids.numpy(),
                        metric=metric, ap_mode=cfg.test.ap_mode, rerank=cfg.test.rerank,
-                       ranks=tuple(cfg.test.ranks if ranks is None else ranks), **cfg.test.protocol_args)
+                       ranks=tuple(cfg.test.ranks if ranks is None else ranks),
+                       **(cfg.test.protocol_args if protocol_args is None else protocol_args))
     metrics = dict(metrics)
     metrics["eval_seconds"] = features.seconds + time.perf_counter() - start
     return metrics

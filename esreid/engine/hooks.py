@@ -41,8 +41,9 @@ class TrainState:
     """What hooks may read: 0-based ``epoch``, ``iter`` = optimisation steps done, the current ``batch`` (augmented
     ``images`` (B, 3, H, W) and ``pids`` (B,) on the device), ``terms`` (the last step's loss terms as floats; hooks
     may add entries in ``before_step`` / ``after_step``, e.g. ``erased_loss``), ``metrics`` (last evaluation) and
-    ``test_features`` (the :class:`~esreid.engine.evaluator.EvalFeatures` of the evaluation being reported: set while
-    its ``eval`` record is emitted, None otherwise)."""
+    ``test_features`` (the :class:`~esreid.engine.evaluator.EvalFeatures` of the evaluation being reported, primary
+    test case) and ``test_results`` (every case's :class:`~esreid.engine.testsets.CaseResult`): set while its
+    ``eval`` record is emitted, None otherwise."""
 
     epoch: int = 0
     iter: int = 0
@@ -51,6 +52,7 @@ class TrainState:
     extra: Dict[str, float] = field(default_factory=dict)
     metrics: Dict[str, Any] = field(default_factory=dict)
     test_features: Any = None
+    test_results: Any = None
 
 
 class HookBase:
@@ -158,7 +160,8 @@ class ConsoleWriter(HookBase):
         if record["type"] == "epoch":
             self.trainer.log(format_epoch(record))
         elif record["type"] == "eval":
-            self.trainer.log(format_metrics(record, f"epoch {record['epoch']}"))
+            for line in format_cases(record, f"epoch {record['epoch']}"):
+                self.trainer.log(line)
 
 
 _EPOCH_META = ("type", "epoch", "epochs", "seconds", "images_per_second", "data_seconds", "eta_seconds",
@@ -190,6 +193,22 @@ def format_metrics(metrics: Dict[str, Any], title: str = "") -> str:
             std = metrics.get(f"{key}_std")
             parts.append(f"{key} {100 * metrics[key]:.1f}" + (f"±{100 * std:.1f}" if std is not None else ""))
     return f"{title}: " + "  ".join(parts) if title else "  ".join(parts)
+
+
+def format_cases(metrics: Dict[str, Any], title: str) -> List[str]:
+    """:func:`format_metrics` of an evaluation: one line, or one per test case (``<title> <case>: ...``) when it has
+    several."""
+    cases = metrics.get("cases")
+    if not isinstance(cases, dict) or len(cases) < 2:
+        return [format_metrics(metrics, title)]
+    return [format_metrics(m, f"{title} {name}") for name, m in cases.items()]
+
+
+def case_value(record: Dict[str, Any], case: str, metric: str) -> Any:
+    """``metric`` of test ``case`` in an evaluation record (``""``: the primary case, the top level)."""
+    if not case:
+        return record.get(metric)
+    return (record.get("cases") or {}).get(case, {}).get(metric)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -290,24 +309,25 @@ def periodic_checkpoints(folder: str) -> List[str]:
 
 
 class BestCheckpointHook(HookBase):
-    """``model_best.pth`` (model weights, or everything with ``full``) whenever an evaluation's ``metric`` beats every
-    earlier one of the run (higher is better). The file records the metrics it was written with: a resumed run reads
-    the value to beat from it, at its first evaluation (which may come from :class:`EvalHook`'s ``before_train``)."""
+    """``model_best.pth`` (model weights, or everything with ``full``) whenever an evaluation's ``metric`` on test
+    case ``case`` (``""``: the primary one, ``checkpoint.best_on``) beats every earlier one of the run (higher is
+    better). The file records the metrics it was written with: a resumed run reads the value to beat from it, at its
+    first evaluation (which may come from :class:`EvalHook`'s ``before_train``)."""
 
-    def __init__(self, folder: str, metric: str, full: bool = False):
-        self.path, self.metric, self.full = os.path.join(folder, "model_best.pth"), metric, full
+    def __init__(self, folder: str, metric: str, full: bool = False, case: str = ""):
+        self.path, self.metric, self.full, self.case = os.path.join(folder, "model_best.pth"), metric, full, case
         self.best: Optional[float] = None  # read when the first evaluation comes
 
     def value_to_beat(self) -> float:
         if self.best is None:
             saved = None
             if self.trainer.start_epoch > 0 and os.path.exists(self.path):
-                saved = load_checkpoint(self.path).get("metrics", {}).get(self.metric)
+                saved = case_value(load_checkpoint(self.path).get("metrics", {}), self.case, self.metric)
             self.best = -math.inf if saved is None else float(saved)
         return self.best
 
     def on_record(self, record: Dict[str, Any]) -> None:
-        value = record.get(self.metric) if record["type"] == "eval" else None
+        value = case_value(record, self.case, self.metric) if record["type"] == "eval" else None
         if isinstance(value, (int, float)) and value > self.value_to_beat():
             self.best = float(value)
             self.trainer.save_checkpoint(self.path, full=self.full, epoch=record["epoch"])  # also a resume's catch-up
@@ -350,7 +370,7 @@ class EvalHook(HookBase):
         t.state.metrics = metrics
         t.history.append({"epoch": epoch, **metrics})
         t.emit({"type": "eval", "epoch": epoch, **metrics})
-        t.state.test_features = None  # set by trainer.evaluate() for the hooks reading this record
+        t.state.test_features = t.state.test_results = None  # set by trainer.evaluate() for this record's hooks
 
 
 def diagnostic_hooks(cfg: Any, seed: int) -> List[HookBase]:

@@ -28,8 +28,9 @@ def check_training_data(cfg: Any, dataset: ReIDDataset) -> None:
     """The train split can fill a PK batch of ``data.ids_per_batch`` identities, at least once per epoch."""
     ids = dataset.num_train_pids
     if ids < cfg.data.ids_per_batch:
+        names = ", ".join(e.key for e in cfg.train_sets())
         raise invalid(cfg, "data.ids_per_batch", f"{cfg.data.ids_per_batch} identities per batch but the train "
-                                                 f"split of {cfg.data.name} has {ids}; lower it")
+                                                 f"split of {names} has {ids}; lower it")
     sampler = PKSampler([it.pid for it in dataset.train], cfg.data.ids_per_batch, cfg.data.instances)
     if sampler.num_batches() == 0:
         raise invalid(cfg, "data.ids_per_batch", f"the train split ({ids} identities, {len(dataset.train)} images) "
@@ -37,14 +38,14 @@ def check_training_data(cfg: Any, dataset: ReIDDataset) -> None:
                                                  f"{cfg.data.instances}; lower data.ids_per_batch or data.instances")
 
 
-def check_test_data(cfg: Any, dataset: ReIDDataset) -> None:
-    """Every query / gallery file exists and the first of each split decodes, so that an evaluation cannot fail on a
-    missing or unreadable test image after hours of training."""
+def check_test_data(cfg: Any, dataset: ReIDDataset, name: str) -> None:
+    """Every query / gallery file of the test set ``name`` exists and the first of each split decodes, so that an
+    evaluation cannot fail on a missing or unreadable test image after hours of training."""
     for split in ("query", "gallery"):
         items = getattr(dataset, split)
         missing = [it.path for it in items if not os.path.isfile(it.path)]
         if missing:
-            raise DatasetError(f"{cfg.data.name}: {len(missing)} {split} image(s) are missing, e.g. {missing[0]}; "
+            raise DatasetError(f"{name}: {len(missing)} {split} image(s) are missing, e.g. {missing[0]}; "
                                "the evaluation needs every one (restore them or fix data.root)")
         if items:
             decode_resize(items[0].path, cfg.data.height, cfg.data.width)

@@ -2,17 +2,81 @@
 current model on fixed test queries, config, timings, environment), rewritten at each evaluation and at the end of
 training. Registered by the trainer on the main process when ``report: true`` (the default).
 
-The explanations reuse the features of the evaluation just run (``trainer.state.test_features``): a report costs a
-few CG-RAM passes (3 queries x top-5 pairs) and the drawing, not a second pass over the gallery.
+The explanations reuse the features of the evaluation just run (``trainer.state.test_results``): a report costs a
+few CG-RAM passes (3 queries x top-5 pairs) and the drawing, not a second pass over the gallery. With several test
+cases (test sets x occlusion conditions, :mod:`esreid.engine.testsets`) each case gets its own section: its metrics,
+the explanations of its test set (unoccluded cases) or the same three queries occluded with their top-5 (occluded
+cases); the CMC curves of all cases share one plot, and the reliance figure shows the mAP each condition costs.
+:func:`evaluation_report` is the report of ``esreid eval``.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
 
 from esreid.engine.hooks import HookBase
+
+REPORT_QUERIES, REPORT_TOP_K = 3, 5  # as the explanations (esreid.viz.explain)
+
+
+def occluded_grids(cfg: Any, result: Any, metric: str, num: int = REPORT_QUERIES,
+                   k: int = REPORT_TOP_K) -> Dict[str, bytes]:
+    """The occluded queries of an occluded test case (``result``: a :class:`~esreid.engine.testsets.CaseResult`):
+    the ``num`` queries the explanations show (drawn with seed 0), occluded as the evaluation saw them, each with its
+    top-``k`` gallery images by ``result.features`` and distance ``metric``; one grid. Empty without a gallery."""
+    from esreid.data.loader import build_image_source
+    from esreid.data.occlusion import OccludedSource, fill_value
+    from esreid.evaluation.distance import pairwise_distance, smallest_k
+    from esreid.viz.explain import caption, draw
+    from esreid.viz.ranklist import Match, RankRow, draw_rank_grid, match_labels
+
+    dataset, condition = result.case.test_set.dataset, result.case.condition
+    if not dataset.gallery or not dataset.query:
+        return {}
+    picked = draw(len(dataset.query), num, seed=0)
+    source = OccludedSource(build_image_source(cfg.data, dataset.query), [it.path for it in dataset.query],
+                            condition, fill_value(cfg.test.occlusion_fill, cfg.data.mean))
+    qf, gf = result.features.query[0][picked], result.features.gallery[0]
+    dist = pairwise_distance(qf, gf, metric)
+    top = smallest_k(dist, min(k, len(dataset.gallery)))
+    rows = []
+    for i, qi in enumerate(picked.tolist()):
+        q = dataset.query[qi]
+        ranked = [dataset.gallery[j] for j in top[i].tolist()]
+        labels = match_labels(q.pid, q.camid, [g.pid for g in ranked], [g.camid for g in ranked])
+        matches = [Match(g.path, float(dist[i, j]), label, caption=caption(g.pid, g.camid))
+                   for g, j, label in zip(ranked, top[i].tolist(), labels)]
+        rows.append(RankRow(source[qi], matches, title=f"query {qi} ({condition.name})",
+                            query_caption=caption(q.pid, q.camid), score_name="distance"))
+    return {f"occluded queries ({condition.name}) and their top {k}": draw_rank_grid(rows).png()}
+
+
+def report_content(model: torch.nn.Module, cfg: Any, device: torch.device, results: Sequence[Any],
+                   prefix: str = "") -> Tuple[Dict[str, bytes], Optional[List[float]], list, Dict]:
+    """What a report shows of an evaluation's case ``results``: ``(grids, cmc, cases, reliance)``. One case: its
+    explanations and CMC (``cases`` empty); several: a :class:`~esreid.viz.report.CaseSection` each and the
+    reliance values (:func:`esreid.engine.testsets.reliance`). Captions start with ``prefix``."""
+    from esreid.engine.testsets import reliance
+    from esreid.viz.explain import report_grids
+    from esreid.viz.report import CaseSection
+    from esreid.viz.runreport import cmc_curve
+
+    metric = model.retrieval.metric
+
+    def figures(r) -> Dict[str, bytes]:
+        grids = (occluded_grids(cfg, r, metric) if r.case.condition.occludes else
+                 report_grids(model, cfg, device, r.case.test_set.dataset, r.features))
+        return {f"{prefix}{name}": png for name, png in grids.items()}
+
+    if len(results) == 1:
+        r = results[0]
+        return figures(r), cmc_curve(r.metrics, r.features, r.case.test_set.dataset, cfg, metric), [], {}
+    cases = [CaseSection(r.case.name, r.metrics, figures(r)) for r in results]
+    return {}, None, cases, reliance(results)
 
 
 class ReportHook(HookBase):
@@ -23,6 +87,8 @@ class ReportHook(HookBase):
     def __init__(self) -> None:
         self.grids: Dict[str, bytes] = {}
         self.cmc: Optional[List[float]] = None
+        self.cases: list = []
+        self.reliance: Dict[str, Dict[str, float]] = {}
         self.session_start = time.perf_counter()
         self.written = False
 
@@ -36,15 +102,10 @@ class ReportHook(HookBase):
     def on_record(self, record: Dict[str, Any]) -> None:
         if record.get("type") != "eval":
             return
-        from esreid.viz.explain import report_grids
-        from esreid.viz.runreport import cmc_curve
-
         t = self.trainer
-        features = t.state.test_features
-        if features is not None:
-            grids = report_grids(t.model, t.cfg, t.device, t.dataset, features)
-            self.grids = {f"epoch {record['epoch']}: {name}": png for name, png in grids.items()}
-            self.cmc = cmc_curve(record, features, t.dataset, t.cfg, t.model.retrieval.metric)
+        if t.state.test_results is not None:
+            self.grids, self.cmc, self.cases, self.reliance = report_content(
+                t.model, t.cfg, t.device, t.state.test_results, f"epoch {record['epoch']}: ")
         self.write(record)
 
     def after_train(self) -> None:
@@ -60,5 +121,23 @@ class ReportHook(HookBase):
         jsonl = os.path.join(t.out, "metrics.jsonl")
         records = read_metrics(jsonl) if os.path.isfile(jsonl) else []
         timings = run_timings(records, {"this session (wall clock)": time.perf_counter() - self.session_start})
-        write_run_report(self.path, t.cfg, metrics, cmc=self.cmc, records=records, grids=self.grids, timings=timings)
+        write_run_report(self.path, t.cfg, metrics, cmc=self.cmc, records=records, grids=self.grids, timings=timings,
+                         cases=self.cases, reliance=self.reliance)
         self.written = True
+
+
+def evaluation_report(out_dir: str, cfg: Any, model: torch.nn.Module, device: torch.device, results: Sequence[Any],
+                      metrics: Mapping[str, Any], weights: str) -> str:
+    """The report of ``esreid eval``: ``<out_dir>/report.html`` for ``model`` (loaded from ``weights``) with the
+    evaluation's case ``results`` and ``metrics``; the training curves when ``metrics.jsonl`` of the run lies next to
+    ``weights``. Returns the path."""
+    from esreid.viz.plots import read_metrics
+    from esreid.viz.runreport import run_timings, run_title, write_run_report
+
+    jsonl = os.path.join(os.path.dirname(os.path.abspath(weights)), "metrics.jsonl")
+    records = read_metrics(jsonl) if os.path.isfile(jsonl) else []
+    grids, cmc, cases, reliance = report_content(model, cfg, device, results)
+    timings = run_timings(records, {"this evaluation": float(metrics.get("eval_seconds", 0.0))})
+    return write_run_report(os.path.join(out_dir, "report.html"), cfg, metrics, cmc=cmc, records=records,
+                            grids=grids, timings=timings, title=f"{run_title(cfg)}: {os.path.basename(weights)}",
+                            cases=cases, reliance=reliance)

@@ -43,6 +43,8 @@ NON_RUN_KEYS: Dict[str, str] = {
 
 # Keys of older checkpoints' configs -> their current name (compared under that name)
 RENAMED_KEYS: Dict[str, str] = {"checkpoint_period": "checkpoint.period"}
+# Run keys added after checkpoints were written without them -> the value those checkpoints were trained with
+ADDED_KEYS: Dict[str, Any] = {"data.train": []}
 ABSENT = object()  # a key the other config does not have (e.g. a checkpoint of an older esreid)
 Change = Tuple[str, Any, Any]  # (dotted key, value in the checkpoint, current value)
 
@@ -66,6 +68,7 @@ def under(key: str, names: Sequence[str]) -> Optional[str]:
 def run_changes(saved: Dict[str, Any], current: Dict[str, Any]) -> List[Change]:
     """Differences between two config dicts in keys that change the run (not under :data:`NON_RUN_KEYS`)."""
     old = {RENAMED_KEYS.get(k, k): v for k, v in flatten(saved).items()}
+    old = {**{k: v for k, v in ADDED_KEYS.items() if saved}, **old}
     new = flatten(current)
     keys = list(new) + [k for k in old if k not in new]
     return [(k, old.get(k, ABSENT), new.get(k, ABSENT)) for k in keys

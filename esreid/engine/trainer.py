@@ -22,7 +22,6 @@ import torch
 
 from esreid.config import Config, dump_yaml, to_dict
 from esreid.console import RunLog, progress
-from esreid.data.base import build_dataset
 from esreid.engine import hooks as H
 from esreid.engine.checkpoint import (
     CheckpointError,
@@ -33,11 +32,12 @@ from esreid.engine.checkpoint import (
 )
 from esreid.engine.compile import place_model
 from esreid.engine.distributed import barrier, init_distributed
-from esreid.engine.evaluator import autocast, evaluate_features, extract_test_features
+from esreid.engine.evaluator import autocast
 from esreid.engine.guard import DivergenceGuard
 from esreid.engine.preflight import check_files, check_test_data, check_training_data
 from esreid.engine.resume import check_resume_config, describe, restore_solver
 from esreid.engine.schedule import build_optimizer, build_scheduler
+from esreid.engine.testsets import evaluate_run, open_datasets, test_cases
 from esreid.engine.threads import apply_threads
 from esreid.errors import ConfigError
 from esreid.files import atomic_write_text, check_writable, remove_orphans
@@ -121,11 +121,15 @@ class Trainer:
                 self.log(f"removed {orphan} (a temporary file left by an interrupted write)")
         if resume is None:
             check_files(cfg)
-        self.dataset = build_dataset(cfg.data.name, cfg.data.root, verbose=False, **cfg.data.args)
-        self.log(self.dataset.summary())
+        # every training dataset and test set is read (and a missing one reported) before the model is built
+        self.datasets = open_datasets(cfg)
+        self.dataset = self.datasets.train
+        self.log(self.datasets.summary())
         check_training_data(cfg, self.dataset)
         if main:
-            check_test_data(cfg, self.dataset)
+            for test_set in self.datasets.test_sets:
+                check_test_data(cfg, test_set.dataset, test_set.key)
+        self.test_cases = test_cases(cfg, self.datasets.test_sets)
         seed_everything(cfg.seed)  # the same on every rank while the model is built (see below)
         # resuming replaces every weight: skip the ImageNet weights (a moved file or offline URL must not stop it)
         model_cfg = cfg.model if resume is None else dataclasses.replace(cfg.model, pretrained="")
@@ -185,7 +189,8 @@ class Trainer:
             hooks += [H.JSONLWriter(records), H.CheckpointHook(self.out, cfg.checkpoint),
                       H.EvalHook(cfg.test.eval_period, records)]
             if cfg.checkpoint.best:
-                hooks.append(H.BestCheckpointHook(self.out, cfg.checkpoint.best, cfg.checkpoint.full))
+                hooks.append(H.BestCheckpointHook(self.out, cfg.checkpoint.best, cfg.checkpoint.full,
+                                                  cfg.checkpoint.best_on))
             hooks.append(H.ConsoleWriter())
             if cfg.report:
                 from esreid.engine.reporting import ReportHook
@@ -330,10 +335,13 @@ class Trainer:
         barrier(self.dist)  # the other processes wait for rank 0's evaluation and checkpoint
 
     def evaluate(self) -> Dict[str, Any]:
-        """The protocol's metrics of the current model; its features stay in ``state.test_features`` for the hooks
-        that read the ``eval`` record (the evaluation hook drops them after)."""
-        self.state.test_features = extract_test_features(self.model, self.dataset, self.cfg, self.device)
-        return evaluate_features(self.state.test_features, self.dataset, self.cfg, self.model.retrieval.metric)
+        """The metrics of the current model on every test case (:mod:`esreid.engine.testsets`: the primary case's at
+        the top level, each case's under ``cases``); the cases' results (features included) stay in
+        ``state.test_results`` (the primary one's features in ``state.test_features``) for the hooks that read the
+        ``eval`` record (the evaluation hook drops them after)."""
+        metrics, self.state.test_results = evaluate_run(self.model, self.test_cases, self.cfg, self.device)
+        self.state.test_features = self.state.test_results[0].features
+        return metrics
 
     def train(self) -> Dict[str, Any]:
         """Run the remaining epochs; returns the last evaluation's metrics (a finished run's, when resumed).

@@ -251,3 +251,31 @@ def plot_training(records: Sequence[Record], columns: int = 3) -> Optional[bytes
 def plot_cmc(curves: Mapping[str, Sequence[float]], max_rank: int = 50) -> Optional[bytes]:
     """PNG of the CMC curves of one or several models on one axes (:func:`cmc_panel`); ``None`` when empty."""
     return plot_panels([cmc_panel(curves, max_rank)], columns=1, panel_size=CMC_SIZE)
+
+
+def plot_reliance(drops: Mapping[str, Mapping[str, float]]) -> Optional[bytes]:
+    """The reliance figure of evaluation under occlusion: per test set (``drops`` key) a group of bars, one per
+    occlusion condition, of the mAP points lost from the unoccluded queries (``mAP(none) - mAP(condition)``, in
+    percentage points; the caller computes them). ``None`` when there is nothing to draw."""
+    from matplotlib.figure import Figure
+
+    sets = [s for s, d in drops.items() if d]
+    if not sets:
+        return None
+    conditions = list(dict.fromkeys(c for s in sets for c in drops[s]))
+    fig = Figure(figsize=(max(4.6, 1.2 + 0.9 * len(sets) * len(conditions)), 3.4), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / len(conditions)
+    for j, cond in enumerate(conditions):
+        xs = [i + (j - (len(conditions) - 1) / 2) * width for i, s in enumerate(sets) if cond in drops[s]]
+        ys = [drops[s][cond] for s in sets if cond in drops[s]]
+        bars = ax.bar(xs, ys, width * 0.95, label=cond)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xticks(range(len(sets)), sets, fontsize=8)
+    ax.set_ylabel("mAP lost from 'none' (points)", fontsize=9)
+    ax.set_title("reliance on the occluded evidence", fontsize=10)
+    ax.tick_params(labelsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    return figure_png(fig)

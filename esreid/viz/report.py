@@ -64,9 +64,10 @@ class RunSummary:
     report: str = ""
 
 
-def metrics_table(runs: Sequence[RunSummary]) -> str:
+def metrics_table(runs: Sequence[RunSummary], prefix: str = "metric") -> str:
     """An HTML table with one row per run (metrics as fractions, with ``<key>_std`` where the protocol reports one)
-    and the columns of :data:`METRIC_KEYS` in %; the name links to the run's report when it has one."""
+    and the columns of :data:`METRIC_KEYS` in %; the name links to the run's report when it has one. Cells have
+    ids ``<prefix>-<row>-<key>``."""
     head = "".join(f"<th>{k} (%)</th>" for k in METRIC_KEYS)
     body = []
     for i, run in enumerate(runs):
@@ -77,7 +78,7 @@ def metrics_table(runs: Sequence[RunSummary]) -> str:
             ok, has_std = _number(v), _number(std)
             text = (f"{100 * v:.1f}" + (f" ± {100 * std:.1f}" if has_std else "")) if ok else "–"
             value, spread = repr(float(v)) if ok else "", repr(float(std)) if has_std else ""
-            cells.append(f'<td id="metric-{i}-{key}" data-run="{_e(run.name)}" data-metric="{key}" '
+            cells.append(f'<td id="{prefix}-{i}-{key}" data-run="{_e(run.name)}" data-metric="{key}" '
                          f'data-value="{value}" data-std="{spread}">{text}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<table class="metrics"><thead><tr><th class="name">run</th>{head}</tr></thead>'
@@ -146,10 +147,20 @@ def _section(heading: str, content: str) -> str:
     return f'<section><h2>{_e(heading)}</h2>\n{content}</section>' if content else ""
 
 
+@dataclass
+class CaseSection:
+    """One test case of an evaluation over several (test set, occlusion condition): its ``name``, ``metrics`` and
+    figures (caption -> PNG: its CMC, explanations or occluded queries with their ranked lists)."""
+
+    name: str
+    metrics: Mapping[str, Any]
+    figures: Mapping[str, Optional[bytes]]
+
+
 def report_html(title: str, metrics: Mapping[str, Any], *, plots: Mapping[str, Optional[bytes]] = None,
                 grids: Mapping[str, Optional[bytes]] = None, config_yaml: str = "",
                 timings: Mapping[str, float] = None, environment: Optional[Mapping[str, Any]] = None,
-                generated: Optional[str] = None) -> str:
+                generated: Optional[str] = None, cases: Sequence[CaseSection] = ()) -> str:
     """The report of one run as a self-contained HTML string.
 
     Args:
@@ -161,11 +172,16 @@ def report_html(title: str, metrics: Mapping[str, Any], *, plots: Mapping[str, O
         timings: name -> seconds (e.g. ``{"training": 117.0, "evaluation": 0.3}``).
         environment: versions and hardware; default :func:`environment_info` of this machine.
         generated: the date line; default now.
+        cases: the test cases of the evaluation when there are several: the metrics table has a row per case
+            (named by the case) and each case gets its own section after the plots.
     """
     env = environment_info() if environment is None else environment
+    rows = [RunSummary(c.name, c.metrics) for c in cases] or [RunSummary(title, metrics)]
     sections = [
-        _section("Metrics", metrics_table([RunSummary(title, metrics)])),
+        _section("Metrics", metrics_table(rows)),
         _section("Plots", _figures(plots or {})),
+        *(_section(f"Test case {c.name}", metrics_table([RunSummary(c.name, c.metrics)], f"case{j}")
+                   + _figures(c.figures)) for j, c in enumerate(cases)),
         _section("Explanations", _figures(grids or {})),
         _section("Timings", _key_value_table({k: format_seconds(v) for k, v in (timings or {}).items()})
                  if timings else ""),

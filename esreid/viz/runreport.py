@@ -1,15 +1,12 @@
 """The report of one run: ``report.html`` with the metrics table, the CMC curve, the training curves of
 ``metrics.jsonl``, CG-RAM explanations of a few queries, the config, timings and the environment
 (:func:`esreid.viz.report.write_report` does the HTML). Written by :class:`esreid.engine.reporting.ReportHook` at each
-evaluation of a training run and by ``esreid eval`` (:func:`evaluation_report`).
+evaluation of a training run and by ``esreid eval`` (:func:`esreid.engine.reporting.evaluation_report`).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
-
-import torch
 
 CMC_RANKS = 50
 
@@ -52,30 +49,22 @@ def run_timings(records: Sequence[Mapping[str, Any]], extra: Optional[Mapping[st
 
 def write_run_report(path: str, cfg: Any, metrics: Mapping[str, Any], *, cmc: Optional[Sequence[float]] = None,
                      records: Sequence[Mapping[str, Any]] = (), grids: Optional[Mapping[str, bytes]] = None,
-                     timings: Optional[Mapping[str, float]] = None, title: str = "") -> str:
+                     timings: Optional[Mapping[str, float]] = None, title: str = "", cases: Sequence[Any] = (),
+                     reliance: Optional[Mapping[str, Mapping[str, float]]] = None) -> str:
     """``report.html`` of a run at ``path`` (atomic): ``metrics`` (fractions), the CMC curve ``cmc``, the training
-    curves of ``records``, the explanation ``grids`` (caption -> PNG), ``cfg`` as YAML, ``timings``."""
+    curves of ``records``, the explanation ``grids`` (caption -> PNG), ``cfg`` as YAML, ``timings``. With several
+    test cases, ``cases`` (:class:`~esreid.viz.report.CaseSection`: a section each, the CMC curves of all of them
+    on one plot) and ``reliance`` (test set -> condition -> mAP points lost from ``none``: the reliance figure)."""
     from esreid.config import dump_yaml
-    from esreid.viz.plots import plot_cmc, plot_training
+    from esreid.viz.plots import plot_cmc, plot_reliance, plot_training
     from esreid.viz.report import write_report
 
     title = title or run_title(cfg)
-    plots = {"CMC": plot_cmc({title: cmc}) if cmc else None, "training curves": plot_training(records)}
-    return write_report(path, title, metrics, plots=plots, grids=grids, config_yaml=dump_yaml(cfg), timings=timings)
+    curves = {c.name: c.metrics["cmc"] for c in cases if c.metrics.get("cmc")} or ({title: cmc} if cmc else {})
+    plots = {"CMC": plot_cmc(curves) if curves else None,
+             "reliance on what occlusion hides: mAP lost from unoccluded queries":
+                 plot_reliance(reliance) if reliance else None,
+             "training curves": plot_training(records)}
+    return write_report(path, title, metrics, plots=plots, grids=grids, config_yaml=dump_yaml(cfg), timings=timings,
+                        cases=cases)
 
-
-def evaluation_report(out_dir: str, cfg: Any, model: torch.nn.Module, dataset, device: torch.device, features,
-                      metrics: Mapping[str, Any], weights: str) -> str:
-    """The report of ``esreid eval``: ``<out_dir>/report.html`` for ``model`` (loaded from ``weights``) with the
-    evaluation's ``features`` and ``metrics``; the training curves when ``metrics.jsonl`` of the run lies next to
-    ``weights``. Returns the path."""
-    from esreid.viz.explain import report_grids
-    from esreid.viz.plots import read_metrics
-
-    jsonl = os.path.join(os.path.dirname(os.path.abspath(weights)), "metrics.jsonl")
-    records = read_metrics(jsonl) if os.path.isfile(jsonl) else []
-    cmc = cmc_curve(metrics, features, dataset, cfg, model.retrieval.metric)
-    grids = report_grids(model, cfg, device, dataset, features)
-    timings = run_timings(records, {"this evaluation": float(metrics.get("eval_seconds", 0.0))})
-    return write_run_report(os.path.join(out_dir, "report.html"), cfg, metrics, cmc=cmc, records=records,
-                            grids=grids, timings=timings, title=f"{run_title(cfg)}: {os.path.basename(weights)}")

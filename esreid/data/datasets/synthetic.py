@@ -44,8 +44,10 @@ from esreid.data.base import DATASETS, DatasetError
 from esreid.data.datasets.market1501 import Market1501
 from esreid.data.synth.render import (
     CLOTH,
+    DOMAINS,
     NUM_CAMS,
     Identity,
+    apply_domain,
     render_distractor,
     render_junk,
     render_person,
@@ -131,8 +133,10 @@ def _render(folder: str, params: Dict[str, Any]) -> Dict[str, Any]:
         colours = np.clip(CLOTH[list(CUE_VALUES[cue_value[i]])] + trap_rng.normal(0, 6, (2, 3)), 0, 255)
         return TrapPaint(TRAP_CUES[trap["cue"]], trap["size"], trap["contrast"], colours)
 
+    domain = params.get("palette", "default")
+
     def write(split: str, pid: int, cam: int, image: np.ndarray) -> None:
-        Image.fromarray(image).save(os.path.join(folder, SPLIT_FOLDERS[split], name(pid, cam)), quality=90)
+        Image.fromarray(apply_domain(image, domain)).save(os.path.join(folder, SPLIT_FOLDERS[split], name(pid, cam)), quality=90)
         if pid >= 0:
             counts[split][0].add(pid)
             counts[split][1] += 1
@@ -243,6 +247,7 @@ def generate_synthetic_market(
     num_junk: int = 40,
     num_distractors: int = 40,
     trap: Optional[Dict[str, Any]] = None,
+    palette: str = "default",
 ) -> Dict[str, Any]:
     """Write a synthetic Market-1501-style dataset into the folder ``root``; returns the marker contents.
 
@@ -254,6 +259,9 @@ def generate_synthetic_market(
         trap: None (default) or the saliency-trap options ``{cue, size, contrast, group_size}``, missing ones from
             :data:`TRAP_DEFAULTS` (module docstring). The marker then also holds ``trap.test_groups`` (test pid ->
             group, see :func:`trap_groups`) and ``trap.cue_colours`` (pid -> top, bottom ``CLOTH`` index).
+        palette: the domain, a colour transform of every image (:data:`esreid.data.synth.render.DOMAINS`:
+            ``default``, ``dusk``, ``sepia``): two datasets with other palettes (and seeds) are two domains, for
+            cross-domain and multi-dataset tests.
 
     Idempotent: when ``root/synthetic.json`` holds the same parameters nothing is written. Otherwise the dataset is
     generated beside ``root`` and renamed into place when complete (replacing, in one step, a dataset this
@@ -275,6 +283,10 @@ def generate_synthetic_market(
     }
     if trap is not None:  # absent otherwise: markers of trap-free datasets are unchanged
         params["trap"] = check_trap(trap, num_test_ids)
+    if palette not in DOMAINS:
+        raise DatasetError(f"synthetic: palette {palette!r}: expected one of {', '.join(DOMAINS)}")
+    if palette != "default":  # absent otherwise, like the trap
+        params["palette"] = palette
     root = os.path.realpath(root)  # a symlinked root: generate beside (and replace) its target
     os.makedirs(os.path.dirname(root), exist_ok=True)
     remove_stale_siblings(root)
@@ -329,6 +341,8 @@ class SyntheticMarket(Market1501):
                           bound["width"])
             if bound["trap"] is not None:
                 check_trap(bound["trap"], bound["num_test_ids"])
+            if bound["palette"] not in DOMAINS:
+                return f"option 'palette': expected one of {', '.join(DOMAINS)}, got {bound['palette']!r}"
         except DatasetError as e:
             return str(e)
         return None

@@ -257,3 +257,24 @@ def render_distractor(cam: Camera, rng: np.random.Generator, height: int, width:
             30, 220, 3
         )
     return _finish(img, cam, rng)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Domains: a colour transform of whole images, so that two synthetic datasets look like two camera networks
+# --------------------------------------------------------------------------------------------------------------
+# name -> (3x3 RGB matrix, RGB offset): out = clip(M @ rgb + offset); "default" leaves the images as drawn
+DOMAINS = {
+    "default": (np.eye(3, dtype=np.float32), np.zeros(3, dtype=np.float32)),
+    "dusk": (np.array([[0.55, 0.10, 0.05], [0.05, 0.60, 0.10], [0.10, 0.15, 0.95]], dtype=np.float32),
+             np.array([0, 5, 30], dtype=np.float32)),  # darker, blue cast (evening light)
+    "sepia": (np.array([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]], dtype=np.float32),
+              np.zeros(3, dtype=np.float32)),  # the usual sepia matrix: hues collapse to brown
+}
+
+
+def apply_domain(image: np.ndarray, domain: str) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` ``image`` under the colour transform of ``domain`` (:data:`DOMAINS`)."""
+    if domain == "default":
+        return image
+    matrix, offset = DOMAINS[domain]
+    return np.clip(image.astype(np.float32) @ matrix.T + offset, 0, 255).astype(np.uint8)
