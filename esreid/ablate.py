@@ -286,9 +286,24 @@ class TableResult:
     cells: Dict[Tuple[str, str], List[Cell]]  # (row label, column key) -> cells
     paper: bool  # whether the paper's figures apply (False on synthetic data)
 
-    def stat(self, metrics: Dict[str, Dict], row: Row, column: Column, metric: str) -> Optional[Stat]:
+    def stat(self, metrics: Dict[str, Dict], row: Row, column: Column, metric: str, case: str = "") -> Optional[Stat]:
+        """``metric`` over the seeds of a cell, of its primary test case (``case`` ""; the flat metrics) or of the
+        test case ``case``."""
+        from esreid.engine.hooks import case_value
+
         cells = self.cells.get((row.label, column.key), [])
-        return stat([metrics[c.folder].get(metric) for c in cells if c.folder in metrics])
+        return stat([case_value(metrics[c.folder], case, metric) for c in cells if c.folder in metrics])
+
+    def groups(self, metrics: Dict[str, Dict]) -> List[str]:
+        """The column groups: ``""`` (the primary test case) then every further test case of the cells (several
+        test sets or occlusion conditions), in order of first appearance."""
+        names: List[str] = [""]
+        for cells in self.cells.values():
+            for c in cells:
+                for name in list((metrics.get(c.folder) or {}).get("cases") or {})[1:]:
+                    if name not in names:
+                        names.append(name)
+        return names
 
     def paper_value(self, row: Row, column: Column, metric: str) -> Optional[float]:
         values = row.values.get(column.key) if self.paper else None
@@ -299,10 +314,16 @@ def _seeds_text(seeds: Sequence[int]) -> str:
     return ", ".join(str(s) for s in seeds)
 
 
+def _group_title(column: Column, case: str) -> str:
+    return f"{column.title} [{case}]" if case else column.title
+
+
 def table_markdown(res: TableResult, metrics: Dict[str, Dict], seeds: Sequence[int]) -> str:
-    """The table in the paper's layout: one row per paper row, ``mean ± std (paper X)`` per column and metric."""
+    """The table in the paper's layout: one row per paper row, ``mean ± std (paper X)`` per column and metric; a
+    further column group per test case beyond the primary one (``<column> [<case>] <metric>``, no paper figure)."""
     t = res.table
-    heads = [f"{c.title} {m}" for c in res.columns for m in c.metrics]
+    groups = res.groups(metrics)
+    heads = [f"{_group_title(c, g)} {m}" for c in res.columns for g in groups for m in c.metrics]
     lines = [f"## Table {t.name}: {t.title}", "",
              f"esreid ablate, seeds {_seeds_text(seeds)}: mean ± sample std over seeds, in %"
              + ("; the paper's figure in brackets" if res.paper else "") + ".", "",
@@ -312,31 +333,37 @@ def table_markdown(res: TableResult, metrics: Dict[str, Dict], seeds: Sequence[i
             continue  # a number quoted from another paper: nothing to run, nothing to compare on synthetic data
         cells = []
         for c in res.columns:
-            for m in c.metrics:
-                s, p = res.stat(metrics, row, c, m), res.paper_value(row, c, m)
-                text = s.text() if s else "–"
-                cells.append(text + (f" ({p:.1f})" if p is not None else ""))
+            for g in groups:
+                for m in c.metrics:
+                    s, p = res.stat(metrics, row, c, m, g), None if g else res.paper_value(row, c, m)
+                    text = s.text() if s else "–"
+                    cells.append(text + (f" ({p:.1f})" if p is not None else ""))
         config = f"`{row.config}`" if row.config else "(quoted)"
         lines.append(f"| {row.label} | {config} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def table_csv(res: TableResult, metrics: Dict[str, Dict], seeds: Sequence[int]) -> str:
-    """The table as CSV: ``method, config, seeds``, then per column and metric: mean, std, n, paper."""
+    """The table as CSV: ``method, config, seeds``, then per column, column group (test case, as in
+    :func:`table_markdown`: ``<column>[<case>]``) and metric: mean, std, n, paper."""
     buf = io.StringIO()
     w = csv.writer(buf)
     head = ["method", "config", "seeds"]
+    groups = res.groups(metrics)
     for c in res.columns:
-        for m in c.metrics:
-            head += [f"{c.key} {m} mean", f"{c.key} {m} std", f"{c.key} {m} n", f"{c.key} {m} paper"]
+        for g in groups:
+            key = f"{c.key}[{g}]" if g else c.key
+            for m in c.metrics:
+                head += [f"{key} {m} mean", f"{key} {m} std", f"{key} {m} n", f"{key} {m} paper"]
     w.writerow(head)
     for row in res.table.rows:
         line: List[Any] = [row.label, row.config or "", " ".join(map(str, seeds))]
         for c in res.columns:
-            for m in c.metrics:
-                s, p = res.stat(metrics, row, c, m), res.paper_value(row, c, m)
-                line += [f"{s.mean:.2f}" if s else "", f"{s.std:.2f}" if s and s.std is not None else "",
-                         s.n if s else 0, "" if p is None else p]
+            for g in groups:
+                for m in c.metrics:
+                    s, p = res.stat(metrics, row, c, m, g), None if g else res.paper_value(row, c, m)
+                    line += [f"{s.mean:.2f}" if s else "", f"{s.std:.2f}" if s and s.std is not None else "",
+                             s.n if s else 0, "" if p is None else p]
         w.writerow(line)
     return buf.getvalue()
 

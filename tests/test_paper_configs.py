@@ -21,7 +21,8 @@ VEHICLES = ("veri776", "vehicleid")
 # configs of no ES-Net table row: the other methods' recipes (docs/methods.md §2-§4), CUHK03 (not in the paper), the
 # BoT baseline on the vehicle datasets, and the contract's example method (feature-level random erasing)
 OTHERS = {f"{d}/{m}" for d in ("market1501", "dukemtmcreid", "cuhk03") for m in ("bdb", "pmm", "aelm")} | {
-    "cuhk03/base", "cuhk03/aib", "cuhk03/esnet", "veri776/aib", "vehicleid/aib", "market1501/feature_erasing"}
+    "cuhk03/base", "cuhk03/aib", "cuhk03/esnet", "veri776/aib", "vehicleid/aib", "market1501/feature_erasing",
+    "occluded_duke/esnet"}
 
 
 def docs_mapping():
@@ -120,13 +121,36 @@ def test_mapped_config_is_the_row_it_claims(folder, config):
 
 def test_every_config_resolves_and_is_mapped_or_another_method():
     paths = sorted(glob.glob(os.path.join(CONFIGS, "*", "*.yaml")))
-    names = {os.path.relpath(p, CONFIGS)[:-5] for p in paths if not re.match(r"(_base_|sweeps)/", os.path.relpath(
-        p, CONFIGS))}
+    names = {os.path.relpath(p, CONFIGS)[:-5] for p in paths if not re.match(r"(_base_|sweeps|cross_domain)/",
+                                                                               os.path.relpath(p, CONFIGS))}
     mapped = {f"{d}/{c}" for d, c in CHECKED}
     assert names == mapped | OTHERS, "map new configs in docs/methods.md §1.8 (or list other methods here)"
     for name in sorted(names):
         cfg = load_config(os.path.join(CONFIGS, f"{name}.yaml"))
         assert cfg.data.name == name.split("/")[0], name
+
+
+CROSS_DOMAIN = glob.glob(os.path.join(CONFIGS, "cross_domain", "*.yaml"))
+
+
+@pytest.mark.parametrize("path", sorted(CROSS_DOMAIN), ids=os.path.basename)
+def test_cross_domain_config_trains_and_tests_what_its_name_says(path):
+    """``<train>[-<train>]_to_<target>[-<target>].yaml``: trained on the sources with their ES-Net recipe, tested on
+    the sources first (the primary test set decides model_best.pth, so no target number picks the checkpoint), then
+    on the targets."""
+    sources, targets = (part.split("-") for part in os.path.basename(path)[:-5].split("_to_"))
+    cfg = load_config(path)
+    assert [e.name for e in cfg.train_sets()] == sources and cfg.data.name == sources[0]
+    assert [e.name for e in cfg.test_sets()] == sources + targets and not set(sources) & set(targets)
+    recipe = load_config(os.path.join(CONFIGS, sources[0], "esnet.yaml"))
+    assert cfg.model == recipe.model and cfg.solver == recipe.solver
+    assert cfg.output_dir == f"outputs/cross_domain/{os.path.basename(path)[:-5]}"
+
+
+def test_the_cross_domain_workflows_have_configs():
+    names = {os.path.basename(p)[:-5] for p in CROSS_DOMAIN}
+    assert {"market1501_to_dukemtmcreid", "dukemtmcreid_to_market1501", "msmt17_to_market1501-dukemtmcreid",
+            "market1501-dukemtmcreid_to_msmt17"} <= names
 
 
 def test_sweep_specs_resolve():

@@ -6,6 +6,7 @@ from esreid.data.datasets import (  # noqa: F401
     dukemtmc,
     market1501,
     msmt17,
+    occluded_duke,
     synthetic,
     vehicleid,
     veri776,
