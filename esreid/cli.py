@@ -156,7 +156,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from esreid.engine.compile import place_model
     from esreid.engine.hooks import format_cases
     from esreid.engine.reporting import evaluation_report
-    from esreid.engine.testsets import cases_csv, evaluate_run, open_datasets, test_cases
+    from esreid.engine.testsets import build_cases, cases_csv, evaluate_run, open_datasets
     from esreid.engine.threads import apply_threads
     from esreid.engine.trainer import resolve_device
     from esreid.files import atomic_write_text, check_writable
@@ -170,7 +170,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     datasets = open_datasets(cfg, train=False)
     print(datasets.summary())
     model = place_model(load_trained_model(cfg, args.weights), cfg.solver, device)
-    metrics, results = evaluate_run(model, test_cases(cfg, datasets.test_sets), cfg, device)
+    metrics, results = evaluate_run(model, build_cases(cfg, datasets.test_sets), cfg, device)
     print("\n".join(format_cases(metrics, "eval")))
     atomic_write_text(os.path.join(out, "results.json"), json.dumps(metrics, indent=2))
     atomic_write_text(os.path.join(out, "cases.csv"), cases_csv(results))

@@ -124,7 +124,7 @@ def test_occluded_source_occludes_each_image_by_its_index_and_name():
 def recorded_queries(cfg, seed):
     """The query images (after the test transform) a freshly built ``cfg.model`` (seeded with ``seed``) is fed when
     ``cfg``'s test cases are evaluated: case name -> (N, 3, H, W)."""
-    from esreid.engine.testsets import evaluate_cases, open_datasets, test_cases
+    from esreid.engine.testsets import build_cases, evaluate_cases, open_datasets
     from esreid.models import build_model
 
     torch.manual_seed(seed)
@@ -138,7 +138,7 @@ def recorded_queries(cfg, seed):
         return original(images)
 
     model.retrieval_features = record
-    results = evaluate_cases(model, test_cases(cfg, datasets.test_sets), cfg, torch.device("cpu"))
+    results = evaluate_cases(model, build_cases(cfg, datasets.test_sets), cfg, torch.device("cpu"))
     # one batch each, in the evaluation's order: the test set's gallery, then each case's queries
     assert len(seen) == 1 + len(results)
     return {r.case.name: images for r, images in zip(results, seen[1:])}

@@ -249,7 +249,8 @@ class TestConfig(Section):
     rerank: bool = False
     protocol_args: Dict[str, Any] = field(default_factory=dict)
     # test sets, each evaluated with its own protocol: names or {name, root, args, protocol_args, label}; empty = the
-    # test split of every training dataset. The first listed one is the primary test set (flat metrics).
+    # test split of every training dataset (a name that is a training dataset's key: that one, with its root and
+    # args). The first listed one is the primary test set (flat metrics).
     datasets: DatasetList = field(default_factory=list)
     # query occlusion conditions (esreid/data/occlusion.py): none | random:F | lower:F, each evaluated
     occlusion: List[str] = param(factory=lambda: ["none"], nonempty=True)
@@ -352,8 +353,11 @@ class Config(Section):
         return [DatasetEntry(self.data.name, self.data.root, dict(self.data.args))]
 
     def test_sets(self) -> List[DatasetEntry]:
-        """The test datasets (``test.datasets``, default: every training dataset), ``protocol_args`` filled in."""
-        entries = dataset_entries(self.test.datasets, self.data.root) if self.test.datasets else self.train_sets()
+        """The test datasets (``test.datasets``, default: every training dataset), ``protocol_args`` filled in. A
+        plain name in ``test.datasets`` that is the key of a training dataset is that dataset (its root and args)."""
+        trained = {e.key: e for e in self.train_sets()}
+        entries = [trained[it] if isinstance(it, str) and it in trained else it for it in self.test.datasets]
+        entries = dataset_entries(entries, self.data.root) if entries else list(trained.values())
         default = self.test.protocol_args
         return [dataclasses.replace(e, protocol_args=dict(default if e.protocol_args is None else e.protocol_args))
                 for e in entries]

@@ -36,6 +36,7 @@ from esreid.engine.evaluator import EvalFeatures, evaluate_features, extract_ite
 class TestSet:
     """A test dataset: its config entry (``key``, ``protocol_args``) and the loaded dataset."""
 
+    __test__ = False  # not a pytest test class
     entry: DatasetEntry
     dataset: ReIDDataset
 
@@ -46,6 +47,7 @@ class TestSet:
 
 @dataclass
 class TestCase:
+    __test__ = False
     test_set: TestSet
     condition: Condition
 
@@ -106,7 +108,7 @@ def open_datasets(cfg: Any, train: bool = True) -> RunDatasets:
     return RunDatasets(train_set, [d for _, d in parts], tests)
 
 
-def test_cases(cfg: Any, test_sets: Sequence[TestSet]) -> List[TestCase]:
+def build_cases(cfg: Any, test_sets: Sequence[TestSet]) -> List[TestCase]:
     """Per test set, per ``test.occlusion`` condition, in that order (the first is the primary case)."""
     conditions = [parse_condition(c) for c in cfg.test.occlusion]
     return [TestCase(t, c) for t in test_sets for c in conditions]

@@ -37,7 +37,7 @@ from esreid.engine.guard import DivergenceGuard
 from esreid.engine.preflight import check_files, check_test_data, check_training_data
 from esreid.engine.resume import check_resume_config, describe, restore_solver
 from esreid.engine.schedule import build_optimizer, build_scheduler
-from esreid.engine.testsets import evaluate_run, open_datasets, test_cases
+from esreid.engine.testsets import build_cases, evaluate_run, open_datasets
 from esreid.engine.threads import apply_threads
 from esreid.errors import ConfigError
 from esreid.files import atomic_write_text, check_writable, remove_orphans
@@ -129,7 +129,7 @@ class Trainer:
         if main:
             for test_set in self.datasets.test_sets:
                 check_test_data(cfg, test_set.dataset, test_set.key)
-        self.test_cases = test_cases(cfg, self.datasets.test_sets)
+        self.test_cases = build_cases(cfg, self.datasets.test_sets)
         seed_everything(cfg.seed)  # the same on every rank while the model is built (see below)
         # resuming replaces every weight: skip the ImageNet weights (a moved file or offline URL must not stop it)
         model_cfg = cfg.model if resume is None else dataclasses.replace(cfg.model, pretrained="")

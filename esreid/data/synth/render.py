@@ -265,7 +265,7 @@ def render_distractor(cam: Camera, rng: np.random.Generator, height: int, width:
 # name -> (3x3 RGB matrix, RGB offset): out = clip(M @ rgb + offset); "default" leaves the images as drawn
 DOMAINS = {
     "default": (np.eye(3, dtype=np.float32), np.zeros(3, dtype=np.float32)),
-    "dusk": (np.array([[0.55, 0.10, 0.05], [0.05, 0.60, 0.10], [0.10, 0.15, 0.95]], dtype=np.float32),
+    "dusk": (np.array([[0.45, 0.08, 0.04], [0.04, 0.50, 0.08], [0.04, 0.08, 0.70]], dtype=np.float32),
              np.array([0, 5, 30], dtype=np.float32)),  # darker, blue cast (evening light)
     "sepia": (np.array([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]], dtype=np.float32),
               np.zeros(3, dtype=np.float32)),  # the usual sepia matrix: hues collapse to brown

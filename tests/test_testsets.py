@@ -1,0 +1,243 @@
+"""Several training datasets, several test sets and occlusion conditions as one mechanism (esreid/engine/testsets.py):
+the relabelling across datasets, the config schema and its errors, per-case metrics equal to the single-dataset
+evaluator on each set alone (each with its own protocol), the primary case and checkpoint.best_on, the console lines,
+a missing test set reported before training, and two synthetic domains end to end (train, eval rows per condition,
+report)."""
+
+import csv
+import io
+import json
+import os
+
+import pytest
+import torch
+
+from esreid.cli import main
+from esreid.config import ConfigError, case_names, load_config
+from esreid.data.base import ImageItem, ReIDDataset, build_dataset
+from esreid.data.multi import CombinedTrainSet, combine_train
+from esreid.engine.evaluator import evaluate_model
+from esreid.engine.hooks import BestCheckpointHook, format_cases
+from esreid.engine.testsets import build_cases, evaluate_run, open_datasets
+from esreid.models import build_model
+
+SMALL = "{num_train_ids: %d, num_test_ids: 6, images_per_id: 6, height: 64, width: 32, seed: %d, palette: %s}"
+
+
+def two_domains(root, extra=()):
+    """Overrides training on two synthetic domains (other seeds, ``default`` and ``dusk`` palettes) under ``root``."""
+    train = (f"data.train=[{{name: synthetic, label: day, root: {root}/day, args: {SMALL % (10, 0, 'default')}}}, "
+             f"{{name: synthetic, label: dusk, root: {root}/dusk, args: {SMALL % (8, 1, 'dusk')}}}]")
+    return [f"data.root={root}", train, "data.height=32", "data.width=16", "data.ids_per_batch=4",
+            "data.instances=2", "data.workers=0", "model.backbone=resnet_tiny", "solver.epochs=1",
+            "solver.warmup_epochs=0", "solver.milestones=[1]", "solver.lr=1e-3", "device=cpu", "checkpoint.period=0",
+            f"output_dir={root}/run", *extra]
+
+
+def dataset(train):
+    return ReIDDataset([ImageItem(f"/{i}.jpg", p, c) for i, (p, c) in enumerate(train)], [], [])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Several training datasets: relabelling
+# ----------------------------------------------------------------------------------------------------------------
+def test_identities_and_cameras_of_two_datasets_never_collide():
+    a = dataset([(0, 0), (0, 1), (1, 2)])  # relabelled pids 0..1, cameras 0..2
+    b = dataset([(0, 0), (1, 0), (2, 4), (2, 1)])  # the same pid and camera numbers, other people and cameras
+    items = combine_train([a, b])
+    assert [(it.pid, it.camid) for it in items] == [(0, 0), (0, 1), (1, 2), (2, 3), (3, 3), (4, 7), (4, 4)]
+    combined = CombinedTrainSet([("a", a), ("b", b)])
+    assert combined.num_train_pids == 5 and not combined.query and not combined.gallery
+    table = combined.summary()
+    assert "a  " in table and "b  " in table and "total" in table
+    assert [int(c) for c in table.splitlines()[-2].split("|")[1:]] == [5, 7, 6]  # cameras 0-2 and 3, 4, 7
+
+
+def test_two_synthetic_domains_keep_their_identities_apart(tmp_path):
+    cfg = load_config(None, two_domains(str(tmp_path)))
+    run = open_datasets(cfg)
+    day, dusk = run.train_parts
+    assert day.num_train_pids == 10 and dusk.num_train_pids == 8
+    items = run.train.train
+    by_part = [items[: len(day.train)], items[len(day.train):]]
+    pids = [{it.pid for it in part} for part in by_part]
+    cams = [{it.camid for it in part} for part in by_part]
+    assert pids[0] == set(range(10)) and pids[1] == set(range(10, 18)) and not cams[0] & cams[1]
+    for part, original in zip(by_part, (day, dusk)):  # each image keeps its file and its own identity structure
+        assert [it.path for it in part] == [it.path for it in original.train]
+        assert len({(it.pid, o.pid) for it, o in zip(part, original.train)}) == original.num_train_pids
+    # the two domains look different: dusk has a blue cast (the default palette has none)
+    mean = [torch.stack([build_image(it.path) for it in d.train[:20]]).float().mean((0, 2, 3)) for d in (day, dusk)]
+    assert mean[0][2] < 1.1 * mean[0][0] and mean[1][2] > 1.3 * mean[1][0]
+
+
+def build_image(path):
+    from esreid.data.transforms import decode_resize
+
+    return decode_resize(path, 32, 16)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The schema
+# ----------------------------------------------------------------------------------------------------------------
+def test_defaults_are_one_training_dataset_tested_on_its_own_split():
+    cfg = load_config(None, ["data.name=market1501", "data.root=/d", "data.args={distractors_500k: true}"])
+    assert [(e.name, e.root, e.args) for e in cfg.train_sets()] == [("market1501", "/d", {"distractors_500k": True})]
+    assert [(e.name, e.protocol_args) for e in cfg.test_sets()] == [("market1501", {})]
+    assert case_names(cfg) == ["market1501"]
+
+
+def test_a_test_set_named_by_a_training_key_is_that_dataset():
+    cfg = load_config(None, ["data.name=market1501", "data.root=/d",
+                             "data.train=[{name: market1501, root: /m, args: {distractors_500k: true}}, msmt17]",
+                             "test.datasets=[msmt17, market1501, dukemtmcreid]"])
+    assert [(e.name, e.root, e.args) for e in cfg.test_sets()] == [
+        ("msmt17", "/d", {}), ("market1501", "/m", {"distractors_500k": True}), ("dukemtmcreid", "/d", {})]
+
+
+def test_test_sets_and_conditions_make_the_cases_in_order():
+    cfg = load_config(None, ["data.name=market1501", "test.protocol_args={chunk_size: 64}",
+                             "test.datasets=[dukemtmcreid, {name: cuhk03, label: cuhk03-labeled, args: {labeled: "
+                             "true}, protocol_args: {}}]", "test.occlusion=[none, random:0.20]",
+                             "checkpoint.best_on=cuhk03-labeled@random:0.2"])
+    assert case_names(cfg) == ["dukemtmcreid", "dukemtmcreid@random:0.2", "cuhk03-labeled",
+                               "cuhk03-labeled@random:0.2"]
+    duke, cuhk = cfg.test_sets()
+    assert duke.protocol_args == {"chunk_size": 64} and cuhk.protocol_args == {} and cuhk.args == {"labeled": True}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.train=[market1501, market1501]"], "'data.train': 'market1501' is listed twice"),
+    (["data.name=market1501", "data.train=[dukemtmcreid]"], "'data.name': data.train starts with 'dukemtmcreid'"),
+    (["data.train=[market1501]", "data.args={seed: 1}"], "'data.args': with data.train each entry has its own"),
+    (["data.train=[market1501, nope]"], r"'data.train\[1\]': unknown dataset 'nope'"),
+    (["data.train=[{name: synthetic, args: {palette: noon}}]"], r"'data.train\[0\]': .*palette"),
+    (["test.datasets=[{name: vehicleid, protocol_args: {trials: 0}}]"], r"'test.datasets\[0\]': .*trials"),
+    (["test.datasets=[{root: /x}]"], r"'test.datasets\[0\].name': expected one of"),
+    (["test.occlusion=[none, random:1.5]"], r"'test.occlusion\[1\]': .*0 < F < 1"),
+    (["test.occlusion=[random:0.2, random:0.20]"], "'test.occlusion': a condition is listed twice"),
+    (["checkpoint.best_on=market1501"], "'checkpoint.best_on': expected one of the test cases synthetic"),
+])
+def test_schema_mistakes_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=f"command line: key {message}"):
+        load_config(None, overrides)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation over cases
+# ----------------------------------------------------------------------------------------------------------------
+def test_each_case_equals_the_single_dataset_evaluator_with_its_own_protocol(tmp_path, layouts):
+    layouts.make_vehicleid(str(tmp_path / "vid"), "VehicleID_V1.0")
+    dusk = SMALL % (8, 1, "dusk")
+    common = ["data.height=32", "data.width=16", "data.workers=0", "model.backbone=resnet_tiny", "test.ranks=[1, 2]"]
+    cfg = load_config(None, [*common, f"test.datasets=[{{name: synthetic, label: dusk, root: {tmp_path}/dusk, args: "
+                                      f"{dusk}}}, {{name: vehicleid, root: {tmp_path}/vid, protocol_args: "
+                                      "{trials: 3}}]"])
+    run = open_datasets(cfg, train=False)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 8, cfg.test).eval()
+    metrics, results = evaluate_run(model, build_cases(cfg, run.test_sets), cfg, torch.device("cpu"))
+    assert list(metrics["cases"]) == ["dusk", "vehicleid"]
+    # each test set alone, as a one-dataset config evaluates it (data.name, data.args, test.protocol_args)
+    alone = {
+        "dusk": evaluate_model(model, build_dataset("synthetic", f"{tmp_path}/dusk", False, **cfg.test_sets()[0].args),
+                               load_config(None, [*common, "data.name=synthetic", f"data.args={dusk}"]),
+                               torch.device("cpu")),
+        "vehicleid": evaluate_model(model, build_dataset("vehicleid", f"{tmp_path}/vid", False),
+                                    load_config(None, [*common, "data.name=vehicleid",
+                                                       "test.protocol_args={trials: 3}"]), torch.device("cpu")),
+    }
+    for name, single in alone.items():
+        got = metrics["cases"][name]
+        assert {k: v for k, v in got.items() if k != "eval_seconds"} == \
+            {k: v for k, v in single.items() if k != "eval_seconds"}, name
+    assert metrics["cases"]["vehicleid"]["trials"] == 3 and "mAP_std" in metrics["cases"]["vehicleid"]  # its own
+    assert "num_valid_q" in metrics["cases"]["dusk"]  # ... and Market's
+    flat = {k: v for k, v in metrics.items() if k not in ("cases", "eval_seconds")}
+    assert flat == {k: v for k, v in metrics["cases"]["dusk"].items() if k != "eval_seconds"}  # primary = first
+    assert [r.case.name for r in results] == ["dusk", "vehicleid"]
+
+
+def test_console_lines_one_per_case():
+    record = {"mAP": 0.5, "R1": 0.6, "cases": {"a": {"mAP": 0.5, "R1": 0.6}, "a@random:0.2": {"mAP": 0.25}}}
+    assert format_cases(record, "eval") == ["eval a: mAP 50.0  R1 60.0", "eval a@random:0.2: mAP 25.0"]
+    assert format_cases({"mAP": 0.5, "cases": {"a": {"mAP": 0.5}}}, "eval") == ["eval: mAP 50.0"]
+
+
+class Saver:
+    start_epoch = 0
+
+    def __init__(self):
+        self.saved = []
+
+    def save_checkpoint(self, path, full=False, epoch=None):
+        self.saved.append(epoch)
+
+
+@pytest.mark.parametrize("case, expected", [("", [1, 2]), ("duke", [1, 3])])
+def test_best_checkpoint_follows_the_case_that_decides(tmp_path, case, expected):
+    hook = BestCheckpointHook(str(tmp_path), "mAP", case=case)
+    hook.trainer = Saver()
+    # the primary test set (top level) improves at epoch 2, the second test set at epoch 3
+    for epoch, primary, duke in [(1, 0.3, 0.1), (2, 0.4, 0.05), (3, 0.35, 0.2)]:
+        hook.on_record({"type": "eval", "epoch": epoch, "mAP": primary,
+                        "cases": {"market1501": {"mAP": primary}, "duke": {"mAP": duke}}})
+    assert hook.trainer.saved == expected
+
+
+def test_a_missing_test_set_stops_training_before_it_starts(tmp_path, capsys, tiny_config):
+    from esreid.config import dump_yaml
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(dump_yaml(tiny_config(epochs=1)))
+    args = ["train", "--config", str(cfg_path),
+            f"test.datasets=[synthetic, {{name: dukemtmcreid, root: {tmp_path}/nothing}}]"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("esreid: error: test set 'dukemtmcreid': DukeMTMC-reID: dataset root ")
+    assert f"{tmp_path}/nothing does not exist" in err[0]
+    os.makedirs(tmp_path / "nothing")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"no 'bounding_box_train' under {tmp_path}/nothing (looked in {tmp_path}/nothing/dukemtmc-reid/" in err
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "model baseline" not in log and not (tmp_path / "run" / "last.pth").exists()  # nothing was built
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# End to end
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_two_domains_train_together_and_eval_writes_a_row_per_condition(tmp_path, capsys):
+    from esreid.engine.checkpoint import load_checkpoint
+    from esreid.engine.trainer import Trainer
+
+    cfg = load_config(None, two_domains(str(tmp_path), ["report=false"]))
+    lines = []
+    metrics = Trainer(cfg, progress=False, log=lines.append).train()
+    log = "\n".join(lines)
+    assert "2 training datasets combined" in log and "total                 |    18 |" in log
+    assert "epoch 1 day: mAP" in log and "epoch 1 dusk: mAP" in log  # each test set (default: the training ones)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert list(results["cases"]) == ["day", "dusk"] and results["mAP"] == results["cases"]["day"]["mAP"]
+    assert results["cases"]["dusk"]["mAP"] == metrics["cases"]["dusk"]["mAP"]
+    assert load_checkpoint(str(tmp_path / "run" / "last.pth"))["num_classes"] == 18  # 10 + 8 identities
+
+    (tmp_path / "run.yaml").write_text((tmp_path / "run" / "config.yaml").read_text())
+    capsys.readouterr()
+    out = tmp_path / "ev"
+    assert main(["eval", "--config", str(tmp_path / "run.yaml"), "--weights", str(tmp_path / "run" / "last.pth"),
+                 "--out", str(out), "test.occlusion=[none,random:0.3]", "test.datasets=[dusk]"]) == 0
+    printed = capsys.readouterr().out
+    assert "eval dusk: mAP" in printed and "eval dusk@random:0.3: mAP" in printed
+    rows = list(csv.DictReader(io.StringIO((out / "cases.csv").read_text())))
+    assert [(r["case"], r["test_set"], r["condition"], r["protocol"]) for r in rows] == [
+        ("dusk", "dusk", "none", "market"), ("dusk@random:0.3", "dusk", "random:0.3", "market")]
+    evaluated = json.loads((out / "results.json").read_text())
+    assert float(rows[0]["mAP"]) == pytest.approx(evaluated["cases"]["dusk"]["mAP"], abs=1e-6)
+    # unoccluded, the eval command ranks exactly as the evaluation at the end of training did
+    assert evaluated["cases"]["dusk"]["mAP"] == pytest.approx(results["cases"]["dusk"]["mAP"], abs=1e-6)
+    assert evaluated["cases"]["dusk@random:0.3"]["mAP"] != evaluated["cases"]["dusk"]["mAP"]
+    html = (out / "report.html").read_text()
+    assert "<h2>Test case dusk</h2>" in html and "<h2>Test case dusk@random:0.3</h2>" in html
+    assert "occluded queries (random:0.3) and their top 5" in html and "mAP lost from unoccluded queries" in html
