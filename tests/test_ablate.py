@@ -129,6 +129,28 @@ def test_markdown_and_csv_in_the_paper_layout():
     assert "| SVDNet | (quoted) | – (82.3) | – (62.1) |" in table_markdown(quoted, {}, [0])
 
 
+def test_each_further_test_case_is_a_column_group():
+    table = TABLES["III"]
+    cells = {(r.label, "market1501"): [Cell("", (), f"{r.config}/{s}", s) for s in (0, 1)] for r in table.rows}
+
+    def result(m, duke, occluded):
+        return {"R1": 0.9, "mAP": m, "cases": {"market1501": {"R1": 0.9, "mAP": m}, "dukemtmcreid": {"R1": 0.5,
+                "mAP": duke}, "market1501@random:0.2": {"R1": 0.7, "mAP": occluded}}}
+
+    metrics = {"base/0": result(0.80, 0.30, 0.60), "base/1": result(0.82, 0.34, 0.64)}
+    res = TableResult(table, (MARKET,), cells, paper=True)
+    md = table_markdown(res, metrics, [0, 1])
+    assert md.splitlines()[4] == ("| method | config | Market-1501 R1 | Market-1501 mAP | Market-1501 [dukemtmcreid] "
+                                  "R1 | Market-1501 [dukemtmcreid] mAP | Market-1501 [market1501@random:0.2] R1 | "
+                                  "Market-1501 [market1501@random:0.2] mAP |")
+    # the primary case keeps the paper's figure; the others are the cells' own cases (mean ± sample std), no figure
+    assert "| Base | `base` | 90.0 ± 0.0 (93.9) | 81.0 ± 1.4 (83.2) | 50.0 ± 0.0 | 32.0 ± 2.8 | 70.0 ± 0.0 | " \
+           "62.0 ± 2.8 |" in md
+    csv = table_csv(res, metrics, [0, 1]).splitlines()
+    assert csv[0].split(",")[10:12] == ["market1501 mAP paper", "market1501[dukemtmcreid] R1 mean"]
+    assert csv[1].split(",")[15:19] == ["32.00", "2.83", "2", ""]
+
+
 def test_sweep_spec_errors_name_the_key(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text("title: t\nfolder: market1501\nmetrics: [mAP]\nx_label: R\nseries: [{label: a, config: esnet}]\n"

@@ -45,7 +45,7 @@ def cli_error(tmp_path, capsys, body, overrides=()):
                                                           "resnet50_nl, resnet_tiny, resnet_tiny_bottleneck, "
                                                           "resnet_tiny_nl; got 'resnet152'"),
     ("data:\n  name: market\n", "data.name", "expected one of cuhk03, custom, dukemtmcreid, market1501, msmt17, "
-                                            "synthetic, vehicleid, veri776; got 'market'"),
+                                            "occluded_duke, synthetic, vehicleid, veri776; got 'market'"),
     ("solver:\n  lr: -1\n", "solver.lr", "expected a value > 0, got -1.0"),
     ("test:\n  ranks: [0]\n", "test.ranks", "item 0 (0): expected a value >= 1, got 0"),
     ("data:\n  test_batch_size: 0\n", "data.test_batch_size", "expected a value >= 1, got 0"),

@@ -71,3 +71,12 @@ def test_beside_dukemtmc_each_loader_finds_its_own(tmp_path, layouts):
     layouts.make_layout(str(tmp_path), "DukeMTMC-reID", layouts.DUKE)
     assert len(build_dataset("occluded_duke", str(tmp_path), verbose=False).query) == 2
     assert len(build_dataset("dukemtmcreid", str(tmp_path), verbose=False).query) == 1
+
+
+def test_datasets_check_finds_it_but_not_in_a_flat_dukemtmc_copy(tmp_path, layouts):
+    from esreid.data.check import found_datasets
+
+    write_converted(layouts, str(tmp_path / "a"))
+    assert [name for _, name, _, _ in found_datasets(str(tmp_path / "a"))] == ["occluded_duke"]
+    layouts.make_layout(str(tmp_path / "b"), "", layouts.DUKE)  # DukeMTMC-reID extracted flat into the root
+    assert "occluded_duke" not in [name for _, name, _, _ in found_datasets(str(tmp_path / "b"))]

@@ -192,13 +192,17 @@ ROWS = [
         "10)"),
     Row("an unknown dataset option", TRAIN + ["data.args={num_train_idz: 3}"], "esreid: error: command line: key "
         "'data.args': dataset 'synthetic': unknown option(s) ['num_train_idz']; it accepts: num_train_ids, "
-        "num_test_ids, images_per_id, height, width, seed, num_junk, num_distractors, trap"),
+        "num_test_ids, images_per_id, height, width, seed, num_junk, num_distractors, trap, palette"),
     Row("`device=cuda` on a machine without CUDA", TRAIN + ["device=cuda"], "esreid: error: key 'device': 'cuda' "
         "requested but CUDA is not available here; use device=cpu or auto"),
     # --- dataset ---
     Row("a dataset that is not under data.root", TRAIN + ["data.name=market1501", "data.args={}", "data.root={dir}"],
         "esreid: error: Market-1501: no 'bounding_box_train' under {dir} (looked in {dir}/market1501/"
         "Market-1501-v15.09.15, {dir}/market1501, {dir}/Market-1501-v15.09.15, {dir})"),
+    Row("a test set that is not under its root (before training starts)",
+        TRAIN + ["test.datasets=[synthetic, {name: dukemtmcreid, root: '{dir}'}]"], "esreid: error: test set "
+        "'dukemtmcreid': DukeMTMC-reID: no 'bounding_box_train' under {dir} (looked in {dir}/dukemtmc-reid/"
+        "DukeMTMC-reID, {dir}/DukeMTMC-reID, {dir}/dukemtmc-reid, {dir})"),
     Row("more identities per batch than the dataset has", TRAIN + ["data.ids_per_batch=32"], "esreid: error: "
         "command line: key 'data.ids_per_batch': 32 identities per batch but the train split of synthetic has 16; "
         "lower it"),
@@ -207,8 +211,8 @@ ROWS = [
     Row("a corrupt query image", TRAIN + ["data.root={data}"], "esreid: error: {data}/synthetic/query/"
         "0190_c2s1_000018_01.jpg: corrupt or unsupported image ({…})", setup=corrupt_query_image),
     Row("no folder of datasets under the root", ["datasets", "check", "--root", "{dir}"], "esreid: error: datasets "
-        "check: no known dataset under {dir} (looked for: cuhk03, dukemtmcreid, market1501, msmt17, vehicleid, "
-        "veri776; and custom data: {train,query,gallery}.csv or train/ query/ gallery/ folders)"),
+        "check: no known dataset under {dir} (looked for: cuhk03, dukemtmcreid, market1501, msmt17, occluded_duke, "
+        "vehicleid, veri776; and custom data: {train,query,gallery}.csv or train/ query/ gallery/ folders)"),
     Row("a CG-RAM layer the model does not have", TRAIN + ["diagnostics.erased_loss=true", "diagnostics.layer=nope"],
         "esreid: error: command line: key 'diagnostics.layer': CG-RAM layer 'nope' is not a module of Baseline; did "
         "you mean one of head, head.pool, head.bn, head.classifier? (the names are those of model.named_modules())"),

@@ -121,6 +121,27 @@ def test_eval_writes_a_report_with_the_same_metrics(run, tmp_path, capsys):
     assert (out / "report.html").stat().st_mtime < (folder / "report.html").stat().st_mtime  # the run's is kept
 
 
+def test_eval_under_occlusion_reports_each_case_in_headless_chromium(run, chromium, tmp_path, capsys):
+    out = run[0]
+    folder = tmp_path / "occluded"
+    assert main(["eval", "--config", str(out / "config.yaml"), "--weights", str(out / "last.pth"), "--out",
+                 str(folder), "test.occlusion=[none,random:0.3]"]) == 0
+    capsys.readouterr()
+    results = json.loads((folder / "results.json").read_text())
+    seen = chromium.open_page("file://" + str(folder / "report.html")).evaluate(READ_PAGE)
+    assert seen["headings"] == ["Metrics", "Plots", "Test case synthetic", "Test case synthetic@random:0.3",
+                                "Timings", "Config", "Environment"]
+    # the top table: a row per case, then each case's own table, both equal to results.json's cases
+    rows = [(c["metric"], c["value"]) for c in seen["cells"] if c["metric"] == "mAP"]
+    want = [repr(results["cases"][name]["mAP"]) for name in ("synthetic", "synthetic@random:0.3")]
+    assert [v for _, v in rows] == want * 2
+    alts = [img["alt"] for img in seen["images"]]
+    assert alts[:3] == ["CMC", "reliance on what occlusion hides: mAP lost from unoccluded queries",
+                        "training curves"]
+    assert "occluded queries (random:0.3) and their top 5" in alts and len(alts) == 3 + 3 + 1  # 3 explained queries
+    assert all(img["complete"] and img["width"] > 0 for img in seen["images"]), seen["images"]
+
+
 class FakeTerminal(io.StringIO):
     def isatty(self):
         return True

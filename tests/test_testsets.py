@@ -158,6 +158,21 @@ def test_each_case_equals_the_single_dataset_evaluator_with_its_own_protocol(tmp
     assert [r.case.name for r in results] == ["dusk", "vehicleid"]
 
 
+def test_reliance_is_the_map_lost_from_the_unoccluded_queries():
+    from types import SimpleNamespace
+
+    from esreid.data.occlusion import parse_condition
+    from esreid.engine.testsets import CaseResult, TestCase, TestSet, reliance
+
+    def result(key, condition, mAP):
+        test_set = TestSet(SimpleNamespace(key=key), None)
+        return CaseResult(TestCase(test_set, parse_condition(condition)), None, {"mAP": mAP})
+
+    results = [result("a", "none", 0.50), result("a", "random:0.2", 0.30), result("a", "lower:0.3", 0.55),
+               result("b", "random:0.2", 0.1)]  # b has no unoccluded case: nothing to compare with
+    assert reliance(results) == {"a": {"random:0.2": pytest.approx(20.0), "lower:0.3": pytest.approx(-5.0)}}
+
+
 def test_console_lines_one_per_case():
     record = {"mAP": 0.5, "R1": 0.6, "cases": {"a": {"mAP": 0.5, "R1": 0.6}, "a@random:0.2": {"mAP": 0.25}}}
     assert format_cases(record, "eval") == ["eval a: mAP 50.0  R1 60.0", "eval a@random:0.2: mAP 25.0"]

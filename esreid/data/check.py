@@ -21,6 +21,7 @@ from esreid.data.datasets.custom import SPLITS
 VARIANTS: List[Tuple[str, Dict[str, Any]]] = [
     ("market1501", {}),
     ("dukemtmcreid", {}),
+    ("occluded_duke", {}),
     ("msmt17", {}),
     ("cuhk03", {"labeled": False}),
     ("cuhk03", {"labeled": True}),

@@ -131,8 +131,8 @@ def record_epoch(line: str) -> float:
 
 
 class TensorBoardWriter(HookBase):
-    """Every numeric value of every record as a scalar ``<type>/<key>`` (x = iteration for train records, else epoch);
-    needs the ``tensorboard`` extra."""
+    """Every numeric value of every record as a scalar ``<type>/<key>``, and of each test case of an evaluation as
+    ``eval/<case>/<key>`` (x = iteration for train records, else epoch); needs the ``tensorboard`` extra."""
 
     def __init__(self, folder: str):
         from torch.utils.tensorboard import SummaryWriter
@@ -143,10 +143,13 @@ class TensorBoardWriter(HookBase):
 
     def on_record(self, record: Dict[str, Any]) -> None:
         step = record.get("iter", record["epoch"])
+        cases = record.get("cases") if isinstance(record.get("cases"), dict) else {}
+        scalars = [(f"{record['type']}/{k}", v) for k, v in record.items()]
+        scalars += [(f"{record['type']}/{case}/{k}", v) for case, m in cases.items() for k, v in m.items()]
         with reported(self.folder):
-            for key, value in record.items():
+            for tag, value in scalars:
                 if isinstance(value, float):
-                    self.writer.add_scalar(f"{record['type']}/{key}", value, step)
+                    self.writer.add_scalar(tag, value, step)
             self.writer.flush()
 
     def after_train(self) -> None:

@@ -11,7 +11,7 @@ condition is ``none`` (:func:`esreid.config.case_name`).
 An evaluation's metrics (``results.json``, the ``eval`` records of ``metrics.jsonl``) are the **primary** case's
 metrics at the top level (the first test set under the first condition: what ``checkpoint.best`` reads unless
 ``checkpoint.best_on`` names another case, what older tools read), ``eval_seconds`` there is the whole evaluation's
-time, and ``cases`` maps every case name (the primary one included) to its own metrics.
+time, and ``cases`` maps every case name (the primary one included) to its own metrics (without timings).
 
 Datasets are loaded before any model is built (:func:`open_datasets`), so a test set missing under its root stops a
 training run with one line naming the dataset and the folders looked in, before the first step.
@@ -69,12 +69,16 @@ def _identity(entry: DatasetEntry) -> Tuple[str, str, str]:
     return entry.name, entry.root, json.dumps(entry.args, sort_keys=True, default=str)
 
 
-def _load(entry: DatasetEntry, role: str, loaded: Dict[Tuple[str, str, str], ReIDDataset]) -> ReIDDataset:
+def _load(entry: DatasetEntry, loaded: Dict[Tuple[str, str, str], ReIDDataset], role: str = "") -> ReIDDataset:
+    """The dataset of ``entry`` (read once per name, root and args); a problem names the ``role`` (e.g. "test set")
+    when given."""
     key = _identity(entry)
     if key not in loaded:
         try:
             loaded[key] = build_dataset(entry.name, entry.root, verbose=False, **entry.args)
         except DatasetError as e:
+            if not role:
+                raise
             raise DatasetError(f"{role} {entry.key!r}: {e}") from None
     return loaded[key]
 
@@ -98,13 +102,14 @@ class RunDatasets:
 
 def open_datasets(cfg: Any, train: bool = True) -> RunDatasets:
     """Load the training datasets (``cfg.train_sets()``, unless ``train`` is False) and the test sets
-    (``cfg.test_sets()``); a dataset listed in both is read once. Raises :class:`DatasetError` naming the entry."""
+    (``cfg.test_sets()``); a dataset listed in both is read once. Raises :class:`DatasetError` (a test set's names
+    the test set)."""
     from esreid.data.multi import CombinedTrainSet
 
     loaded: Dict[Tuple[str, str, str], ReIDDataset] = {}
-    parts = [(e.key, _load(e, "training dataset", loaded)) for e in cfg.train_sets()] if train else []
+    parts = [(e.key, _load(e, loaded)) for e in cfg.train_sets()] if train else []
     train_set = (parts[0][1] if len(parts) == 1 else CombinedTrainSet(parts)) if parts else None
-    tests = [TestSet(e, _load(e, "test set", loaded)) for e in cfg.test_sets()]
+    tests = [TestSet(e, _load(e, loaded, "test set")) for e in cfg.test_sets()]
     return RunDatasets(train_set, [d for _, d in parts], tests)
 
 
@@ -139,8 +144,10 @@ def evaluate_cases(model: torch.nn.Module, cases: Sequence[TestCase], cfg: Any, 
 
 def combine_metrics(results: Sequence[CaseResult], seconds: float) -> Dict[str, Any]:
     """The metrics of an evaluation (module docstring): the primary case's at the top level, ``eval_seconds`` =
-    ``seconds``, and ``cases``: name -> metrics."""
-    return {**results[0].metrics, "eval_seconds": seconds, "cases": {r.case.name: r.metrics for r in results}}
+    ``seconds`` (the whole evaluation: the only timing, so two evaluations compare equal without it), and ``cases``:
+    name -> metrics."""
+    cases = {r.case.name: {k: v for k, v in r.metrics.items() if k != "eval_seconds"} for r in results}
+    return {**results[0].metrics, "eval_seconds": seconds, "cases": cases}
 
 
 def case_metrics(metrics: Mapping[str, Any]) -> Dict[str, Mapping[str, Any]]:

@@ -54,6 +54,13 @@ class OccludedDukeMTMC(PidCamFolderDataset):
         for split, list_name in LISTS.items():
             self._check_list(split, list_name)
 
+    @classmethod
+    def probe(cls, root: str) -> bool:
+        """A named folder (``Occluded_Duke/`` ...), or the layout in root itself *with* its name lists (without them
+        a flat DukeMTMC-reID copy would look the same)."""
+        named = any(os.path.isdir(os.path.join(root, c)) for c in cls.candidates if c)
+        return named or (super().probe(root) and os.path.isfile(os.path.join(root, LISTS["query"])))
+
     def _check_list(self, split: str, list_name: str) -> None:
         """The images of ``split`` are exactly those of its name list, when the list is there."""
         path = os.path.join(self.data_dir, list_name)
