@@ -24,21 +24,18 @@ from __future__ import annotations
 import os
 
 from esreid.data.base import DATASETS, DatasetError
-from esreid.data.datasets._common import PidCamFolderDataset
+from esreid.data.datasets.dukemtmc import DukeMTMCreID
 
 LISTS = {"train": "train.list", "query": "query.list", "gallery": "gallery.list"}
 
 
 @DATASETS.register("occluded_duke")
-class OccludedDukeMTMC(PidCamFolderDataset):
+class OccludedDukeMTMC(DukeMTMCreID):
+    """DukeMTMC-reID's folders, names, cameras and protocol, in the converted folder, with its own counts."""
+
     name = "occluded_duke"
     title = "Occluded-DukeMTMC"
-    protocol = "market"
     candidates = ("Occluded_Duke", "occluded_duke", "Occluded-DukeMTMC", "")
-    folders = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
-    num_cams = 8
-    max_pid = 9999
-    example = "0001_c2_f0046182.jpg"
     published = {"train": (702, 15618), "query": (519, 2210), "gallery": (1110, 17661)}
 
     def __init__(self, root: str, verbose: bool = True):
