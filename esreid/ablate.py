@@ -23,7 +23,6 @@ configs of the table's first dataset with :func:`esreid.demo.demo_overrides` (ti
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
@@ -513,13 +512,3 @@ def default_config_root() -> str:
     editable install run from another folder); a plain ``configs`` when neither exists (the error names it)."""
     checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
     return "configs" if os.path.isdir("configs") or not os.path.isdir(checkout) else checkout
-
-
-def ablate_main(args: argparse.Namespace) -> int:
-    """``esreid ablate`` (parsed in :mod:`esreid.cli`)."""
-    ablate(tables=args.table or (), sweeps=args.sweep or (), configs=args.configs or (),
-           datasets=args.dataset or (), seeds=args.seeds, out=args.out,
-           config_root=args.config_root or default_config_root(),
-           overrides=args.overrides, progress=not args.no_progress and args.verbose, verbose=args.verbose)
-    return 0
-

@@ -106,9 +106,9 @@ def comparison_page(run_dir: str, trainers: Dict[str, Trainer], results: Dict[st
     to each model's report.html, and ``queries`` test queries whose rank-1 differs between the two models explained
     side by side (top-5, CG-RAM at each model's saliency layer). Returns its path."""
     from esreid.engine.evaluator import extract_test_features
-    from esreid.viz.explain import Explainer, ExplainError, dataset_queries, explanation_grids, select_queries
+    from esreid.engine.explain import Explainer, ExplainError, dataset_queries, explanation_grids, select_queries
+    from esreid.engine.reporting import cmc_curve
     from esreid.viz.report import RunSummary, write_comparison
-    from esreid.viz.runreport import cmc_curve
 
     runs, explainers, feats = [], [], []
     for method, t in trainers.items():

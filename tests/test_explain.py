@@ -17,10 +17,10 @@ from esreid.config import dump_yaml, to_dict
 from esreid.data.base import build_dataset
 from esreid.engine.checkpoint import save_checkpoint
 from esreid.engine.evaluator import extract_items
+from esreid.engine.explain import Explainer, dataset_queries
 from esreid.erasing.cgram import cgram_pair
 from esreid.evaluation.distance import pairwise_distance
 from esreid.models import MODELS, build_model
-from esreid.viz.explain import Explainer, dataset_queries
 
 NUM_CLASSES = 4
 # 192x64: every model's defaults are valid (12x4 layer4 map); 6 test ids x 5 images at 96x32, resized by the loader

@@ -13,11 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import shlex
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from esreid.config import Config, dump_yaml, to_dict
@@ -38,32 +36,11 @@ from esreid.engine.guard import DivergenceGuard
 from esreid.engine.preflight import check_files, check_test_data, check_training_data
 from esreid.engine.resume import check_resume_config, describe, restore_solver
 from esreid.engine.schedule import build_optimizer, build_scheduler
+from esreid.engine.session import resolve_device, seed_everything
 from esreid.engine.threads import apply_threads
 from esreid.errors import ConfigError
 from esreid.files import atomic_write_text, check_writable, remove_orphans
 from esreid.models import build_model
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"key 'device': {name!r} requested but CUDA is not available here; use device=cpu or auto")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ConfigError(f"key 'device': {name!r} requested but this machine has {torch.cuda.device_count()} CUDA "
-                          f"device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
-    mps = getattr(torch.backends, "mps", None)
-    if device.type == "mps" and not (mps is not None and mps.is_available()):
-        raise ConfigError(f"key 'device': {name!r} requested but MPS (Apple GPUs) is not available here; use "
-                          "device=cpu or auto")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class Trainer:

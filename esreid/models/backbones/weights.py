@@ -21,7 +21,6 @@ model is built.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import re
@@ -190,13 +189,3 @@ def fetch(spec: str, log=None) -> Tuple[str, bool]:
     if os.path.isfile(path):
         return path, False
     return resolve(spec, log), True
-
-
-def fetch_main(args: argparse.Namespace) -> int:
-    """``esreid weights fetch [NAME|URL]``: download ImageNet weights once into the torch hub cache."""
-    path, downloaded = fetch(args.name, log=print)
-    size = os.path.getsize(path) / 1e6
-    print(f"{'saved' if downloaded else 'already cached:'} {path} ({size:.1f} MB); configs with model.pretrained: "
-          f"{args.name} now train without the network here (copy the file to the same place, or set TORCH_HOME, on "
-          "other machines)")
-    return 0
