@@ -328,3 +328,21 @@ def test_datasets_cache_builds_what_training_reads(tmp_path, capsys):
     ds = build_dataset(c.data.name, c.data.root, **c.data.args)
     build_train_loader(c.data, ds.train)  # reuses the cache: no new files
     assert sorted(p.name for p in cache_dir.iterdir()) == built
+
+
+def test_a_command_is_one_module(tmp_path, monkeypatch, capsys):
+    """A module in esreid/commands with ORDER, add_parser and run is a command: listed in --help at its ORDER and run
+    by main, with nothing else edited (modules whose name starts with _ are not commands)."""
+    import esreid.commands
+
+    (tmp_path / "hello.py").write_text(
+        "from esreid.commands._args import command\nORDER = 15\n"
+        "def add_parser(sub):\n    command(sub, 'hello', 'say hello', ['esreid hello'], handler=run)\n"
+        "def run(args):\n    print('hello from a plugged-in command')\n    return 0\n")
+    (tmp_path / "_helper.py").write_text("raise AssertionError('not a command')\n")
+    monkeypatch.setattr(esreid.commands, "__path__", [*esreid.commands.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "esreid.commands.hello", raising=False)
+    names = list(build_parser().commands)
+    assert names[names.index("demo") + 1] == "hello"  # ORDER 15: between demo (10) and train (20)
+    assert main(["hello"]) == 0 and capsys.readouterr().out == "hello from a plugged-in command\n"
+    monkeypatch.delitem(sys.modules, "esreid.commands.hello")
