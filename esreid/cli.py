@@ -216,7 +216,6 @@ def describe(obj: object, registered: Sequence[object]) -> str:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    import esreid.data.datasets  # noqa: F401  (registers the loaders)
     from esreid.data.base import DATASETS
     from esreid.evaluation.protocols import PROTOCOLS
     from esreid.evaluation.search import INDEX_KINDS

@@ -8,13 +8,12 @@ current batch and the step's loss terms. Hooks run in list order. Records (dicts
 TensorBoard, console) are independent of the hooks that produce records.
 
 Diagnostics are hooks registered in :data:`HOOKS` by name and switched on by the ``diagnostics`` config section
-(:func:`diagnostic_hooks`); the modules that define them are listed in :data:`DIAGNOSTIC_MODULES`, so the trainer
+(:func:`diagnostic_hooks`); the registry imports the modules that define them (``locations``), so the trainer
 itself knows no method and no eraser.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -32,8 +31,7 @@ from esreid.registry import Registry
 if TYPE_CHECKING:
     from esreid.engine.trainer import Trainer
 
-HOOKS = Registry("hook")
-DIAGNOSTIC_MODULES = ("esreid.engine.diagnostics",)  # modules that register diagnostic hooks in HOOKS
+HOOKS = Registry("hook", locations=("esreid.engine.diagnostics",))  # the diagnostic hooks, imported on first lookup
 
 
 @dataclass
@@ -356,6 +354,4 @@ class EvalHook(HookBase):
 def diagnostic_hooks(cfg: Any, seed: int) -> List[HookBase]:
     """The diagnostic hooks the config switches on (``diagnostics.<name>: true`` for a name in :data:`HOOKS`), each
     built as ``hook(cfg, seed)``."""
-    for module in DIAGNOSTIC_MODULES:
-        importlib.import_module(module)
     return [HOOKS.get(name)(cfg, seed) for name in HOOKS.names() if getattr(cfg.diagnostics, name, False)]

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from esreid.errors import CheckpointError
+from esreid.models.backbones.weights import resolve
 from esreid.registry import Registry
 
-BACKBONES = Registry("backbone")
+BACKBONES = Registry("backbone", locations=(__name__,))  # resnet.py, resnet_nl.py, ... on first lookup
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 # stride-2 operations ending each stage: stem = conv1 + maxpool, layer2 / layer3 = their first block, layer4 = the last
 # stride (1 in re-ID, docs/methods.md §0)
@@ -36,8 +37,6 @@ def feature_size(height: int, width: int, stage: str = "layer4", last_stride: in
         height, width = -(-height // 2), -(-width // 2)
     return height, width
 
-from esreid.models.backbones import resnet, resnet_nl  # noqa: E402,F401  (register the ResNets; need BACKBONES above)
-from esreid.models.backbones.weights import resolve  # noqa: E402
 
 
 def _read_state_dict(source: str) -> Dict[str, torch.Tensor]:
