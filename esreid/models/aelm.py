@@ -32,15 +32,15 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from esreid.config import STAGE_NAMES, Invalid, ModelConfig, param
+from esreid.config import Invalid, ModelConfig, param
 from esreid.losses import branch_losses
 from esreid.models import MODELS
-from esreid.models.backbones import build_backbone
+from esreid.models.backbones import STAGES, build_backbone
 from esreid.models.base import ReIDModel, RetrievalRule
 from esreid.models.heads import Head, HeadOutput
 from esreid.models.pooling import GAP
 
-POINTS = STAGE_NAMES[1:]  # layer1 .. layer4
+POINTS = STAGES[1:]  # layer1 .. layer4
 
 
 @dataclass

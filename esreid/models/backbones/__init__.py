@@ -18,6 +18,7 @@ from typing import Dict, Mapping, Tuple
 import torch
 from torch import nn
 
+from esreid.config import Invalid
 from esreid.errors import CheckpointError
 from esreid.models.backbones.weights import resolve
 from esreid.registry import Registry
@@ -27,6 +28,15 @@ STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 # stride-2 operations ending each stage: stem = conv1 + maxpool, layer2 / layer3 = their first block, layer4 = the last
 # stride (1 in re-ID, docs/methods.md §0)
 _HALVINGS = {"stem": 2, "layer1": 0, "layer2": 1, "layer3": 1}
+
+
+def require_channels_multiple_of(cfg, multiple: int, why: str) -> None:
+    """Raise :class:`~esreid.config.Invalid` on ``model.backbone`` unless the ``layer4`` width of ``cfg.backbone`` (a
+    model config; from its registration, without building it) is a multiple of ``multiple``."""
+    c = BACKBONES.meta(cfg.backbone)["channels"]["layer4"]
+    if c % multiple:
+        raise Invalid("model.backbone", f"{cfg.backbone!r} gives {c} channels but {why} needs a multiple of "
+                                        f"{multiple} (e.g. resnet50, resnet101, resnet_tiny_bottleneck)")
 
 
 def feature_size(height: int, width: int, stage: str = "layer4", last_stride: int = 1) -> Tuple[int, int]:
