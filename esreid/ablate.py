@@ -40,8 +40,9 @@ import yaml
 from esreid.config import Config, ConfigError, load_config, to_dict
 from esreid.engine.resume import flatten, under
 from esreid.errors import EsreidError
+from esreid.evaluation.metric_keys import format_metrics
 from esreid.files import atomic_write_text
-from esreid.paper import TABLES, Column, Row, Table
+from esreid.paper import PAPER_METRICS, TABLES, Column, Row, Table
 
 SYNTHETIC = "synthetic"
 TINY_BACKBONES = {"resnet50_nl": "resnet_tiny_nl"}  # demo scale: backbone -> its tiny stand-in (default resnet_tiny)
@@ -226,7 +227,7 @@ def run_cell(cell: Cell, progress: bool = False, log: Log = print) -> Dict[str, 
     resume = "auto" if os.path.isfile(os.path.join(cell.folder, "last.pth")) else None
     trainer = Trainer(cfg, resume=resume, progress=progress, log=log)
     if trainer.start_epoch >= cfg.solver.epochs:  # interrupted during the final evaluation: evaluate again
-        metrics = trainer.evaluate()
+        metrics, _ = trainer.evaluate()
         atomic_write_text(results, json.dumps(metrics, indent=2))
         return metrics
     return trainer.train()
@@ -249,9 +250,7 @@ def run_all(plan: Plan, progress: bool = False, verbose: bool = False, log: Log 
                       "esreid ablate command")
             raise
         if not done:
-            m = out[cell.folder]
-            shown = "  ".join(f"{k} {100 * m[k]:.1f}" for k in ("mAP", "R1", "R5") if isinstance(m.get(k), float))
-            log(f"    {shown}  ({time.perf_counter() - start:.0f} s)")
+            log(f"    {format_metrics(out[cell.folder])}  ({time.perf_counter() - start:.0f} s)")
     return out
 
 
@@ -441,7 +440,7 @@ def plan_configs(plan: Plan, paths: Sequence[str], datasets: Sequence[str]) -> T
     synthetic = SYNTHETIC in datasets
     if datasets and not synthetic:
         raise ConfigError(f"--dataset with --configs: only {SYNTHETIC!r} applies (a config names its own dataset)")
-    column = synthetic_column("", ("R1", "mAP")) if synthetic else Column("run", "", "", ("R1", "mAP"))
+    column = synthetic_column("", PAPER_METRICS) if synthetic else Column("run", "", "", PAPER_METRICS)
     rows, cells = [], {}
     for path in paths:
         label = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(path))),

@@ -194,13 +194,16 @@ class CheckpointConfig(Section):
 
     period: int = param(10, ge=0)  # epochs between kept epoch_XXX.pth files; 0 = none
     keep_last: int = param(0, ge=0)  # keep only the newest N epoch_XXX.pth files; 0 = all
-    best: str = "mAP"  # write model_best.pth when an evaluation improves this metric (mAP, mINP, R<k>); "" = never
+    # write model_best.pth when an evaluation improves this metric, one its protocol declares (mAP, mINP, R<k> for k
+    # in test.ranks, mRR for the ranking protocols: esreid.evaluation.metric_keys); "" = never
+    best: str = "mAP"
     full: bool = False  # epoch_XXX.pth and model_best.pth also hold the optimiser state (resumable; ~3x larger)
 
     def check(self, cfg: Config) -> None:
-        metrics = ["mAP", "mINP", *(f"R{k}" for k in cfg.test.ranks)]
+        protocol = dataset_class(cfg.data.name).protocol_name(cfg.data.args)
+        metrics = [m.key for m in PROTOCOLS.meta(protocol)["metrics"].expand(cfg.test.ranks)]
         if self.best and self.best not in metrics:
-            raise Invalid("checkpoint.best", f"expected one of {', '.join(metrics)} (a metric every evaluation "
+            raise Invalid("checkpoint.best", f"expected one of {', '.join(metrics)} (a metric protocol {protocol!r} "
                                              f"reports; R<k> for k in test.ranks) or '' for none; got {self.best!r}")
 
 

@@ -2,8 +2,8 @@
 current model on fixed test queries, config, timings, environment), rewritten at each evaluation and at the end of
 training. Registered by the trainer on the main process when ``report: true`` (the default).
 
-The explanations reuse the features of the evaluation just run (``trainer.state.test_features``): a report costs a
-few CG-RAM passes (3 queries x top-5 pairs) and the drawing, not a second pass over the gallery.
+The explanations reuse the features of the evaluation just run (they come with its record, ``on_eval``): a report
+costs a few CG-RAM passes (3 queries x top-5 pairs) and the drawing, not a second pass over the gallery.
 """
 
 from __future__ import annotations
@@ -33,18 +33,14 @@ class ReportHook(HookBase):
     def before_train(self) -> None:
         self.session_start, self.written = time.perf_counter(), False
 
-    def on_record(self, record: Dict[str, Any]) -> None:
-        if record.get("type") != "eval":
-            return
+    def on_eval(self, record: Dict[str, Any], features: Any) -> None:
         from esreid.viz.explain import report_grids
         from esreid.viz.runreport import cmc_curve
 
         t = self.trainer
-        features = t.state.test_features
-        if features is not None:
-            grids = report_grids(t.model, t.cfg, t.device, t.dataset, features)
-            self.grids = {f"epoch {record['epoch']}: {name}": png for name, png in grids.items()}
-            self.cmc = cmc_curve(record, features, t.dataset, t.cfg, t.model.retrieval.metric)
+        grids = report_grids(t.model, t.cfg, t.device, t.dataset, features)
+        self.grids = {f"epoch {record['epoch']}: {name}": png for name, png in grids.items()}
+        self.cmc = cmc_curve(record, features, t.dataset, t.cfg, t.model.retrieval.metric)
         self.write(record)
 
     def after_train(self) -> None:

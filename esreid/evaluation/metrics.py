@@ -80,6 +80,11 @@ class QueryStats:
     last: np.ndarray
     ap: np.ndarray
 
+    def valid(self) -> QueryStats:
+        """The statistics of the queries with at least one positive (those every average is over)."""
+        ok = self.num_pos > 0
+        return QueryStats(self.num_pos[ok], self.first[ok], self.last[ok], self.ap[ok])
+
 
 def labels(x: ArrayLike, name: str, n: Optional[int] = None) -> np.ndarray:
     a = np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x)
