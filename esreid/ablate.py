@@ -41,7 +41,7 @@ from esreid.config import Config, ConfigError, load_config, to_dict
 from esreid.engine.resume import flatten, under
 from esreid.errors import EsreidError
 from esreid.evaluation.metric_keys import format_metrics
-from esreid.files import atomic_write_text
+from esreid.files import atomic_write
 from esreid.paper import PAPER_METRICS, TABLES, Column, Row, Table
 
 SYNTHETIC = "synthetic"
@@ -208,7 +208,7 @@ class Plan:
             if diff:
                 raise AblateError(f"{cell.folder} holds a run of another config (differs in {', '.join(diff[:5])}); "
                                   "choose another --out, or delete that folder to retrain it")
-        atomic_write_text(self.index, json.dumps(self.by_key, indent=1, sort_keys=True))
+        atomic_write(self.index, json.dumps(self.by_key, indent=1, sort_keys=True))
 
 
 def cell_config(cell: Cell) -> Config:
@@ -228,7 +228,7 @@ def run_cell(cell: Cell, progress: bool = False, log: Log = print) -> Dict[str, 
     trainer = Trainer(cfg, resume=resume, progress=progress, log=log)
     if trainer.start_epoch >= cfg.solver.epochs:  # interrupted during the final evaluation: evaluate again
         metrics, _ = trainer.evaluate()
-        atomic_write_text(results, json.dumps(metrics, indent=2))
+        atomic_write(results, json.dumps(metrics, indent=2))
         return metrics
     return trainer.train()
 
@@ -461,7 +461,7 @@ def scale_overrides(datasets: Sequence[str], out: str) -> List[str]:
 
 def _write(out: str, name: str, text: str) -> str:
     path = os.path.join(out, name)
-    atomic_write_text(path, text)
+    atomic_write(path, text)
     return path
 
 
@@ -500,7 +500,7 @@ def ablate(tables: Sequence[str] = (), sweeps: Sequence[str] = (), configs: Sequ
         stem = f"sweep_{res.sweep.name}_{res.column.key}"
         files += [_write(plan.out, f"{stem}.md", md), _write(plan.out, f"{stem}.csv", text)]
         if png:
-            from esreid.viz.images import atomic_write
+            from esreid.files import atomic_write
 
             files.append(atomic_write(os.path.join(plan.out, f"{stem}.png"), png))
     log("written: " + ", ".join(os.path.relpath(f, plan.out) for f in files))

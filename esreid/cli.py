@@ -159,7 +159,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from esreid.engine.hooks import format_metrics
     from esreid.engine.threads import apply_threads
     from esreid.engine.trainer import resolve_device
-    from esreid.files import atomic_write_text, check_writable
+    from esreid.files import atomic_write, check_writable
     from esreid.viz.runreport import evaluation_report
 
     cfg = load_config(args.config, args.overrides)
@@ -174,7 +174,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     features = extract_test_features(model, dataset, cfg, device)
     metrics = evaluate_features(features, dataset, cfg, model.retrieval.metric)
     print(format_metrics(metrics, "eval"))
-    atomic_write_text(os.path.join(out, "results.json"), json.dumps(metrics, indent=2))
+    atomic_write(os.path.join(out, "results.json"), json.dumps(metrics, indent=2))
     print(f"report: {evaluation_report(out, cfg, model, dataset, device, features, metrics, args.weights)}")
     if args.json:  # the last line, for scripts
         print(json.dumps(metrics))

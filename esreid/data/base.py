@@ -50,10 +50,6 @@ class ReIDDataset:
     def num_train_pids(self) -> int:
         return self.split_stats(self.train)[0]
 
-    @property
-    def num_train_cams(self) -> int:
-        return self.split_stats(self.train)[2]
-
     def summary(self) -> str:
         """The canonical table torchreid prints: ids / images / cameras per split (and the number of non-image files
         skipped, when any)."""

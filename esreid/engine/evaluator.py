@@ -135,11 +135,3 @@ def evaluate_features(features: EvalFeatures, dataset: ReIDDataset, cfg, metric:
     metrics["eval_seconds"] = features.seconds + time.perf_counter() - start
     return metrics
 
-
-def evaluate_model(model: torch.nn.Module, dataset: ReIDDataset, cfg, device: torch.device) -> Dict[str, float]:
-    """Extract query/gallery features and run the dataset's protocol (:func:`evaluate_features`).
-
-    Returns the protocol's metric dict (fractions in [0, 1]) plus ``eval_seconds``.
-    """
-    return evaluate_features(extract_test_features(model, dataset, cfg, device), dataset, cfg,
-                             model.retrieval.metric)

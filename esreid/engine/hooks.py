@@ -27,7 +27,7 @@ import torch
 
 from esreid.engine.checkpoint import copy_checkpoint, load_checkpoint
 from esreid.evaluation.metric_keys import MetricKey, format_metrics
-from esreid.files import append_text, atomic_write_text, reported
+from esreid.files import append_text, atomic_write, read_jsonl, reported
 from esreid.registry import Registry
 
 if TYPE_CHECKING:
@@ -135,24 +135,10 @@ class JSONLWriter(HookBase):
         if os.path.exists(self.path):
             with open(self.path, encoding="utf-8") as f:
                 kept = [line for line in f if record_epoch(line) <= self.trainer.start_epoch]
-            atomic_write_text(self.path, "".join(kept))
+            atomic_write(self.path, "".join(kept))
 
     def on_record(self, record: Dict[str, Any]) -> None:
         append_text(self.path, json.dumps(record) + "\n")
-
-
-def read_records(path: str) -> List[Dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` (none when it does not exist; a line cut short by a crash is skipped)."""
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return [r for r in records if isinstance(r, dict)]
 
 
 def record_epoch(line: str) -> float:
@@ -357,7 +343,7 @@ class EvalHook(HookBase):
         epoch = t.start_epoch
         if not epoch:
             return
-        recorded = [r for r in read_records(self.records) if r.get("type") == "eval" and r.get("epoch") == epoch]
+        recorded = [r for r in read_jsonl(self.records) if r.get("type") == "eval" and r.get("epoch") == epoch]
         if recorded:
             metrics = {k: v for k, v in recorded[-1].items() if k not in ("type", "epoch")}
             t.state.metrics = metrics

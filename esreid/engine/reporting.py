@@ -49,12 +49,12 @@ class ReportHook(HookBase):
         self.trainer.log(f"report: {os.path.abspath(self.path)}")
 
     def write(self, metrics: Mapping[str, Any]) -> None:
-        from esreid.viz.plots import read_metrics
+        from esreid.files import read_jsonl
         from esreid.viz.runreport import run_timings, write_run_report
 
         t = self.trainer
         jsonl = os.path.join(t.out, "metrics.jsonl")
-        records = read_metrics(jsonl) if os.path.isfile(jsonl) else []
+        records = read_jsonl(jsonl)
         timings = run_timings(records, {"this session (wall clock)": time.perf_counter() - self.session_start})
         write_run_report(self.path, t.cfg, metrics, cmc=self.cmc, records=records, grids=self.grids, timings=timings)
         self.written = True

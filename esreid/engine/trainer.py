@@ -41,7 +41,7 @@ from esreid.engine.schedule import build_optimizer, build_scheduler
 from esreid.engine.threads import apply_threads
 from esreid.errors import ConfigError
 from esreid.evaluation.metric_keys import declared
-from esreid.files import atomic_write_text, check_writable, remove_orphans
+from esreid.files import atomic_write, check_writable, remove_orphans
 from esreid.models import build_model
 
 
@@ -102,7 +102,7 @@ class Trainer:
         self.build_train_module()
         if self.dist.is_main:
             os.makedirs(self.out, exist_ok=True)
-            atomic_write_text(os.path.join(self.out, "config.yaml"), dump_yaml(cfg))
+            atomic_write(os.path.join(self.out, "config.yaml"), dump_yaml(cfg))
 
     # ------------------------------------------------------------------------------------------------------------
     def build_runtime(self, progress: bool, log: Callable[[str], None], command: Optional[str]) -> None:
@@ -425,6 +425,6 @@ class Trainer:
             raise self._interrupted() from e
         metrics = self.state.metrics
         if metrics and self.dist.is_main:
-            atomic_write_text(os.path.join(self.out, "results.json"), json.dumps(metrics, indent=2))
+            atomic_write(os.path.join(self.out, "results.json"), json.dumps(metrics, indent=2))
         return metrics
 

@@ -28,7 +28,7 @@ import torch
 
 from esreid.evaluation.distance import as_features
 from esreid.evaluation.metric_keys import MetricKey, MetricKeys
-from esreid.evaluation.metrics import CMC_RANKS, DistanceChunks, labels, query_stats, same_pid_index, summarize
+from esreid.evaluation.metrics import CMC_RANKS, DistanceChunks, as_ids, query_stats, same_pid_index, summarize
 from esreid.evaluation.rerank import re_ranking
 from esreid.registry import Registry
 
@@ -118,8 +118,8 @@ def cuhk03_sgs(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric: str = "cos
                rerank: bool = False, ranks: Sequence[int] = (1, 5, 10, 20), num_repeats: int = 10, seed: int = 0,
                **options: Any) -> Dict[str, Any]:
     chunks = distance_chunks(qf, gf, metric=metric, rerank=rerank, **options)
-    q_pids, q_camids = labels(q_pids, "q_pids", chunks.num_q), labels(q_camids, "q_camids", chunks.num_q)
-    g_pids, g_camids = labels(g_pids, "g_pids", chunks.num_g), labels(g_camids, "g_camids", chunks.num_g)
+    q_pids, q_camids = as_ids(q_pids, "q_pids", chunks.num_q), as_ids(q_camids, "q_camids", chunks.num_q)
+    g_pids, g_camids = as_ids(g_pids, "g_pids", chunks.num_g), as_ids(g_camids, "g_camids", chunks.num_g)
     dev = chunks.device
     qp, qc, gp, gc = (torch.from_numpy(a).to(dev) for a in (q_pids, q_camids, g_pids, g_camids))
     same_pid = torch.from_numpy(same_pid_index(g_pids, q_pids)).to(dev)
@@ -150,10 +150,10 @@ def vehicleid(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric: str = "cosi
               **options: Any) -> Dict[str, Any]:
     del q_camids, g_camids  # camera ids play no role: nothing is junk (fast-reid sets camid = image id)
     feats = as_features(qf, "qf")
-    pids = labels(q_pids, "q_pids", len(feats))
+    pids = as_ids(q_pids, "q_pids", len(feats))
     if len(gf):  # the VehicleID loader leaves the gallery empty; anything given is pooled with the queries
         feats = torch.cat([feats, as_features(gf, "gf")])
-        pids = np.concatenate([pids, labels(g_pids, "g_pids", len(gf))])
+        pids = np.concatenate([pids, as_ids(g_pids, "g_pids", len(gf))])
     seeds = [base_seed + t for t in range(trials)]
     rows = []
     for seed in seeds:

@@ -381,7 +381,7 @@ def explain_main(args: argparse.Namespace) -> int:
     from esreid.engine.checkpoint import load_trained_model
     from esreid.engine.threads import apply_threads
     from esreid.engine.trainer import resolve_device
-    from esreid.viz.images import atomic_write
+    from esreid.files import atomic_write
     from esreid.viz.ranklist import write_rank_pages
 
     cfgs, weights = _load_configs(args)
@@ -436,7 +436,7 @@ def visualize_main(args: argparse.Namespace) -> int:
     from esreid.config import load_config
     from esreid.engine.checkpoint import load_trained_model
     from esreid.engine.threads import apply_threads
-    from esreid.viz.images import atomic_write
+    from esreid.files import atomic_write
     from esreid.viz.ranklist import draw_rank_grid
 
     cfg = load_config(args.config, args.overrides)

@@ -16,7 +16,6 @@ Every key is optional: panels are made only for the values present.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -59,20 +58,6 @@ class Panel:
     mark_x: Tuple[float, ...] = ()  # x values to put markers at (every point when ``marker`` is set and this is empty)
     ylim: Optional[Tuple[float, float]] = None
     smooth: bool = False  # long noisy series (single-batch losses) drawn faintly under their moving average
-
-
-def read_metrics(path: str) -> List[Dict[str, Any]]:
-    """The records of a ``metrics.jsonl``, in file order; a line cut short by a crash (not JSON) is skipped."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
 
 
 def _number(v: Any) -> bool:

@@ -20,7 +20,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 from esreid.console import format_seconds
 from esreid.evaluation.metric_keys import is_number, reported
-from esreid.viz.images import atomic_write
+from esreid.files import atomic_write
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

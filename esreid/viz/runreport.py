@@ -69,11 +69,11 @@ def evaluation_report(out_dir: str, cfg: Any, model: torch.nn.Module, dataset, d
     """The report of ``esreid eval``: ``<out_dir>/report.html`` for ``model`` (loaded from ``weights``) with the
     evaluation's ``features`` and ``metrics``; the training curves when ``metrics.jsonl`` of the run lies next to
     ``weights``. Returns the path."""
+    from esreid.files import read_jsonl
     from esreid.viz.explain import report_grids
-    from esreid.viz.plots import read_metrics
 
     jsonl = os.path.join(os.path.dirname(os.path.abspath(weights)), "metrics.jsonl")
-    records = read_metrics(jsonl) if os.path.isfile(jsonl) else []
+    records = read_jsonl(jsonl)
     cmc = cmc_curve(metrics, features, dataset, cfg, model.retrieval.metric)
     grids = report_grids(model, cfg, device, dataset, features)
     timings = run_timings(records, {"this evaluation": float(metrics.get("eval_seconds", 0.0))})
