@@ -207,7 +207,6 @@ print(sorted(m for m in {HEAVY!r} if m in sys.modules))
 
 
 def test_models_lists_every_registry(capsys):
-    import esreid.data.datasets  # noqa: F401
     from esreid.data.base import DATASETS
     from esreid.evaluation.protocols import PROTOCOLS
     from esreid.evaluation.search import INDEX_KINDS

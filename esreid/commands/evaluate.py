@@ -28,10 +28,10 @@ def run(args) -> int:
     from esreid.config import load_config
     from esreid.data.base import build_dataset
     from esreid.engine.evaluator import evaluate_features, extract_test_features
-    from esreid.engine.hooks import format_metrics
     from esreid.engine.reporting import evaluation_report
     from esreid.engine.session import open_trained
-    from esreid.files import atomic_write_text, check_writable
+    from esreid.evaluation.metric_keys import format_metrics
+    from esreid.files import atomic_write, check_writable
 
     cfg = load_config(args.config, args.overrides)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.weights)),
@@ -44,7 +44,7 @@ def run(args) -> int:
     features = extract_test_features(model, dataset, cfg, device)
     metrics = evaluate_features(features, dataset, cfg, model.retrieval.metric)
     print(format_metrics(metrics, "eval"))
-    atomic_write_text(os.path.join(out, "results.json"), json.dumps(metrics, indent=2))
+    atomic_write(os.path.join(out, "results.json"), json.dumps(metrics, indent=2))
     print(f"report: {evaluation_report(out, cfg, model, dataset, device, features, metrics, args.weights)}")
     if args.json:  # the last line, for scripts
         print(json.dumps(metrics))

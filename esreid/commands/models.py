@@ -26,7 +26,6 @@ def describe(obj: object, registered: Sequence[object]) -> str:
 
 
 def run(args) -> int:
-    import esreid.data.datasets  # noqa: F401  (registers the loaders)
     from esreid.data.base import DATASETS
     from esreid.evaluation.protocols import PROTOCOLS
     from esreid.evaluation.search import INDEX_KINDS

@@ -29,8 +29,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from esreid.config import load_config
-    from esreid.engine.hooks import format_metrics
     from esreid.engine.trainer import Trainer
+    from esreid.evaluation.metric_keys import format_metrics
 
     cfg = load_config(args.config, args.overrides)
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress, allow_changes=args.allow_changes,

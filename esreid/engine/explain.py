@@ -297,7 +297,7 @@ def explain(config: str, weights: str, overrides: Sequence[str] = (), *, query_f
     "ranked": the ranked.json dict}``."""
     from esreid.data.base import build_dataset
     from esreid.engine.session import open_trained
-    from esreid.viz.images import atomic_write
+    from esreid.files import atomic_write
     from esreid.viz.ranklist import write_rank_pages
 
     cfgs, paths = load_configs(config, weights, overrides, compare, compare_config, where)
@@ -350,7 +350,7 @@ def visualize(config: str, weights: str, query: str, gallery: str, out: str, ove
     """``esreid visualize``: one (query, gallery) pair explained, drawn as a one-match row of ``esreid explain`` and
     written to the PNG ``out``; ``device`` overrides ``cfg.device``. Returns the printed score."""
     from esreid.engine.session import open_trained
-    from esreid.viz.images import atomic_write
+    from esreid.files import atomic_write
     from esreid.viz.ranklist import draw_rank_grid
 
     s = open_trained(config, weights, overrides, device=device)

@@ -49,7 +49,7 @@ import torch
 
 from esreid.errors import EsreidError
 from esreid.evaluation.distance import ArrayLike
-from esreid.evaluation.metrics import AP_MODES, labels, same_pid_index
+from esreid.evaluation.metrics import AP_MODES, as_ids, same_pid_index
 from esreid.files import atomic_writer
 from esreid.registry import Registry
 
@@ -155,7 +155,7 @@ class GalleryIndex:
         ``(N,)`` (default: running positions 0, 1, ...) and per-item ``info`` columns ``(N,)`` (e.g. ``paths=``;
         the same names at every call)."""
         x = self._prepare(feats, "gallery features")
-        ids = np.arange(len(self.ids), len(self.ids) + len(x)) if ids is None else labels(ids, "ids", len(x))
+        ids = np.arange(len(self.ids), len(self.ids) + len(x)) if ids is None else as_ids(ids, "ids", len(x))
         cols = {name: np.asarray(col) for name, col in info.items()}
         for name, col in cols.items():
             if col.shape != (len(x),):
@@ -256,8 +256,8 @@ def evaluate_topk(q_pids, g_pids, q_camids, g_camids, qf: ArrayLike, index: Gall
       of positives R: a lower bound of the full AP, equal to it when all R positives rank within k;
     * mINP needs the rank of the last positive and is not reported.
     """
-    q_pids, q_camids = labels(q_pids, "q_pids"), labels(q_camids, "q_camids", len(q_pids))
-    g_pids, g_camids = labels(g_pids, "g_pids", len(index)), labels(g_camids, "g_camids", len(index))
+    q_pids, q_camids = as_ids(q_pids, "q_pids"), as_ids(q_camids, "q_camids", len(q_pids))
+    g_pids, g_camids = as_ids(g_pids, "g_pids", len(index)), as_ids(g_camids, "g_camids", len(index))
     if max(ranks) > k:
         raise ValueError(f"ranks {list(ranks)} go beyond k={k}")
     same = same_pid_index(g_pids, q_pids)

@@ -142,7 +142,9 @@ class CUHK03(ReIDDataset):
     name = "cuhk03"
     title = "CUHK03"
     candidates = ("cuhk03", "")
-    # the torchreid / fast-reid loaders; the detected counts are [verify]
+    # CUHK03-NP (Zhong et al., CVPR 2017, the split torchreid and fast-reid load from the same .mat files): 767 / 700
+    # ids; labeled 7,368 / 1,400 / 5,328 images, detected 7,365 / 1,400 / 5,332. Settled: these are the published
+    # counts; `esreid datasets check` reports any release that differs instead of trusting it.
     published_by_kind = {
         "labeled": {"train": (767, 7368), "query": (700, 1400), "gallery": (700, 5328)},
         "detected": {"train": (767, 7365), "query": (700, 1400), "gallery": (700, 5332)},

@@ -30,8 +30,9 @@ class Market1501(PidCamFolderDataset):
     published = {"train": (751, 12936), "query": (750, 3368), "gallery": (751, 15913)}
 
     def __init__(self, root: str, distractors_500k: bool = False, verbose: bool = True):
-        # The 500k distractor images are parsed with the same regex as torchreid does; their pids are then
-        # whatever their names say (pid -1 names would be dropped like Market junk) [verify against the release].
+        # The 500k distractors (``images/``) join the gallery as in torchreid's market1501_500k (``gallery +=
+        # process_dir(extra_gallery_dir)``: the same regex and the same pid -1 drop). Settled: their pids are whatever
+        # their names say, as there; the gallery count is then not checked (no loader publishes it).
         super().__init__(root, verbose=verbose, extra_gallery="images" if distractors_500k else "")
         if distractors_500k:
             self.published = {k: v for k, v in self.published.items() if k != "gallery"}
