@@ -235,7 +235,9 @@ def _coerce(value: Any, tp: Any, key: str, origins: Origins) -> Any:
     if origin is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
-            return None
+            if len(args) < len(typing.get_args(tp)):  # Optional[...]: null is a value
+                return None
+            raise ConfigError(f"{where}: key '{key}': expected {' or '.join(map(_type_name, args))}, got null")
         errors = []
         for arg in args:  # the first type the value fits; the first type's error when none does
             try:

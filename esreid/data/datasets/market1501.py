@@ -6,8 +6,9 @@ Layout (torchreid, with fast-reid / BoT fallbacks), tried in this order under ``
     market1501/{...}   Market-1501-v15.09.15/{...}   {...} directly under root
 
 File names ``0002_c1s1_000451_03.jpg``: pid 0002, camera 1 (1..6 -> camid 0..5). pid -1 (junk) is dropped at load,
-pid 0 (false detections) stays in the gallery as distractors (the torchreid / fast-reid loaders). With ``distractors_500k=True`` the
-images of ``<dataset>/images`` (torchreid's ``market1501_500k`` folder name) are added to the gallery.
+pid 0 (false detections) stays in the gallery as distractors (the torchreid / fast-reid loaders). With
+``distractors_500k=True`` the images of ``<dataset>/images`` (torchreid's ``market1501_500k`` folder name) are
+added to the gallery.
 """
 
 from __future__ import annotations
