@@ -1,6 +1,7 @@
-"""The query occluder (esreid/data/occlusion.py) against hand-made cases: exact boxes from fixed draws, the
-documented area bound, the fill, determinism (per query and condition, across calls and processes), and identical
-occluded pixels for two different models and two runs through the evaluation itself."""
+"""The query occluder (esreid/config/occlusion.py: conditions and their seeding; esreid/data/occlusion.py: shapes and
+fill) against hand-made cases: exact boxes from fixed draws, the documented area bound, the fill, determinism (per
+query and condition, across calls and processes), and identical occluded pixels for two different models and two runs
+through the evaluation itself."""
 
 import math
 import subprocess
@@ -9,15 +10,8 @@ import sys
 import pytest
 import torch
 
-from esreid.data.occlusion import (
-    Condition,
-    OccludedSource,
-    fill_value,
-    lower_box,
-    occlude,
-    parse_condition,
-    random_box,
-)
+from esreid.config.occlusion import Condition, parse_condition
+from esreid.data.occlusion import OccludedSource, fill_value, lower_box, occlude, random_box
 
 
 class FixedDraws:
@@ -85,7 +79,7 @@ def test_boxes_depend_on_the_query_and_condition_only():
     others = {a.box(64, 32, i, "0002_c1s1_000451_03.jpg") for i in range(20)}
     assert len(others) > 15  # another query gets another place
     assert Condition("random", 0.4).box(64, 32, 5, "0002_c1s1_000451_03.jpg") != box
-    code = ("from esreid.data.occlusion import parse_condition; "
+    code = ("from esreid.config.occlusion import parse_condition; "
             "print(parse_condition('random:0.3').box(64, 32, 5, '0002_c1s1_000451_03.jpg'))")
     # another process, with another string-hash seed, draws the same box
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

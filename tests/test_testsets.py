@@ -16,9 +16,10 @@ from esreid.cli import main
 from esreid.config import ConfigError, case_names, load_config
 from esreid.data.base import ImageItem, ReIDDataset, build_dataset
 from esreid.data.multi import CombinedTrainSet, combine_train
-from esreid.engine.evaluator import evaluate_model
+from esreid.engine.evaluator import evaluate_features, extract_test_features
 from esreid.engine.hooks import BestCheckpointHook, format_cases
 from esreid.engine.testsets import build_cases, evaluate_run, open_datasets
+from esreid.evaluation.metric_keys import declared
 from esreid.models import build_model
 
 SMALL = "{num_train_ids: %d, num_test_ids: 6, images_per_id: 6, height: 64, width: 32, seed: %d, palette: %s}"
@@ -32,6 +33,12 @@ def two_domains(root, extra=()):
             "data.instances=2", "data.workers=0", "model.backbone=resnet_tiny", "solver.epochs=1",
             "solver.warmup_epochs=0", "solver.milestones=[1]", "solver.lr=1e-3", "device=cpu", "checkpoint.period=0",
             f"output_dir={root}/run", *extra]
+
+
+def evaluate_alone(model, dataset, cfg):
+    """The single-dataset evaluation: features of the dataset's query and gallery, its protocol."""
+    features = extract_test_features(model, dataset, cfg, torch.device("cpu"))
+    return evaluate_features(features, dataset, cfg, model.retrieval.metric)
 
 
 def dataset(train):
@@ -140,12 +147,11 @@ def test_each_case_equals_the_single_dataset_evaluator_with_its_own_protocol(tmp
     assert list(metrics["cases"]) == ["dusk", "vehicleid"]
     # each test set alone, as a one-dataset config evaluates it (data.name, data.args, test.protocol_args)
     alone = {
-        "dusk": evaluate_model(model, build_dataset("synthetic", f"{tmp_path}/dusk", False, **cfg.test_sets()[0].args),
-                               load_config(None, [*common, "data.name=synthetic", f"data.args={dusk}"]),
-                               torch.device("cpu")),
-        "vehicleid": evaluate_model(model, build_dataset("vehicleid", f"{tmp_path}/vid", False),
+        "dusk": evaluate_alone(model, build_dataset("synthetic", f"{tmp_path}/dusk", False, **cfg.test_sets()[0].args),
+                               load_config(None, [*common, "data.name=synthetic", f"data.args={dusk}"])),
+        "vehicleid": evaluate_alone(model, build_dataset("vehicleid", f"{tmp_path}/vid", False),
                                     load_config(None, [*common, "data.name=vehicleid",
-                                                       "test.protocol_args={trials: 3}"]), torch.device("cpu")),
+                                                       "test.protocol_args={trials: 3}"])),
     }
     for name, single in alone.items():
         got = metrics["cases"][name]
@@ -161,7 +167,7 @@ def test_each_case_equals_the_single_dataset_evaluator_with_its_own_protocol(tmp
 def test_reliance_is_the_map_lost_from_the_unoccluded_queries():
     from types import SimpleNamespace
 
-    from esreid.data.occlusion import parse_condition
+    from esreid.config.occlusion import parse_condition
     from esreid.engine.testsets import CaseResult, TestCase, TestSet, reliance
 
     def result(key, condition, mAP):
@@ -191,7 +197,8 @@ class Saver:
 
 @pytest.mark.parametrize("case, expected", [("", [1, 2]), ("duke", [1, 3])])
 def test_best_checkpoint_follows_the_case_that_decides(tmp_path, case, expected):
-    hook = BestCheckpointHook(str(tmp_path), "mAP", case=case)
+    mAP = next(m for m in declared("market").keys if m.key == "mAP")
+    hook = BestCheckpointHook(str(tmp_path), mAP, case=case)
     hook.trainer = Saver()
     # the primary test set (top level) improves at epoch 2, the second test set at epoch 3
     for epoch, primary, duke in [(1, 0.3, 0.1), (2, 0.4, 0.05), (3, 0.35, 0.2)]:

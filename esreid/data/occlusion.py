@@ -1,6 +1,7 @@
-"""Occluded queries for evaluation under occlusion (``test.occlusion``).
-
-A *condition* is a string ``kind`` or ``kind:fraction`` whose kind is registered in :data:`OCCLUDERS`:
+"""Occluded queries for evaluation under occlusion (``test.occlusion``): the occluder shapes (:data:`OCCLUDERS`),
+the fill and the occluded image source. The condition grammar (``none``, ``kind:F``) and the seeding that makes every
+model see the same occluded pixels are :mod:`esreid.config.occlusion` (:class:`~esreid.config.occlusion.Condition`,
+checked when a config is loaded). The shapes:
 
 * ``none``: the query as it is;
 * ``random:F`` (0 < F < 1): one axis-aligned rectangle covering the fraction F of the image area at a random place.
@@ -11,11 +12,6 @@ A *condition* is a string ``kind`` or ``kind:fraction`` whose kind is registered
   fits;
 * ``lower:F``: the bottom ``round(F H)`` rows (an obstacle in front of the legs, the usual case in Occluded-DukeMTMC).
 
-Determinism: the rectangle of query ``index`` (its position in the query list) with file name ``name`` under
-``condition`` comes from a generator seeded with SHA-256 of ``"<condition>|<index>|<name>"``. It depends on nothing
-else (not the model, the run, the seed, the process or the data root), so every model evaluated on a dataset sees
-the same occluded pixels at the same input size.
-
 Fill value (``test.occlusion_fill``): ``mean`` (default) writes the per-channel ``data.mean`` (a pixel that is 0 after
 normalisation, the neutral input of the network), ``black`` writes 0 (what ES-Net's BESM writes, docs/methods.md §7
 #6: a model trained with BESM has seen black patches, so ``black`` measures robustness to its own training patches
@@ -25,67 +21,17 @@ the cache when ``data.cache`` is on, before the test transform.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
+from esreid.config.occlusion import Box, Condition
 from esreid.registry import Registry
 
-OCCLUDERS = Registry("occlusion")
-Box = Tuple[int, int, int, int]  # (top, left, height, width) in pixels
+OCCLUDERS = Registry("occlusion")  # kind -> box(height, width, fraction, rng); parsed by esreid.config.occlusion
 ASPECT_RANGE = (1 / 3, 3.0)
-
-
-@dataclass(frozen=True)
-class Condition:
-    """A parsed condition: ``kind`` (a name in :data:`OCCLUDERS`) and ``fraction`` (None for ``none``)."""
-
-    kind: str
-    fraction: Optional[float] = None
-
-    @property
-    def name(self) -> str:
-        return self.kind if self.fraction is None else f"{self.kind}:{self.fraction:g}"
-
-    @property
-    def occludes(self) -> bool:
-        return self.kind != "none"
-
-    def box(self, height: int, width: int, index: int, name: str) -> Optional[Box]:
-        """The occluded rectangle of query ``index`` (file name ``name``) at ``height x width``; None for ``none``."""
-        if not self.occludes:
-            return None
-        return OCCLUDERS.get(self.kind)(height, width, self.fraction, generator(self.name, index, name))
-
-
-def parse_condition(text: str) -> Condition:
-    """``"none"``, ``"random:0.2"``, ``"lower:0.3"`` -> :class:`Condition`; ValueError with the reason otherwise."""
-    kind, sep, value = str(text).partition(":")
-    if kind not in OCCLUDERS:
-        raise ValueError(f"unknown occlusion {text!r}: expected none, or kind:fraction with kind one of "
-                         f"{', '.join(n for n in OCCLUDERS.names() if n != 'none')} (e.g. random:0.2)")
-    if kind == "none":
-        if sep:
-            raise ValueError(f"occlusion {text!r}: 'none' takes no fraction")
-        return Condition("none")
-    try:
-        fraction = float(value)
-    except ValueError:
-        fraction = math.nan
-    if not 0 < fraction < 1:
-        raise ValueError(f"occlusion {text!r}: expected {kind}:F with a fraction 0 < F < 1 of the image area")
-    return Condition(kind, fraction)
-
-
-def generator(condition: str, index: int, name: str) -> np.random.Generator:
-    """The generator of one query under one condition (module docstring: SHA-256 of the three)."""
-    digest = hashlib.sha256(f"{condition}|{index}|{os.path.basename(name)}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
 @OCCLUDERS.register("none")
@@ -145,13 +91,4 @@ class OccludedSource:
     def __getitem__(self, i: int) -> torch.Tensor:
         image = self.source[i]
         return occlude(image, self.condition.box(image.shape[1], image.shape[2], i, self.names[i]), self.fill)
-
-
-def condition_problem(text: str) -> Optional[str]:
-    """What is wrong with a condition string (None when nothing): for config checks."""
-    try:
-        parse_condition(text)
-    except ValueError as e:
-        return str(e)
-    return None
 

@@ -27,9 +27,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from esreid.config import DatasetEntry, case_name
+from esreid.config.occlusion import Condition, parse_condition
 from esreid.data.base import DatasetError, ReIDDataset, build_dataset
-from esreid.data.occlusion import Condition, parse_condition
 from esreid.engine.evaluator import EvalFeatures, evaluate_features, extract_items
+from esreid.evaluation.metric_keys import is_number, reported
 
 
 @dataclass
@@ -175,21 +176,20 @@ def reliance(results: Sequence[CaseResult]) -> Dict[str, Dict[str, float]]:
     return out
 
 
-CSV_METRICS = ("mAP", "mINP", "R1", "R5", "R10", "R20")
-
-
 def cases_csv(results: Sequence[CaseResult]) -> str:
-    """One row per test case: ``case, test_set, dataset, protocol, condition`` and the metrics (fractions; empty where
-    the protocol does not report one)."""
+    """One row per test case: ``case, test_set, dataset, protocol, condition`` and a column per metric the cases'
+    protocols declare (:mod:`esreid.evaluation.metric_keys`, as fractions; empty where a case's protocol does not
+    report one)."""
     import csv
     import io
 
+    columns = list(dict.fromkeys(m.key for r in results for m in reported(r.metrics)))
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["case", "test_set", "dataset", "protocol", "condition", *CSV_METRICS])
+    writer.writerow(["case", "test_set", "dataset", "protocol", "condition", *columns])
     for r in results:
         t = r.case.test_set
-        values = [r.metrics.get(k) for k in CSV_METRICS]
+        values = [r.metrics.get(k) for k in columns]
         writer.writerow([r.case.name, t.key, t.entry.name, t.dataset.protocol, r.case.condition.name,
-                         *("" if v is None else f"{v:.6f}" for v in values)])
+                         *(f"{v:.6f}" if is_number(v) else "" for v in values)])
     return buf.getvalue()

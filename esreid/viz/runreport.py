@@ -1,35 +1,19 @@
 """The report of one run: ``report.html`` with the metrics table, the CMC curve, the training curves of
 ``metrics.jsonl``, CG-RAM explanations of a few queries, the config, timings and the environment
 (:func:`esreid.viz.report.write_report` does the HTML). Written by :class:`esreid.engine.reporting.ReportHook` at each
-evaluation of a training run and by ``esreid eval`` (:func:`esreid.engine.reporting.evaluation_report`).
+evaluation of a training run and by ``esreid eval`` (:func:`esreid.engine.reporting.evaluation_report`), which
+compute what it shows (the CMC curves, the explanation and occluded-query grids, the reliance values) and pass it
+here: this module only draws.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence
-
-CMC_RANKS = 50
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 
 def run_title(cfg: Any) -> str:
     """``"esnet (resnet50) on market1501"``."""
     return f"{cfg.model.name} ({cfg.model.backbone}) on {cfg.data.name}"
-
-
-def cmc_curve(metrics: Mapping[str, Any], features, dataset, cfg: Any, metric: str,
-              max_rank: int = CMC_RANKS) -> Optional[List[float]]:
-    """The CMC at ranks 1..``max_rank``: the protocol's own ``cmc`` when ``metrics`` carry it, else computed by the
-    dataset's protocol from ``features`` (:class:`~esreid.engine.evaluator.EvalFeatures`, those of the evaluation
-    that gave ``metrics``); None without either."""
-    if metrics.get("cmc"):
-        return [float(v) for v in list(metrics["cmc"])[:max_rank]]
-    if features is None:
-        return None
-    from esreid.engine.evaluator import evaluate_features
-
-    ranks = range(1, max_rank + 1)
-    curve = evaluate_features(features, dataset, cfg, metric, ranks=ranks)
-    return [float(curve[f"R{r}"]) for r in ranks]
 
 
 def run_timings(records: Sequence[Mapping[str, Any]], extra: Optional[Mapping[str, float]] = None) -> Dict[str, float]:
@@ -60,7 +44,7 @@ def write_run_report(path: str, cfg: Any, metrics: Mapping[str, Any], *, cmc: Op
     from esreid.viz.report import write_report
 
     title = title or run_title(cfg)
-    curves = {c.name: c.metrics["cmc"] for c in cases if c.metrics.get("cmc")} or ({title: cmc} if cmc else {})
+    curves = {c.name: c.cmc for c in cases if c.cmc} or ({title: cmc} if cmc else {})
     plots = {"CMC": plot_cmc(curves) if curves else None,
              "reliance on what occlusion hides: mAP lost from unoccluded queries":
                  plot_reliance(reliance) if reliance else None,

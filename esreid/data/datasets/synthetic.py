@@ -136,7 +136,8 @@ def _render(folder: str, params: Dict[str, Any]) -> Dict[str, Any]:
     domain = params.get("palette", "default")
 
     def write(split: str, pid: int, cam: int, image: np.ndarray) -> None:
-        Image.fromarray(apply_domain(image, domain)).save(os.path.join(folder, SPLIT_FOLDERS[split], name(pid, cam)), quality=90)
+        path = os.path.join(folder, SPLIT_FOLDERS[split], name(pid, cam))
+        Image.fromarray(apply_domain(image, domain)).save(path, quality=90)
         if pid >= 0:
             counts[split][0].add(pid)
             counts[split][1] += 1
