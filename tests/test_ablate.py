@@ -151,6 +151,23 @@ def test_each_further_test_case_is_a_column_group():
     assert csv[1].split(",")[15:19] == ["32.00", "2.83", "2", ""]
 
 
+@pytest.mark.slow
+def test_ablate_end_to_end_has_a_column_group_and_a_progress_line_per_test_case(tmp_path):
+    res, lines = run(tmp_path, configs=[BASE], overrides=[*TINY, "test.occlusion=[none,lower:0.5]"])
+    (cell,) = [results(c.folder) for cells in res["tables"]["configs"].cells.values() for c in cells]
+    assert list(cell["cases"]) == ["synthetic", "synthetic@lower:0.5"]
+    assert any(line.strip().startswith("synthetic: mAP") for line in lines)  # the progress line of each case
+    assert any(line.strip().startswith("synthetic@lower:0.5: mAP") for line in lines)
+    md = (tmp_path / "out" / "table_configs.md").read_text()
+    head = next(line for line in md.splitlines() if line.startswith("| method"))
+    assert "[synthetic@lower:0.5] mAP" in head
+    row = [c.strip() for c in next(line for line in md.splitlines() if "`" in line).strip("|").split("|")]
+    columns = [c.strip() for c in head.strip("|").split("|")]
+    occluded = row[columns.index("Synthetic (demo scale) [synthetic@lower:0.5] mAP")]
+    assert occluded == f"{100 * cell['cases']['synthetic@lower:0.5']['mAP']:.1f}"
+    assert row[columns.index("Synthetic (demo scale) mAP")] == f"{100 * cell['mAP']:.1f}"  # the primary case
+
+
 def test_sweep_spec_errors_name_the_key(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text("title: t\nfolder: market1501\nmetrics: [mAP]\nx_label: R\nseries: [{label: a, config: esnet}]\n"

@@ -37,10 +37,23 @@ def test_parses_the_converted_layout(tmp_path, layouts):
     assert ds.ignored_files == 1 and ds.protocol == "market"
 
 
-def test_published_counts_are_the_authors_lists():
-    # counted from the lists of lightas/Occluded-DukeMTMC-Dataset (commit dcba185) and the paper's Table 1
-    assert DATASETS.get("occluded_duke").published == {"train": (702, 15618), "query": (519, 2210),
-                                                       "gallery": (1110, 17661)}
+def test_verify_compares_with_its_own_counts_not_dukes(tmp_path, layouts, capsys):
+    """``datasets check --verify`` compares a converted copy with Occluded-DukeMTMC's counts, those of the authors'
+    lists (lightas/Occluded-DukeMTMC-Dataset at dcba185: train.list 15,618 lines of 702 ids, query.list 2,210 of 519,
+    gallery.list 17,661 of 1,110; the paper's Table 1), not with the DukeMTMC-reID counts it would inherit (train
+    702 / 16,522, query 702 / 2,228)."""
+    from esreid.data.check import check_main
+
+    write_converted(layouts, str(tmp_path))
+    with pytest.raises(DatasetError, match=r"occluded_duke \(counts\)"):
+        check_main(str(tmp_path), verify_counts=True)
+    out = capsys.readouterr().out
+    mismatches = [line for line in out.splitlines() if "MISMATCH" in line]
+    for text in ("train: expected 702 ids / 15618 images, found 2 / 3",
+                 "query: expected 519 ids / 2210 images, found 1 / 2",
+                 "gallery: expected 1110 ids / 17661 images, found 3 / 3"):
+        assert any(text in line for line in mismatches), (text, mismatches)
+    assert "16522" not in out and "2228" not in out
 
 
 def test_without_the_lists_the_folders_are_read_as_they_are(tmp_path, layouts):

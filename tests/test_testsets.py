@@ -263,3 +263,59 @@ def test_two_domains_train_together_and_eval_writes_a_row_per_condition(tmp_path
     html = (out / "report.html").read_text()
     assert "<h2>Test case dusk</h2>" in html and "<h2>Test case dusk@random:0.3</h2>" in html
     assert "occluded queries (random:0.3) and their top 5" in html and "mAP lost from unoccluded queries" in html
+
+
+def as_duke(source, target):
+    """The images of a synthetic (Market-named) dataset under Duke's names ``<pid>_c<cam>_f<frame:07d>.jpg`` in
+    ``target`` (Duke has no junk ``-1`` or distractor ``0000`` names: those are left out)."""
+    import re
+    import shutil
+
+    for split in ("bounding_box_train", "query", "bounding_box_test"):
+        os.makedirs(os.path.join(target, split))
+        for name in os.listdir(os.path.join(source, split)):
+            m = re.fullmatch(r"(\d{4})_c(\d)s\d_(\d{6})_01\.jpg", name)
+            if m and int(m.group(1)) > 0:
+                shutil.copy(os.path.join(source, split, name),
+                            os.path.join(target, split, f"{m.group(1)}_c{m.group(2)}_f{int(m.group(3)):07d}.jpg"))
+
+
+@pytest.mark.slow
+def test_eval_of_a_trained_run_on_market1501_and_dukemtmcreid(tmp_path, capsys, tiny_config):
+    """``esreid eval --config <run>/config.yaml test.datasets=[market1501,dukemtmcreid]``: a run trained on one
+    synthetic domain, evaluated on two others laid out as Market-1501 (default palette) and DukeMTMC-reID (dusk
+    palette, Duke's file names) under data.root: a case per test set, each as the single-dataset evaluator scores
+    that dataset alone."""
+    import shutil
+
+    from esreid.data.datasets.synthetic import generate_synthetic_market
+    from esreid.engine.session import open_trained
+    from esreid.engine.trainer import Trainer
+
+    Trainer(tiny_config(epochs=1), progress=False, log=lambda line: None).train()
+    run = tmp_path / "run"
+    reid = tmp_path / "reid"
+    for seed, palette in ((3, "default"), (4, "dusk")):
+        generate_synthetic_market(str(tmp_path / palette), num_train_ids=4, num_test_ids=6, images_per_id=6,
+                                  height=64, width=32, seed=seed, palette=palette)
+    shutil.copytree(tmp_path / "default", reid / "market1501")
+    as_duke(str(tmp_path / "dusk"), str(reid / "DukeMTMC-reID"))
+    capsys.readouterr()
+    out = tmp_path / "ev"
+    assert main(["eval", "--config", str(run / "config.yaml"), "--weights", str(run / "last.pth"), "--out", str(out),
+                 f"data.root={reid}", "test.datasets=[market1501,dukemtmcreid]"]) == 0
+    printed = capsys.readouterr().out
+    assert "test set market1501:" in printed and "test set dukemtmcreid:" in printed  # each one's dataset table
+    assert "eval market1501: mAP" in printed and "eval dukemtmcreid: mAP" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["cases"]) == ["market1501", "dukemtmcreid"]
+    rows = list(csv.DictReader(io.StringIO((out / "cases.csv").read_text())))
+    assert [(r["case"], r["dataset"], r["protocol"]) for r in rows] == [("market1501", "market1501", "market"),
+                                                                        ("dukemtmcreid", "dukemtmcreid", "market")]
+    cfg = load_config(str(run / "config.yaml"), [f"data.root={reid}"])
+    model = open_trained(cfg, str(run / "last.pth")).model
+    for name in ("market1501", "dukemtmcreid"):
+        single = evaluate_alone(model, build_dataset(name, str(reid), False), cfg)
+        assert results["cases"][name]["mAP"] == pytest.approx(single["mAP"], abs=1e-6), name
+        assert results["cases"][name]["R1"] == pytest.approx(single["R1"], abs=1e-6), name
+    assert results["cases"]["market1501"]["mAP"] != results["cases"]["dukemtmcreid"]["mAP"]
