@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from esreid.data.base import DATASETS, DatasetError, build_dataset
+from esreid.data.base import DatasetError, build_dataset
 
 # the first names of the authors' lists (lightas/Occluded-DukeMTMC-Dataset, Occluded_Duke/*.list), one line each
 TRAIN = ["0001_c2_f0046182.jpg", "0001_c2_f0046302.jpg", "0003_c1_f0044886.jpg"]
