@@ -101,9 +101,10 @@ class ModelConfig(Section):
 
     def feature_size(self, cfg: Config, stage: str = "layer4") -> Tuple[int, int]:
         """Spatial size of ``stage``'s output for the configured input size."""
-        from esreid.models.backbones import feature_size
+        from esreid.models.backbones import BACKBONES, feature_size
 
-        return feature_size(cfg.data.height, cfg.data.width, stage, self.last_stride)
+        halvings = BACKBONES.meta(self.backbone).get("halvings")
+        return feature_size(cfg.data.height, cfg.data.width, stage, self.last_stride, halvings)
 
 
 def dataset_class(name: str) -> Any:

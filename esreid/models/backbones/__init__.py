@@ -13,7 +13,7 @@ Each backbone is registered with ``channels=`` (per stage) so that configs can b
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -28,11 +28,15 @@ STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 _HALVINGS = {"stem": 2, "layer1": 0, "layer2": 1, "layer3": 1}
 
 
-def feature_size(height: int, width: int, stage: str = "layer4", last_stride: int = 1) -> Tuple[int, int]:
+def feature_size(height: int, width: int, stage: str = "layer4", last_stride: int = 1,
+                 halvings: Optional[Mapping[str, int]] = None) -> Tuple[int, int]:
     """Spatial size ``(h, w)`` of ``stage``'s output for a ``height x width`` input: every stride-2 convolution or
-    pooling of a ResNet (kernel 3/7/1 with padding 1/3/0) maps n to ceil(n / 2). 384x128 -> layer4 24x8."""
-    halvings = sum(_HALVINGS.get(s, int(last_stride == 2)) for s in STAGES[: STAGES.index(stage) + 1])
-    for _ in range(halvings):
+    pooling of a ResNet (kernel 3/7/1 with padding 1/3/0) maps n to ceil(n / 2). 384x128 -> layer4 24x8.
+    ``halvings``: a backbone's own per-stage halvings where they differ from a ResNet's (its registration's
+    ``halvings`` meta, e.g. ``{"layer3": 0}`` for an output stride of 8)."""
+    own = {**_HALVINGS, **(halvings or {})}
+    halvings_total = sum(own.get(s, int(last_stride == 2)) for s in STAGES[: STAGES.index(stage) + 1])
+    for _ in range(halvings_total):
         height, width = -(-height // 2), -(-width // 2)
     return height, width
 
