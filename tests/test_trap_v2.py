@@ -274,3 +274,33 @@ def test_oracle_run_logs_cue_coverage(tiny_config, monkeypatch):
     assert [r["epoch"] for r in records] == [1, 2]
     for r in records:
         assert all(0 <= r[k] <= 1 for k in ("cue_in_erased", "erased_on_cue", "cue_area", "saliency_on_cue"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What eqs. 2-4 imply for a pair sharing a component (docs/methods.md §1.3, benchmarks/cgram_shared_cue.py)
+# ----------------------------------------------------------------------------------------------------------------
+def test_cgram_of_the_cosine_sums_to_zero_and_its_gradient_is_the_orthogonal_projection():
+    """With GAP pooling, dS/dA(x) = g / N at every location with g = (f_p/|f_p| - S f_i/|f_i|) / |f_i|, which is
+    orthogonal to f_i: the pre-ReLU map of eqs. 3-4 sums to zero over the locations, and for f_i = s + e_i,
+    f_p = s + e_p (orthogonal parts) the shared part s enters g with the factor 1 - S only."""
+    from esreid.erasing.cgram import contributions, cosine_confidence
+
+    g0 = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 16, 4, 2, generator=g0).requires_grad_(True)
+    f = a.mean((2, 3))
+    score = cosine_confidence(f[:1], f[1:]).sum()
+    (pre,) = contributions(score, [a], retain_graph=True)
+    assert abs(float(pre[0].sum())) < 1e-6 * float(pre[0].abs().sum())
+    (grad,) = torch.autograd.grad(score, a)
+    fi, fp = f[0].detach(), f[1].detach()
+    s = float(score)
+    g = (fp / fp.norm() - s * fi / fi.norm()) / fi.norm()
+    assert torch.allclose(grad[0], (g / 8)[:, None, None].expand(16, 4, 2), atol=1e-6)
+    # orthogonal shared / own parts: g = [s_part (1 - S) + e_p - S e_i] / (|f| |f|) exactly
+    basis = torch.linalg.qr(torch.randn(16, 3, generator=g0)).Q.t()  # 3 orthonormal vectors
+    shared, ei, ep = 3.0 * basis[0], 0.5 * basis[1], 0.5 * basis[2]
+    fi, fp = shared + ei, shared + ep
+    n, cos = fi.norm(), float(cosine_confidence(fi[None], fp[None]))
+    g = (fp / fp.norm() - cos * fi / fi.norm()) / fi.norm()
+    assert torch.allclose(g * n * n, shared * (1 - cos) + ep - cos * ei, atol=1e-6)
+    assert float(torch.nn.functional.cosine_similarity(g, shared, dim=0)) < 0.15  # nearly orthogonal
