@@ -152,16 +152,13 @@ def impostors(feats, metric: str, groups: Dict[int, int]) -> Tuple[int, int, int
 def run_cell(row: Row, seed: int, out: str, quick: bool) -> Dict[str, Any]:
     """Train one cell (resuming an interrupted one) and evaluate it on the trap's cue and cue-free test renderings;
     writes and returns ``cell.json``."""
-    import torch
-
     from esreid.ablate import Cell
     from esreid.ablate import run_cell as train_cell
-    from esreid.config import load_config
     from esreid.data.base import build_dataset
     from esreid.data.datasets.synthetic import trap_groups
-    from esreid.engine.checkpoint import load_trained_model
     from esreid.engine.evaluator import evaluate_features, extract_test_features
-    from esreid.files import atomic_write_text
+    from esreid.engine.session import open_trained
+    from esreid.files import atomic_write, read_jsonl
 
     folder = cell_folder(out, row, seed)
     done = os.path.join(folder, "cell.json")
@@ -172,22 +169,20 @@ def run_cell(row: Row, seed: int, out: str, quick: bool) -> Dict[str, Any]:
     path = os.path.join(CONFIGS, row.config)
     overrides = tuple(cell_overrides(row, seed, out, quick))
     train_cell(Cell(path, overrides, folder, seed))
-    cfg = load_config(path, list(overrides))
-    torch.set_num_threads(1)
-    model = load_trained_model(cfg, os.path.join(folder, "last.pth"))
+    session = open_trained(path, os.path.join(folder, "last.pth"), overrides, device="cpu")  # threads=1 (overrides)
+    cfg, model = session.cfg, session.model
     result: Dict[str, Any] = {"row": row.label, "seed": seed}
     groups = trap_groups(os.path.join(data_root(out, 1.0), "synthetic"))
     for rendering in ("cuefree", "cue"):  # both on the trap dataset (the ceiling's own test set = the cue-free one)
         ds = build_dataset("synthetic", data_root(out, 1.0), verbose=False, **data_args(quick, 1.0, rendering))
-        feats = extract_test_features(model, ds, cfg, torch.device("cpu"))
+        feats = extract_test_features(model, ds, cfg, session.device)
         metrics = evaluate_features(feats, ds, cfg, model.retrieval.metric)
         result[rendering] = {k: v for k, v in metrics.items() if isinstance(v, float)}
         result[f"impostors_{rendering}"] = impostors(feats, model.retrieval.metric, groups)
-    with open(os.path.join(folder, "metrics.jsonl"), encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = read_jsonl(os.path.join(folder, "metrics.jsonl"))
     result["coverage"] = [r for r in records if r.get("type") == "cue_coverage"]
     result["seconds"] = time.perf_counter() - start
-    atomic_write_text(done, json.dumps(result, indent=1))
+    atomic_write(done, json.dumps(result, indent=1))
     return result
 
 
@@ -296,7 +291,7 @@ def coverage_plots(cells: Dict[Tuple[str, int], Dict[str, Any]], out: str) -> Li
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from esreid.viz.images import atomic_write
+    from esreid.files import atomic_write
 
     paths = []
     panels = (("cue_in_erased", ("Base", "ES-Net", "ES-Net oracle"), "share of cue pixels inside BESM's erasure",
@@ -382,9 +377,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     load.stop.set()
     wall = time.perf_counter() - start
     summary.update(wall_seconds=wall, median_load=load.median(), hardware=hardware())
-    from esreid.files import atomic_write_text
+    from esreid.files import atomic_write
 
-    atomic_write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=1, default=str))
+    atomic_write(os.path.join(out, "summary.json"), json.dumps(summary, indent=1, default=str))
     print(f"\nwall time {wall:.0f} s; median 1-minute load average {load.median():.1f} "
           f"(samples every 30 s: min {min(load.values):.1f}, max {max(load.values):.1f})")
     return summary

@@ -101,13 +101,10 @@ def test_resnet_tiny_os8_maps_and_keys():
     assert os16(torch.zeros(2, 3, 64, 32)).shape == (2, 128, 4, 2)
     assert {k: v.shape for k, v in os8.state_dict().items()} == {k: v.shape for k, v in os16.state_dict().items()}
     assert os8.layer3[0].conv1.stride == (1, 1) and os8.layer3[0].downsample[0].stride == (1, 1)
-    from esreid.config import ModelConfig
-    from esreid.models.backbones import BACKBONES
-
-    assert feature_size(64, 32, "layer4", 1, BACKBONES.meta("resnet_tiny_os8")["halvings"]) == (8, 4)
-    cfg = type("C", (), {"data": DataConfig(height=64, width=32)})()
-    assert ModelConfig(backbone="resnet_tiny_os8").feature_size(cfg, "layer3") == (8, 4)
-    assert ModelConfig(backbone="resnet_tiny").feature_size(cfg, "layer3") == (4, 2)
+    # the size a config check reads (bdb, pmm) from the registration's halvings, without building anything
+    assert feature_size(64, 32, "layer4", 1, "resnet_tiny_os8") == (8, 4)
+    assert feature_size(64, 32, "layer3", 1, "resnet_tiny_os8") == (8, 4)
+    assert feature_size(64, 32, "layer3", 1, "resnet_tiny") == (4, 2)
 
 
 def test_benchmark_statistics_by_hand():
@@ -293,7 +290,7 @@ def test_cgram_of_the_cosine_sums_to_zero_and_its_gradient_is_the_orthogonal_pro
     assert abs(float(pre[0].sum())) < 1e-6 * float(pre[0].abs().sum())
     (grad,) = torch.autograd.grad(score, a)
     fi, fp = f[0].detach(), f[1].detach()
-    s = float(score)
+    s = float(score.detach())
     g = (fp / fp.norm() - s * fi / fi.norm()) / fi.norm()
     assert torch.allclose(grad[0], (g / 8)[:, None, None].expand(16, 4, 2), atol=1e-6)
     # orthogonal shared / own parts: g = [s_part (1 - S) + e_p - S e_i] / (|f| |f|) exactly

@@ -16,8 +16,8 @@ shoulder bag; ``"patch"`` (SaliencyTrap v2), a badge off the body axis at a posi
 Every trap dataset also writes (:mod:`esreid.data.datasets.synthetic`): each test image a second time CUE-FREE
 (contrast 0, every other random draw identical: the images differ only where the cue is visible), and the exact
 per-image mask of the visible cue pixels, so that a benchmark can measure what a model learnt besides the cue and
-where an eraser or a saliency map falls. ``size`` scales the rectangle, ``contrast`` blends its colours over what is underneath (1: opaque,
-0: invisible, a control with exactly the images of the trap-free dataset).
+where an eraser or a saliency map falls. ``size`` scales the rectangle, ``contrast`` blends its colours over what is
+underneath (1: opaque, 0: invisible, a control with exactly the images of the trap-free dataset).
 
 Default ``{cue: emblem, size: 1.0, contrast: 1.0, group_size: 4}``, chosen before any model was trained on it:
 
@@ -85,7 +85,8 @@ def _emblem(xx: np.ndarray, yy: np.ndarray, ident: Identity, mirror: float, pain
     return box & (yy < 0.4), box & (yy >= 0.4)
 
 
-def _hand_bag(xx: np.ndarray, yy: np.ndarray, ident: Identity, mirror: float, paint: TrapPaint) -> Tuple[np.ndarray, ...]:
+def _hand_bag(xx: np.ndarray, yy: np.ndarray, ident: Identity, mirror: float,
+              paint: TrapPaint) -> Tuple[np.ndarray, ...]:
     """Trap cue ``"bag"``: a bag hanging from the hand opposite to the shoulder bag (right hand, as seen from the
     front, otherwise). Returns the (H, W) masks of its top and bottom halves."""
     size = paint.size
@@ -112,7 +113,8 @@ def patch_position(rng: np.random.Generator) -> Tuple[float, float]:
 
 
 TRAP_CUES: Dict[str, Callable[..., Tuple[np.ndarray, ...]]] = {"emblem": _emblem, "bag": _hand_bag, "patch": _patch}
-ON_TOP = {"patch"}  # cues painted after everything worn (bags, hair): a badge; the others lie under the bags (TrapPaint.on_top)
+# cues painted after everything worn (bags, hair): a badge; the others lie under the bags (TrapPaint.on_top)
+ON_TOP = {"patch"}
 
 
 def check_trap(trap: Any, num_test_ids: int) -> Dict[str, Any]:
