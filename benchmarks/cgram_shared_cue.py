@@ -114,7 +114,7 @@ def measure(cue: float, view: float, draws: int, use_eq5: bool, kind: str) -> Di
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--draws", type=int, default=300)
+    p.add_argument("--draws", type=int, default=200)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     print(f"hardware: {hardware()}")
