@@ -25,7 +25,9 @@ CASES = {
     "search_speed.py": (["--gallery", "2000", "--dim", "32", "--queries", "50", "--runs", "1"],
                         ["nearest neighbours agree: True"]),
     "threads.py": (["--runs", "1", "--epochs", "1", "--settings", "1", "--conditions", "as is"], ["| as is |"]),
-    "saliency_trap.py": (["--quick", "--out", "{tmp}/trap"], ["paired t = ", "same-group impostors"]),
+    "cgram_shared_cue.py": (["--draws", "10"], ["| relu | eq. 2 | 3 | 0.5 |", "| gauss | eq. 5 |"]),
+    "saliency_trap.py": (["--quick", "--out", "{tmp}/trap"], ["## Mechanism gate", "paired t = ", "exact Wilcoxon",
+                                                              "## Verdict: ", "trap_cgram_mass.png"]),
 }
 
 

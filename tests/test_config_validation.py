@@ -40,10 +40,10 @@ def cli_error(tmp_path, capsys, body, overrides=()):
 # --------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("body, key, message", [
     ("model:\n  name: esnet\n  erase_ratio: 1.5\n", "model.erase_ratio", "expected a value <= 1, got 1.5"),
-    ("model:\n  name: esnet\n  saliency: foo\n", "model.saliency", "expected one of cgram, gradcam; got 'foo'"),
+    ("model:\n  name: esnet\n  saliency: foo\n", "model.saliency", "expected one of cgram, gradcam, oracle; got 'foo'"),
     ("model:\n  backbone: resnet152\n", "model.backbone", "expected one of resnet101, resnet18, resnet34, resnet50, "
                                                           "resnet50_nl, resnet_tiny, resnet_tiny_bottleneck, "
-                                                          "resnet_tiny_nl; got 'resnet152'"),
+                                                          "resnet_tiny_nl, resnet_tiny_os8; got 'resnet152'"),
     ("data:\n  name: market\n", "data.name", "expected one of cuhk03, custom, dukemtmcreid, market1501, msmt17, "
                                             "occluded_duke, synthetic, vehicleid, veri776; got 'market'"),
     ("solver:\n  lr: -1\n", "solver.lr", "expected a value > 0, got -1.0"),

@@ -165,7 +165,7 @@ def test_no_weight_decay_names_and_branch_copies():
     ("model.esb_pooling=median", "key 'model.esb_pooling': expected one of gap, gem, gmp, ppool; got 'median'"),
     ("model.erase_ratio=1.5", "key 'model.erase_ratio': expected a value <= 1, got 1.5"),
     ("model.erase_prob=-0.1", "key 'model.erase_prob': expected a value >= 0, got -0.1"),
-    ("model.saliency=foo", "key 'model.saliency': expected one of cgram, gradcam; got 'foo'"),
+    ("model.saliency=foo", "key 'model.saliency': expected one of cgram, gradcam, oracle; got 'foo'"),
     ("model.ppool_init=1.0", "key 'model.ppool_init': expected a value > 1, got 1.0"),
     ("model.aib=false", "key 'model.esb': model.aib and model.esb are both false"),
 ])

@@ -192,7 +192,7 @@ ROWS = [
         "10)"),
     Row("an unknown dataset option", TRAIN + ["data.args={num_train_idz: 3}"], "esreid: error: command line: key "
         "'data.args': dataset 'synthetic': unknown option(s) ['num_train_idz']; it accepts: num_train_ids, "
-        "num_test_ids, images_per_id, height, width, seed, num_junk, num_distractors, trap, palette"),
+        "num_test_ids, images_per_id, height, width, seed, num_junk, num_distractors, trap, palette, test_rendering"),
     Row("`device=cuda` on a machine without CUDA", TRAIN + ["device=cuda"], "esreid: error: key 'device': 'cuda' "
         "requested but CUDA is not available here; use device=cpu or auto"),
     # --- dataset ---

@@ -319,3 +319,56 @@ def test_eval_of_a_trained_run_on_market1501_and_dukemtmcreid(tmp_path, capsys, 
         assert results["cases"][name]["mAP"] == pytest.approx(single["mAP"], abs=1e-6), name
         assert results["cases"][name]["R1"] == pytest.approx(single["R1"], abs=1e-6), name
     assert results["cases"]["market1501"]["mAP"] != results["cases"]["dukemtmcreid"]["mAP"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Several datasets with the SaliencyTrap's cue masks; the palette on the trap's renderings
+# ----------------------------------------------------------------------------------------------------------------
+TRAP = "{num_train_ids: 6, num_test_ids: 4, images_per_id: 4, height: 32, width: 16, seed: %d, trap: {cue: patch}%s}"
+
+
+def test_every_training_part_must_declare_cue_masks_and_the_combined_set_reads_each_parts(tmp_path):
+    parts = (f"data.train=[{{name: synthetic, label: day, root: {tmp_path}/day, args: {TRAP % (0, '')}}}, "
+             f"{{name: synthetic, label: dusk, root: {tmp_path}/dusk, args: {TRAP % (1, ', palette: dusk')}}}]")
+    common = ["data.height=32", "data.width=16", "model.name=esnet", "model.backbone=resnet_tiny",
+              "model.saliency=oracle"]
+    cfg = load_config(None, [*common, parts])
+    run = open_datasets(cfg)
+    day, dusk = run.train_parts
+    combined = run.train.train
+    assert run.train.cue_masks(combined) == day.cue_masks(day.train) + dusk.cue_masks(dusk.train)
+    picked = [combined[-1], combined[0]]  # any subset, in its own order (the cue-coverage batches)
+    assert run.train.cue_masks(picked) == [dusk.cue_masks(dusk.train)[-1], day.cue_masks(day.train)[0]]
+    without = parts.replace(", trap: {cue: patch}, palette: dusk", ", palette: dusk")
+    with pytest.raises(ConfigError, match=r"key 'model.saliency': 'oracle' erases .* but dusk with its args declares"):
+        load_config(None, [*common, without])
+    with pytest.raises(ConfigError, match=r"key 'diagnostics.cue_coverage': .* dusk with its args declares none"):
+        load_config(None, [*common[:-1], without, "diagnostics.cue_coverage=true"])
+
+
+def test_the_palette_recolours_the_trap_and_its_cue_free_twin_not_the_masks(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from esreid.data.synth.render import apply_domain
+
+    opts = {"num_train_ids": 4, "num_test_ids": 4, "images_per_id": 4, "height": 64, "width": 32,
+            "trap": {"cue": "patch"}}
+    plain = build_dataset("synthetic", str(tmp_path / "a"), False, **opts)
+    dusk = build_dataset("synthetic", str(tmp_path / "b"), False, palette="dusk", **opts)
+    dusk_free = build_dataset("synthetic", str(tmp_path / "b"), False, palette="dusk", test_rendering="cuefree",
+                              **opts)
+    plain_free = build_dataset("synthetic", str(tmp_path / "a"), False, test_rendering="cuefree", **opts)
+    names = [os.path.basename(it.path) for it in plain.query]
+    assert names == [os.path.basename(it.path) for it in dusk.query]  # the same draws, only recoloured
+
+    def pixels(path):
+        return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
+
+    for a, b in ((plain.query, dusk.query), (plain_free.query, dusk_free.query)):
+        for x, y in zip(a, b):
+            recoloured = apply_domain(pixels(x.path).astype(np.uint8), "dusk").astype(np.float64)
+            off = np.abs(pixels(y.path) - recoloured).mean()  # the palette, within the noise of two JPEG passes
+            assert off < 6 and off < 0.2 * np.abs(pixels(y.path) - pixels(x.path)).mean()  # ... a large change
+    for x, y in zip(plain.cue_masks(plain.query), dusk.cue_masks(dusk.query)):
+        assert np.array_equal(np.asarray(Image.open(x)), np.asarray(Image.open(y)))  # where the cue is

@@ -24,6 +24,7 @@ from esreid.config.schema import (
     invalid,
     load_config,
     model_config_class,
+    training_sets_without_cue_masks,
 )
 from esreid.config.typed import (
     FLOAT_LIMIT,
@@ -43,6 +44,6 @@ __all__ = [
     "BACKBONE_NAMES", "ERASE_VALUE_NAMES", "POOLING_NAMES", "CheckpointConfig", "Config", "DataConfig",
     "DatasetEntry", "DiagnosticsConfig", "GuardConfig", "LossConfig", "ModelConfig", "SolverConfig", "TestConfig",
     "build_config", "case_name", "case_names", "dataset_class", "dataset_entries", "invalid", "load_config",
-    "model_config_class", "FLOAT_LIMIT", "Check", "Invalid", "Section", "apply_overrides", "dump_yaml", "load_raw",
-    "param", "parse_override", "to_dict", "ConfigError",
+    "model_config_class", "training_sets_without_cue_masks", "FLOAT_LIMIT", "Check", "Invalid", "Section",
+    "apply_overrides", "dump_yaml", "load_raw", "param", "parse_override", "to_dict", "ConfigError",
 ]

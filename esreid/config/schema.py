@@ -166,11 +166,16 @@ class DataConfig(Section):
     flip_prob: float = param(0.5, ge=0, le=1)
     pad: int = param(0, ge=0, le=1024)  # pad-and-random-crop (BoT); ES-Net uses flip + normalise only
     random_erasing: float = param(0.0, ge=0, le=1)  # probability of Zhong et al. random erasing
+    # its target area S_e ~ U(lo, hi) * H * W (Zhong's 0.02-0.4; [0.2, 0.2] = BESM's R = 20% exactly, SaliencyTrap v2)
+    random_erasing_area: List[float] = param(factory=lambda: [0.02, 0.4], length=2, ge=1e-3, le=1)
     cutout_prob: float = param(0.0, ge=0, le=1)  # probability of one Cutout square per image (BDB: 0.5)
     cutout_size: int = param(64, ge=1)  # side of the Cutout square in pixels (BDB: 64)
     test_batch_size: int = param(128, ge=1, le=65536)
 
     def check(self, cfg: Config) -> None:
+        if self.random_erasing_area[0] > self.random_erasing_area[1]:
+            raise Invalid("data.random_erasing_area",
+                          f"expected [lo, hi] with lo <= hi, got {self.random_erasing_area}")
         if self.cutout_prob > 0 and self.cutout_size > min(self.height, self.width):
             raise Invalid("data.cutout_size", f"the {self.cutout_size}x{self.cutout_size} Cutout square does not fit "
                                               f"in {self.height}x{self.width} images; lower it or set cutout_prob=0")
@@ -260,13 +265,25 @@ class TestConfig(Section):
 @dataclass
 class DiagnosticsConfig(Section):
     """ES-Net Fig. 3 ("verification of motivation") for any model: log the model's loss on BESM-erased copies of each
-    batch while it trains on the original images. Costs one extra saliency pass and forward per iteration."""
+    batch while it trains on the original images. Costs one extra saliency pass and forward per iteration. And the
+    cue-coverage diagnostic (SaliencyTrap v2)."""
 
     erased_loss: bool = False
     layer: str = ""  # CG-RAM layer of the probed model; "" = the model's saliency_layer
     erase_ratio: float = param(0.2, ge=0, le=1)  # R
     erase_prob: float = param(1.0, ge=0, le=1)  # P (1: every copy is erased)
     erase_value: str = param("black", choices=ERASE_VALUE_NAMES)  # as ES-Net's BESM (docs/methods.md §7 #6)
+    # per epoch, on cue_batches fixed PK batches: the cue's share of BESM's erasures (R = erase_ratio) and the
+    # saliency mass on the cue (esreid.engine.diagnostics.CueCoverage); for datasets that declare cue masks
+    cue_coverage: bool = False
+    cue_batches: int = param(4, ge=1, le=1000)
+
+    def check(self, cfg: Config) -> None:
+        lacking = training_sets_without_cue_masks(cfg)
+        if self.cue_coverage and lacking:
+            raise Invalid("diagnostics.cue_coverage", f"needs training data that declares cue masks; {lacking[0]} "
+                                                      "with its args declares none (the synthetic dataset does with "
+                                                      "a trap: data.args: trap: {...})")
 
 
 @dataclass
@@ -348,6 +365,12 @@ class Config(Section):
         default = self.test.protocol_args
         return [dataclasses.replace(e, protocol_args=dict(default if e.protocol_args is None else e.protocol_args))
                 for e in entries]
+
+
+def training_sets_without_cue_masks(cfg: Config) -> List[str]:
+    """The keys of the training datasets that declare no cue masks (every part must, for an oracle eraser or the
+    cue-coverage diagnostic: :meth:`esreid.data.base.ReIDDataset.declares_cue_masks`)."""
+    return [e.key for e in cfg.train_sets() if not dataset_class(e.name).declares_cue_masks(e.args)]
 
 
 def case_name(test_set: str, condition: str) -> str:

@@ -100,6 +100,17 @@ class ReIDDataset:
         name = cls.protocol_name(options)
         return PROTOCOLS.meta(name)["options"].problem(protocol_args, name)
 
+    @classmethod
+    def declares_cue_masks(cls, options: Dict[str, Any]) -> bool:
+        """Whether the dataset built with ``options`` declares exact per-image masks of a known salient cue
+        (:meth:`cue_masks`; the synthetic trap does): an oracle eraser and the cue-coverage diagnostic need them."""
+        return False
+
+    def cue_masks(self, items: Sequence[ImageItem]) -> List[str]:
+        """The mask file of each of ``items`` (a PNG of the image's size, non-zero = cue), for a dataset that
+        :meth:`declares_cue_masks`; others raise (a config check refuses what needs masks before this is asked)."""
+        raise NotImplementedError(f"{self.name or type(self).__name__} declares no cue masks")
+
     def check_counts(self, expected: Optional[Dict[str, tuple]] = None) -> List[str]:
         """Compare (ids, images) per split with the published counts; returns the mismatches (empty = ok)."""
         expected = self.published if expected is None else expected

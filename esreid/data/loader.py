@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, List, Optional, Protocol, Sequence
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -65,14 +66,39 @@ def build_image_source(cfg: DataConfig, items: Sequence[ImageItem]) -> ImageSour
     return FileImageSource(items, cfg.height, cfg.width)
 
 
+class MaskSource:
+    """Cue masks from files (a dataset's :meth:`~esreid.data.base.ReIDDataset.cue_masks`): ``source[i]`` -> bool
+    ``(H, W)``, non-zero pixels of the i-th PNG, resized to ``(H, W)`` by nearest neighbour when its size differs."""
+
+    def __init__(self, paths: Sequence[str], height: int, width: int):
+        self.paths, self.height, self.width = list(paths), height, width
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        try:
+            with Image.open(self.paths[i]) as img:
+                img = img.convert("L")
+                if img.size != (self.width, self.height):
+                    img = img.resize((self.width, self.height), Image.NEAREST)
+                return torch.from_numpy(np.asarray(img) > 0)
+        except OSError as e:
+            raise DatasetError(f"cue mask {self.paths[i]}: unreadable ({e}); regenerate the dataset") from None
+
+
 class ReIDImageDataset(Dataset):
-    """``dataset[i]`` -> ``dict(images=uint8 (3, H, W), pids=int, camids=int, index=i)``.
+    """``dataset[i]`` -> ``dict(images=uint8 (3, H, W), pids=int, camids=int, index=i)`` (and ``cue_masks=bool
+    (H, W)`` of the same image when ``masks`` is given).
 
     Args:
         items: the images (``pid``/``camid`` are returned as they are).
         source: pixels of ``items[i]`` (same length and order).
         substitute_bad: replace an unreadable image by another of the same identity (training) instead of raising.
         max_bad: most distinct unreadable images tolerated when substituting (default ``max(10, len(items) // 100)``).
+        masks: the cue mask of ``items[i]`` (:class:`MaskSource`), or None.
     """
 
     def __init__(
@@ -81,9 +107,11 @@ class ReIDImageDataset(Dataset):
         source: ImageSource,
         substitute_bad: bool = False,
         max_bad: Optional[int] = None,
+        masks: Optional[ImageSource] = None,
     ):
-        if len(source) != len(items):
+        if len(source) != len(items) or (masks is not None and len(masks) != len(items)):
             raise ValueError(f"image source has {len(source)} images but there are {len(items)} items")
+        self.masks = masks
         self.items = list(items)
         self.source = source
         self.substitute_bad = substitute_bad
@@ -99,15 +127,20 @@ class ReIDImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, object]:
         item = self.items[index]
-        return {"images": self._load(index), "pids": item.pid, "camids": item.camid, "index": index}
+        j, image = self._load(index)
+        out = {"images": image, "pids": item.pid, "camids": item.camid, "index": index}
+        if self.masks is not None:
+            out["cue_masks"] = self.masks[j]  # the mask of the image actually returned (a substitute's own)
+        return out
 
     def bad_files(self) -> List[str]:
         """Paths of the images found unreadable so far."""
         return [self.items[i].path for i in torch.nonzero(self.bad).flatten().tolist()]
 
-    def _load(self, index: int) -> torch.Tensor:
+    def _load(self, index: int) -> Tuple[int, torch.Tensor]:
+        """(index of the image returned, its pixels): ``index`` itself or a substitute of the same identity."""
         if not self.substitute_bad:
-            return self.source[index]
+            return index, self.source[index]
         group = self._same_pid[self.items[index].pid]
         start = group.index(index)
         for j in group[start:] + group[:start]:
@@ -120,7 +153,7 @@ class ReIDImageDataset(Dataset):
                 continue
             if j != index:
                 self.substitutions += 1
-            return image
+            return j, image
         raise DatasetError(
             f"no readable image left for identity {self.items[index].pid}: every one of its {len(group)} images "
             f"failed to load ({', '.join(self.items[j].path for j in group)})"
@@ -138,15 +171,17 @@ class ReIDImageDataset(Dataset):
 
 
 def build_train_loader(cfg: DataConfig, items: Sequence[ImageItem], seed: int = 0, rank: int = 0,
-                       world_size: int = 1) -> DataLoader:
+                       world_size: int = 1, masks: Optional[Sequence[str]] = None) -> DataLoader:
     """PK-sampled training loader (J = ``cfg.ids_per_batch`` ids x K = ``cfg.instances`` images per batch).
 
     Under DDP each of the ``world_size`` processes gets every ``world_size``-th batch of the same epoch plan.
 
     Call ``loader.batch_sampler.set_epoch(epoch)`` before each epoch for reproducible, per-epoch shuffles.
     Bad images are substituted (module docstring); ``loader.dataset.substitutions`` counts the substitutions.
+    ``masks``: the cue-mask file of each item (batches then hold ``cue_masks`` (B, H, W) bool), or None.
     """
-    dataset = ReIDImageDataset(items, build_image_source(cfg, items), substitute_bad=True)
+    mask_source = MaskSource(masks, cfg.height, cfg.width) if masks is not None else None
+    dataset = ReIDImageDataset(items, build_image_source(cfg, items), substitute_bad=True, masks=mask_source)
     sampler = PKSampler([it.pid for it in items], cfg.ids_per_batch, cfg.instances, seed=seed, rank=rank,
                         world_size=world_size)
     return DataLoader(

@@ -10,7 +10,7 @@ is evaluated on its own (:mod:`esreid.engine.testsets`).
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from esreid.data.base import ImageItem, ReIDDataset
 
@@ -35,6 +35,13 @@ class CombinedTrainSet(ReIDDataset):
     def __init__(self, parts: Sequence[Tuple[str, ReIDDataset]]):
         self.parts = list(parts)
         super().__init__(combine_train([d for _, d in self.parts]), [], [])
+        originals = [(d, it) for _, d in self.parts for it in d.train]  # combine_train keeps the order
+        self._origin: Dict[ImageItem, Tuple[ReIDDataset, ImageItem]] = dict(zip(self.train, originals))
+
+    def cue_masks(self, items: Sequence[ImageItem]) -> List[str]:
+        """The cue-mask file of each of ``items`` (combined train items), from the part it comes from (every part
+        must declare cue masks: the config check sees to it)."""
+        return [part.cue_masks([original])[0] for part, original in (self._origin[it] for it in items)]
 
     def summary(self) -> str:
         """Train ids / images / cameras of each part and of the combination."""

@@ -13,7 +13,7 @@ are drawn on the CPU and the pixel work runs on the images' device, so results d
 from __future__ import annotations
 
 import io
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -133,7 +133,8 @@ class TrainAugment:
             ``cutout_prob`` / ``cutout_size`` (Cutout; 0 = off).
         seed: seed of the CPU generator drawing all random parameters.
 
-    Random erasing (Zhong et al., AAAI 2020, Alg. 1): target area ``S_e ~ U(0.02, 0.4) * H * W``, aspect
+    Random erasing (Zhong et al., AAAI 2020, Alg. 1): target area ``S_e ~ U(0.02, 0.4) * H * W`` (``ERASE_AREA``,
+    or ``random_erasing_area``), aspect
     ``r_e ~ U(0.3, 1/0.3)``, ``h = round(sqrt(S_e * r_e))``, ``w = round(sqrt(S_e / r_e))``; retried (up to
     ``ERASE_ATTEMPTS`` times) until ``h < H`` and ``w < W``, top-left corner uniform. The rectangle is filled with 0
     on the normalised tensor, i.e. with the dataset mean colour. Deviation: Zhong's and BoT's code write the raw
@@ -164,6 +165,7 @@ class TrainAugment:
         self.flip_prob = cfg.flip_prob
         self.pad = cfg.pad
         self.erase_prob = cfg.random_erasing
+        self.erase_area = tuple(cfg.random_erasing_area)
         self.cutout_prob = cfg.cutout_prob
         self.cutout_size = cfg.cutout_size
         self.normalize = _Normalize(cfg.mean, cfg.std)
@@ -171,17 +173,28 @@ class TrainAugment:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, 3, H, W)`` on any device -> float32 ``(B, 3, H, W)`` on the same device."""
+        return self.with_aligned(images, None)[0]
+
+    def with_aligned(self, images: torch.Tensor,
+                     aligned: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """:meth:`__call__` on ``images``, and the same flip and crop on ``aligned`` (B, H, W) bool, e.g. cue masks
+        (padding adds False); the random draws are those of the images alone, so a run with masks trains exactly as
+        one without. Returns (float32 (B, 3, H, W), bool (B, H, W) or None)."""
         _check_batch(images)
+        if aligned is not None:
+            images = torch.cat([images, aligned[:, None].to(images.dtype)], dim=1)  # (B, 4, H, W)
         if self.flip_prob > 0:
             images = self.flip(images)
         if self.pad > 0:
             images = self.pad_crop(images)
+        if aligned is not None:
+            images, aligned = images[:, :3], images[:, 3] > 0
         x = self.normalize(images)
         if self.erase_prob > 0:
             x = self.erase(x)
         if self.cutout_prob > 0:
             x = self.cutout(x)
-        return x
+        return x, aligned
 
     def flip(self, images: torch.Tensor) -> torch.Tensor:
         """Mirror each image left-right with probability ``flip_prob``. ``(B, C, H, W)`` -> same."""
@@ -206,7 +219,7 @@ class TrainAugment:
         n = self.ERASE_ATTEMPTS
         g = self.generator
         apply = torch.rand(batch, generator=g) < self.erase_prob
-        lo, hi = self.ERASE_AREA
+        lo, hi = self.erase_area
         area = (lo + (hi - lo) * torch.rand(batch, n, generator=g, dtype=torch.float64)) * (height * width)
         lo, hi = self.ERASE_ASPECT
         aspect = lo + (hi - lo) * torch.rand(batch, n, generator=g, dtype=torch.float64)

@@ -162,8 +162,10 @@ class Trainer:
         cfg = self.cfg
         self.seed = cfg.seed + self.dist.rank
         seed_everything(self.seed)
+        # the model's declared train inputs (ES-Net's oracle erasing: the dataset's cue masks) load with the images
+        masks = self.dataset.cue_masks(self.dataset.train) if "cue_masks" in self.model.train_inputs else None
         self.train_loader = build_train_loader(cfg.data, self.dataset.train, seed=cfg.seed, rank=self.dist.rank,
-                                               world_size=self.dist.world_size)
+                                               world_size=self.dist.world_size, masks=masks)
         self.augment = TrainAugment(cfg.data, seed=self.seed)
 
     def build_optimizer(self) -> None:
@@ -349,15 +351,18 @@ class Trainer:
     def train_step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, float]:
         """One optimisation step on a loader batch (hooks' ``before_step`` / ``after_step`` around it); returns the
         loss terms as floats."""
-        images = self.augment(batch["images"].to(self.device, non_blocking=True))
+        masks = batch.get("cue_masks")
+        images, masks = self.augment.with_aligned(batch["images"].to(self.device, non_blocking=True),
+                                                  None if masks is None else masks.to(self.device, non_blocking=True))
         if self.cfg.solver.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         pids = batch["pids"].to(self.device, non_blocking=True)
-        self.state.batch = {"images": images, "pids": pids}
+        self.state.batch = {"images": images, "pids": pids, **({"cue_masks": masks} if masks is not None else {})}
         self.state.extra = {}
         self._call("before_step")
+        inputs = {k: self.state.batch[k] for k in self.model.train_inputs}  # declared by the model
         with autocast(self.device, self.cfg.solver.amp):
-            terms = self.net(images, pids)
+            terms = self.net(images, pids, **inputs)
         loss = sum(t.float() for t in terms.values())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

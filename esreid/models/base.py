@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Set
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +84,9 @@ class ReIDModel(nn.Module):
 
     default_retrieval: ClassVar[RetrievalRule] = RetrievalRule()
     saliency_layer: str = "backbone.layer4"
+    # batch entries besides images and pids that forward_train takes as keyword arguments; the trainer loads and
+    # augments them with the images: "cue_masks" (B, H, W) bool, the dataset's cue masks (ES-Net's oracle erasing)
+    train_inputs: Tuple[str, ...] = ()
 
     def __init__(self, cfg: Any, num_classes: int, retrieval: Optional[RetrievalRule] = None):
         super().__init__()
@@ -100,9 +103,18 @@ class ReIDModel(nn.Module):
         """The trunk map -> one :class:`HeadOutput` per branch (retrieval features in ``.feature``)."""
         raise NotImplementedError
 
-    def forward_train(self, images: Tensor, pids: Tensor) -> Dict[str, Tensor]:
-        """One training forward: images ``(B, 3, H, W)``, identities ``(B,)`` in ``[0, num_classes)`` -> loss terms."""
+    def forward_train(self, images: Tensor, pids: Tensor, **inputs: Tensor) -> Dict[str, Tensor]:
+        """One training forward: images ``(B, 3, H, W)``, identities ``(B,)`` in ``[0, num_classes)`` and the
+        declared :attr:`train_inputs` -> loss terms."""
         raise NotImplementedError
+
+    def training_saliency(self, images: Tensor, pids: Tensor) -> Tensor:
+        """The saliency maps ``(B, h, w)`` that BESM would erase by in training (ES-Net: its ESB's CG-RAM, §III-C-1):
+        by default CG-RAM at :attr:`saliency_layer` with the batch's easiest positives (eq. 5) on the retrieval
+        vector. Changes no weight, mode or statistic (diagnostics read it: ``diagnostics.cue_coverage``)."""
+        from esreid.erasing.cgram import cgram_batch
+
+        return cgram_batch(self, images, pids)
 
     def features(self, images: Tensor) -> List[Tensor]:
         """Per-branch retrieval features ``[(B, D_i)]`` of images ``(B, 3, H, W)`` (no flip, no normalisation).
@@ -126,12 +138,12 @@ class ReIDModel(nn.Module):
         rule."""
         return self.retrieval.combine(self.branch_features(images))
 
-    def forward(self, images: Tensor, pids: Optional[Tensor] = None):
+    def forward(self, images: Tensor, pids: Optional[Tensor] = None, **inputs: Tensor):
         if not self.training:
             return self.features(images)
         if pids is None:
             raise ValueError(f"{type(self).__name__} in train mode needs pids: model(images, pids), or model.eval()")
-        return self.forward_train(images, pids)
+        return self.forward_train(images, pids, **inputs)
 
     def set_input_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """The per-channel normalisation ``(x / 255 - mean) / std`` of the images this model trains on (``data.mean``,

@@ -48,7 +48,7 @@ class BDBConfig(ModelConfig):
     def check(self, cfg) -> None:
         super().check(cfg)
         require_channels_multiple_of(self, Bottleneck.expansion, "the drop branch's new Bottleneck(C, C/4)")
-        h, w = feature_size(cfg.data.height, cfg.data.width, "layer4", self.last_stride)
+        h, w = feature_size(cfg.data.height, cfg.data.width, "layer4", self.last_stride, self.backbone)
         rows, cols = round(self.drop_height_ratio * h), round(self.drop_width_ratio * w)
         if rows < 1 or cols < 1:
             raise Invalid("model.drop_height_ratio" if rows < 1 else "model.drop_width_ratio",

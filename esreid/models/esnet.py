@@ -14,6 +14,9 @@ One training step (docs/methods.md §1.4, "per-iteration procedure"):
 Variants are configs of the same model: ``aib: false`` = ESB alone (Table II); ``esb_pooling: gap`` +
 ``loss.triplet_weight: 0`` = Base+BESM (Table III); ``aib_pooling: ppool`` = Table VI; Base+BESM with
 ``saliency: gradcam`` = Base+Grad-CAM Erasing (Table V: step 2 takes Grad-CAM of the true-ID logit instead of CG-RAM).
+``saliency: oracle`` (not in the paper: the SaliencyTrap's positive control, :mod:`esreid.erasing.oracle`) skips
+step 2 and hands BESM a map of the dataset's exact cue masks (``cue_masks``, a declared train input), for datasets
+that declare them.
 """
 
 from __future__ import annotations
@@ -25,10 +28,19 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from esreid.config import ERASE_VALUE_NAMES, POOLING_NAMES, DataConfig, Invalid, ModelConfig, param
+from esreid.config import (
+    ERASE_VALUE_NAMES,
+    POOLING_NAMES,
+    DataConfig,
+    Invalid,
+    ModelConfig,
+    param,
+    training_sets_without_cue_masks,
+)
 from esreid.erasing.besm import besm, erase_fill
 from esreid.erasing.cgram import batch_confidence, eval_mode, salient_map
 from esreid.erasing.gradcam import grad_cam, true_class_score
+from esreid.erasing.oracle import MASK_SALIENCY
 from esreid.losses import branch_losses
 from esreid.models import MODELS
 from esreid.models.backbones import STAGES, build_backbone
@@ -74,12 +86,18 @@ class ESNetConfig(ModelConfig):
     # the normalised tensor (docs/methods.md §7 #6)
     erase_value: str = param("black", choices=ERASE_VALUE_NAMES)
     detach_confidence_weight: bool = False  # eq. 5 literal (False) or exp(S) as a constant weight (§7 #4)
-    saliency: str = param("cgram", choices=lambda: list(SALIENCY))  # cgram (§III-C) | gradcam (Table V)
+    # cgram (§III-C) | gradcam (Table V) | oracle (the dataset's cue masks: a control, not the paper)
+    saliency: str = param("cgram", choices=lambda: [*SALIENCY, *MASK_SALIENCY.names()])
 
     def check(self, cfg) -> None:
         super().check(cfg)
         if not (self.aib or self.esb):
             raise Invalid("model.esb", "model.aib and model.esb are both false: enable at least one branch")
+        lacking = training_sets_without_cue_masks(cfg) if self.saliency in MASK_SALIENCY else []
+        if lacking:
+            raise Invalid("model.saliency", f"{self.saliency!r} erases the dataset's cue masks, but {lacking[0]} "
+                                            "with its args declares none (the synthetic dataset does with a trap: "
+                                            "data.args: trap: {...}); use cgram or gradcam")
 
 
 class Branch(nn.Module):
@@ -118,6 +136,7 @@ class ESNet(ReIDModel):
         self.esb = branch(cfg.esb_pooling, cfg.aib) if cfg.esb else None
         # CG-RAM layer L = the ESB's res_conv5 (its layer4 output; the AIB's without an ESB)
         self.saliency_layer = f"{'esb' if cfg.esb else 'aib'}.stages.layer4" if own else "shared.layer4"
+        self.train_inputs = ("cue_masks",) if cfg.saliency in MASK_SALIENCY and cfg.esb else ()
         self.generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))  # BESM coin flips
         self.register_buffer("erase_fill", torch.zeros(3), persistent=False)  # (3,) what BESM writes
         data = DataConfig()  # ImageNet statistics until the trainer tells the data's (set_input_normalization)
@@ -134,7 +153,8 @@ class ESNet(ReIDModel):
     def forward_head(self, t: Tensor) -> List[HeadOutput]:
         return [b(t) for b in self.branches().values()]  # AIB first
 
-    def forward_train(self, images: Tensor, pids: Tensor) -> Dict[str, Tensor]:
+    def forward_train(self, images: Tensor, pids: Tensor, cue_masks: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """``cue_masks`` (B, H, W) bool: with ``saliency: oracle`` only (a declared train input)."""
         terms: Dict[str, Tensor] = {}
         t = a_aib = None
         if self.aib is not None:
@@ -142,7 +162,10 @@ class ESNet(ReIDModel):
             a_aib = self.aib.stages(t)
             terms.update(branch_losses(self.aib.head(a_aib), pids, self.cfg.loss, "aib_"))  # eq. 1, AIB terms
         if self.esb is not None:
-            maps = self.saliency(images, pids, t, a_aib)
+            if self.cfg.saliency in MASK_SALIENCY:  # the control: BESM on the cue masks' map, no saliency pass
+                maps = MASK_SALIENCY.get(self.cfg.saliency)(cue_masks)
+            else:
+                maps = self.saliency(images, pids, t, a_aib)
             erased = besm(images, maps, self.cfg.erase_ratio, self.cfg.erase_prob, self.generator, self.erase_fill)
             out = self.esb(self.shared(erased.images))
             terms.update(branch_losses(out, pids, self.cfg.loss, "esb_"))  # eq. 1, ESB terms
@@ -154,7 +177,7 @@ class ESNet(ReIDModel):
         self, images: Tensor, pids: Tensor, t: Optional[Tensor] = None, a_aib: Optional[Tensor] = None
     ) -> Tensor:
         """Training-time saliency maps (B, h, w) of the ESB's res_conv5: CG-RAM (§III-C-1, eqs. 3-5) or, with
-        ``saliency: gradcam``, Grad-CAM of the true-ID logit (:func:`gradcam_saliency`).
+        ``saliency: gradcam``, Grad-CAM of the true-ID logit (:func:`gradcam_saliency`); CG-RAM under ``oracle``.
 
         ``t`` / ``a_aib``: the shared-trunk and AIB layer4 outputs of this step's AIB pass (reused, not recomputed).
         Only ``A`` gets a gradient; the ESB (and the shared trunk when ``t`` is not given) runs in eval mode, so no
@@ -170,7 +193,13 @@ class ESNet(ReIDModel):
                     a = self.esb.stages(t if t is not None else self.shared(images))
             a = a.float().requires_grad_(True)
             with torch.enable_grad(), torch.autocast(device_type=a.device.type, enabled=False):
-                return SALIENCY[self.cfg.saliency](self.esb.head, a, pids, self.cfg)
+                return SALIENCY[self.cfg.saliency if self.cfg.saliency in SALIENCY else "cgram"](self.esb.head, a,
+                                                                                                 pids, self.cfg)
+
+    def training_saliency(self, images: Tensor, pids: Tensor) -> Tensor:
+        """The ESB's saliency maps (B, h, w) BESM erases by (:meth:`saliency`; CG-RAM under ``saliency: oracle``, the
+        map the oracle replaces); the AIB's CG-RAM when there is no ESB."""
+        return self.saliency(images, pids) if self.esb is not None else super().training_saliency(images, pids)
 
     # ------------------------------------------------------------------------------------------------------------
     def set_input_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:

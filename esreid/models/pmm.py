@@ -43,7 +43,8 @@ class PMMConfig(ModelConfig):
     def check(self, cfg) -> None:
         super().check(cfg)
         require_channels_multiple_of(self, Bottleneck.expansion, "PMM's new part Bottleneck(C, C/4)")
-        (h, w), (bh, bw) = feature_size(cfg.data.height, cfg.data.width, "layer4", self.last_stride), self.block_size
+        h, w = feature_size(cfg.data.height, cfg.data.width, "layer4", self.last_stride, self.backbone)
+        bh, bw = self.block_size
         if h % bh or w % bw:
             raise Invalid("model.block_size", f"the {h}x{w} layer4 map of {cfg.data.height}x{cfg.data.width} images "
                                               f"is not a multiple of the {bh}x{bw} block (e.g. 3x2 for 24x8 at "

@@ -17,6 +17,17 @@ bounding box)::
                           of test people)
     synthetic.json        the generation parameters and split counts; written last, so it marks a complete dataset
 
+With a trap (``trap={...}``) also::
+
+    query_cuefree/              every query image rendered again CUE-FREE (trap contrast 0, all other random
+    bounding_box_test_cuefree/  draws identical, same file names): the images differ only where the cue shows
+    cue_masks/<split folder>/   <image name>.png, the exact mask of the visible cue pixels (255 = cue) of every
+                                train, query and gallery person image (not of junk or distractors)
+
+``data.args: test_rendering: cuefree`` evaluates on the cue-free folders (parse time only: the same files).
+``palette`` (``default``, ``dusk``, ``sepia``) recolours every image, cue-free twins included, not the cue masks: a
+second domain for cross-domain and multi-dataset tests.
+
 Train and test ids are disjoint and drawn from 1..1501 (the Market pid range checked by the parser).
 :class:`SyntheticMarket` (registry name ``"synthetic"``) generates into ``<root>/synthetic`` when needed and parses
 it with :class:`~esreid.data.datasets.market1501.Market1501`.
@@ -35,12 +46,12 @@ import inspect
 import json
 import os
 import shutil
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
-from esreid.data.base import DATASETS, DatasetError
+from esreid.data.base import DATASETS, DatasetError, ImageItem
 from esreid.data.datasets.market1501 import Market1501
 from esreid.data.synth.render import (
     CLOTH,
@@ -50,16 +61,32 @@ from esreid.data.synth.render import (
     apply_domain,
     render_distractor,
     render_junk,
+    render_junk_pair,
     render_person,
+    render_trap_pair,
     sample_camera,
     sample_identity,
 )
-from esreid.data.synth.trap import CUE_VALUES, TRAP_CUES, TRAP_STREAM, TrapPaint, _assign_trap, check_trap
+from esreid.data.synth.trap import (
+    CUE_VALUES,
+    ON_TOP,
+    TRAP_CUES,
+    TRAP_STREAM,
+    TrapPaint,
+    _assign_trap,
+    check_trap,
+    patch_position,
+)
 from esreid.files import folder_sibling, move_folder_into_place, remove_stale_siblings
 
-FORMAT_VERSION = 1
+# 2: trap datasets add the cue-free test rendering and the cue masks (the palette option, a parameter in the marker,
+# recolours the images of any version and adds no folder)
+FORMAT_VERSION = 2
 MARKER = "synthetic.json"
 SPLIT_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+CUE_FREE = "_cuefree"  # suffix of the cue-free test folders
+MASKS = "cue_masks"  # cue_masks/<split folder>/<image name>.png
+TEST_RENDERINGS = ("cue", "cuefree")  # data.args test_rendering
 MAX_PID = 1501
 
 
@@ -104,8 +131,14 @@ def _check_params(num_train_ids: int, num_test_ids: int, images_per_id: int, hei
 
 def _render(folder: str, params: Dict[str, Any]) -> Dict[str, Any]:
     """Write the dataset ``params`` describes into the new folder ``folder``, marker last; returns the marker."""
+    trap = params.get("trap")
     for sub in SPLIT_FOLDERS.values():
         os.makedirs(os.path.join(folder, sub))
+        if trap:
+            os.makedirs(os.path.join(folder, MASKS, sub))
+    if trap:
+        for split in ("query", "gallery"):
+            os.makedirs(os.path.join(folder, SPLIT_FOLDERS[split] + CUE_FREE))
     height, width = params["height"], params["width"]
     rng = np.random.default_rng(params["seed"])
     cameras = [sample_camera(rng) for _ in range(NUM_CAMS)]
@@ -121,7 +154,6 @@ def _render(folder: str, params: Dict[str, Any]) -> Dict[str, Any]:
     is_test[rng.choice(len(identities), size=params["num_test_ids"], replace=False)] = True  # ids interleave
     name = _Namer(rng)
     counts = {split: [set(), 0] for split in SPLIT_FOLDERS}
-    trap = params.get("trap")
     if trap:
         trap_rng = np.random.default_rng([params["seed"], TRAP_STREAM])
         cue_value, group = _assign_trap(trap_rng, is_test, trap["group_size"])
@@ -131,13 +163,24 @@ def _render(folder: str, params: Dict[str, Any]) -> Dict[str, Any]:
         if not trap:
             return None
         colours = np.clip(CLOTH[list(CUE_VALUES[cue_value[i]])] + trap_rng.normal(0, 6, (2, 3)), 0, 255)
-        return TrapPaint(TRAP_CUES[trap["cue"]], trap["size"], trap["contrast"], colours)
+        moving = trap["cue"] == "patch"  # (only this cue draws a position: the other cues' streams stay as in v1)
+        position = patch_position(trap_rng) if moving else (0.0, 0.0)
+        return TrapPaint(TRAP_CUES[trap["cue"]], trap["size"], trap["contrast"], colours, position,
+                         trap["cue"] in ON_TOP)
 
     domain = params.get("palette", "default")
 
-    def write(split: str, pid: int, cam: int, image: np.ndarray) -> None:
-        path = os.path.join(folder, SPLIT_FOLDERS[split], name(pid, cam))
-        Image.fromarray(apply_domain(image, domain)).save(path, quality=90)
+    def write(split: str, pid: int, cam: int, image: np.ndarray, cue_free: Optional[np.ndarray] = None,
+              mask: Optional[np.ndarray] = None) -> None:
+        """One image (and, with a trap, its cue-free twin and cue mask) under the same Market name; the images in
+        the colours of the palette (the mask is where the cue is, whatever its colours)."""
+        sub, file = SPLIT_FOLDERS[split], name(pid, cam)
+        Image.fromarray(apply_domain(image, domain)).save(os.path.join(folder, sub, file), quality=90)
+        if cue_free is not None:
+            Image.fromarray(apply_domain(cue_free, domain)).save(os.path.join(folder, sub + CUE_FREE, file),
+                                                                 quality=90)
+        if mask is not None:
+            Image.fromarray(mask.astype(np.uint8) * 255).save(os.path.join(folder, MASKS, sub, file[:-4] + ".png"))
         if pid >= 0:
             counts[split][0].add(pid)
             counts[split][1] += 1
@@ -154,15 +197,23 @@ def _render(folder: str, params: Dict[str, Any]) -> Dict[str, Any]:
             if test:
                 split = "gallery" if cam in queried else "query"
                 queried.add(cam)
-            write(split, pid, cam, render_person(ident, cameras[cam], rng, height, width, paint(i)))
+            if not trap:
+                write(split, pid, cam, render_person(ident, cameras[cam], rng, height, width))
+                continue
+            image, cue_free, mask = render_trap_pair(ident, cameras[cam], rng, height, width, paint(i))
+            write(split, pid, cam, image, None if split == "train" else cue_free, mask)
     test_ids = [i for i in range(len(identities)) if is_test[i]]
     for _ in range(params["num_junk"]):
         cam = int(rng.integers(NUM_CAMS))
         i = int(rng.choice(test_ids))
-        write("gallery", -1, cam, render_junk(identities[i], cameras[cam], rng, height, width, paint(i)))
+        if not trap:
+            write("gallery", -1, cam, render_junk(identities[i], cameras[cam], rng, height, width))
+            continue
+        write("gallery", -1, cam, *render_junk_pair(identities[i], cameras[cam], rng, height, width, paint(i)))
     for _ in range(params["num_distractors"]):
         cam = int(rng.integers(NUM_CAMS))
-        write("gallery", 0, cam, render_distractor(cameras[cam], rng, height, width))
+        image = render_distractor(cameras[cam], rng, height, width)
+        write("gallery", 0, cam, image, image if trap else None)  # no person: the same in both renderings
 
     info: Dict[str, Any] = {"params": params, "counts": {s: [len(ids), n] for s, (ids, n) in counts.items()}}
     if trap:
@@ -198,7 +249,8 @@ def _check_replaceable(root: str, has_marker: bool) -> None:
         raise DatasetError(f"synthetic: {root} exists and is not a folder (choose another root)")
     entries = set(os.listdir(root))
     if has_marker:
-        foreign = sorted(entries - set(SPLIT_FOLDERS.values()) - {MARKER})
+        written = {*SPLIT_FOLDERS.values(), MARKER, MASKS, *(SPLIT_FOLDERS[s] + CUE_FREE for s in ("query", "gallery"))}
+        foreign = sorted(entries - written)
         if foreign:
             raise DatasetError(
                 f"synthetic: {root} holds {foreign[0]!r} besides the generated dataset: move it elsewhere before "
@@ -327,16 +379,25 @@ class SyntheticMarket(Market1501):
 
     @classmethod
     def check_options(cls, options: Dict[str, Any]) -> Optional[str]:
-        """Options are :func:`generate_synthetic_market`'s keyword arguments, with their types and ranges."""
+        """Options are :func:`generate_synthetic_market`'s keyword arguments, with their types and ranges, plus the
+        parse-time ``test_rendering`` (``cue`` or ``cuefree``, the latter with a trap only)."""
+        rendering = options.get("test_rendering", "cue")
+        options = {k: v for k, v in options.items() if k != "test_rendering"}
         params = inspect.signature(generate_synthetic_market).parameters
         unknown = sorted(set(options) - set(params) - {"root"}) + sorted(set(options) & {"root"})
         if unknown:
-            return f"unknown option(s) {unknown}; it accepts: {', '.join(p for p in params if p != 'root')}"
+            accepted = [p for p in params if p != "root"] + ["test_rendering"]
+            return f"unknown option(s) {unknown}; it accepts: {', '.join(accepted)}"
         for key, value in options.items():
             default = params[key].default
             if default is not None and (isinstance(value, bool) or not isinstance(value, type(default))):
                 return f"option {key!r}: expected {type(default).__name__}, got {value!r}"
         bound = {k: p.default for k, p in params.items() if k != "root"} | options
+        if rendering not in TEST_RENDERINGS:
+            return f"option 'test_rendering': expected one of {', '.join(TEST_RENDERINGS)}, got {rendering!r}"
+        if rendering == "cuefree" and bound["trap"] is None:
+            return "option 'test_rendering': cuefree needs a trap (data.args: trap: {...}); without one the test " \
+                   "images have no cue to leave out"
         try:
             _check_params(bound["num_train_ids"], bound["num_test_ids"], bound["images_per_id"], bound["height"],
                           bound["width"])
@@ -348,8 +409,26 @@ class SyntheticMarket(Market1501):
             return str(e)
         return None
 
-    def __init__(self, root: str, verbose: bool = True, **options: Any):
+    @classmethod
+    def declares_cue_masks(cls, options: Dict[str, Any]) -> bool:
+        return options.get("trap") is not None
+
+    def __init__(self, root: str, verbose: bool = True, test_rendering: str = "cue", **options: Any):
         folder = os.path.join(root, "synthetic")
         info = generate_synthetic_market(folder, **options)
         self.published = {split: tuple(c) for split, c in info["counts"].items()}
+        self.has_trap = "trap" in info
+        if test_rendering == "cuefree":  # the same files, the test splits from their cue-free twins
+            self.folders = {**self.folders, "query": "query" + CUE_FREE, "gallery": "bounding_box_test" + CUE_FREE}
         super().__init__(folder, verbose=verbose)
+
+    def cue_masks(self, items: Sequence[ImageItem]) -> List[str]:
+        """``cue_masks/<split folder>/<image name>.png`` of each item (cue-free test images: the mask of their twin,
+        i.e. where the cue would be)."""
+        if not self.has_trap:
+            return super().cue_masks(items)
+        out = []
+        for it in items:
+            sub = os.path.basename(os.path.dirname(it.path)).removesuffix(CUE_FREE)
+            out.append(os.path.join(self.data_dir, MASKS, sub, os.path.splitext(os.path.basename(it.path))[0] + ".png"))
+        return out

@@ -9,8 +9,8 @@ clutter, sensor noise and random occlusion.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from esreid.data.synth.trap import TrapPaint
 
 NUM_CAMS = 6
+T = TypeVar("T")
 
 # --------------------------------------------------------------------------------------------------------------
 # Palettes (RGB)
@@ -184,9 +185,8 @@ def _draw_person(img: np.ndarray, ident: Identity, rng: np.random.Generator, tra
         arm_x = side * (0.15 * b + 0.02) + side * swing * 0.5
         img[band(0.16, 0.46) & (np.abs(xx - arm_x) < 0.028)] = upper
         img[band(0.46, 0.52) & (np.abs(xx - arm_x) < 0.024)] = skin
-    if trap is not None:  # under the bags, like a print under a strap
-        for mask, colour in zip(trap.region(xx, yy, ident, mirror, trap.size), trap.colours):
-            img[mask] = (1 - trap.contrast) * img[mask] + trap.contrast * colour
+    if trap is not None and not trap.on_top:  # under the bags, like a print under a strap
+        _paint_trap(img, trap, xx, yy, ident, mirror)
     # bags (drawn before the head so hair stays on top)
     if BAGS[ident.bag] == "backpack":
         if back:
@@ -206,10 +206,19 @@ def _draw_person(img: np.ndarray, ident: Identity, rng: np.random.Generator, tra
     img[head] = hair if back else skin
     if not back:
         img[head & (yy < 0.05)] = hair
+    if trap is not None and trap.on_top:  # a badge over everything worn
+        _paint_trap(img, trap, xx, yy, ident, mirror)
 
 
-def _finish(img: np.ndarray, cam: Camera, rng: np.random.Generator) -> np.ndarray:
-    """Occlusion, camera colour cast and brightness, noise -> uint8 (H, W, 3)."""
+def _paint_trap(img: np.ndarray, trap: TrapPaint, xx: np.ndarray, yy: np.ndarray, ident: Identity,
+                mirror: float) -> None:
+    """Blend the trap cue's two halves over ``img`` in place (``contrast`` 0 leaves ``img`` exactly as it is)."""
+    for mask, colour in zip(trap.region(xx, yy, ident, mirror, trap), trap.colours):
+        img[mask] = (1 - trap.contrast) * img[mask] + trap.contrast * colour
+
+
+def _occlude(img: np.ndarray, rng: np.random.Generator) -> None:
+    """In place: with probability 1/4, an occluder from the bottom or one side."""
     height, width = img.shape[:2]
     if rng.random() < 0.25:  # an occluder from the bottom or one side
         colour = rng.uniform(30, 220, 3)
@@ -221,26 +230,82 @@ def _finish(img: np.ndarray, cam: Camera, rng: np.random.Generator) -> np.ndarra
                 img[:, :w] = colour
             else:
                 img[:, width - w :] = colour
+
+
+def _expose(img: np.ndarray, cam: Camera, rng: np.random.Generator) -> np.ndarray:
+    """Camera colour cast and brightness, vertical light falloff, sensor noise -> uint8 (H, W, 3)."""
+    height = img.shape[0]
     ramp = np.linspace(-1, 1, height, dtype=np.float32) * np.float32(rng.uniform(-0.15, 0.15))  # vertical light falloff
     gain = np.float32(cam.gain * rng.uniform(0.9, 1.1)) * (1 + ramp)[:, None, None] * cam.cast
     img = img * gain + 4 * rng.standard_normal(img.shape, dtype=np.float32)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def _finish(img: np.ndarray, cam: Camera, rng: np.random.Generator) -> np.ndarray:
+    """Occlusion, camera colour cast and brightness, noise -> uint8 (H, W, 3)."""
+    _occlude(img, rng)
+    return _expose(img, cam, rng)
+
+
+def _scene(ident: Identity, cam: Camera, rng: np.random.Generator, height: int, width: int,
+           trap: Optional[TrapPaint]) -> np.ndarray:
+    """Background, person (with ``trap``), occluder: float32 (H, W, 3) before the exposure."""
+    img = _background(cam, rng, height, width)
+    _draw_person(img, ident, rng, trap)
+    _occlude(img, rng)
+    return img
+
+
+def same_draws(rng: np.random.Generator, *makers: Callable[[], T]) -> List[T]:
+    """Call each of ``makers`` from the same state of ``rng`` (so each sees the same random draws); ``rng`` ends
+    where the last call left it."""
+    state, out = rng.bit_generator.state, []
+    for make in makers:
+        rng.bit_generator.state = state
+        out.append(make())
+    return out
+
+
 def render_person(
     ident: Identity, cam: Camera, rng: np.random.Generator, height: int, width: int, trap: Optional[TrapPaint] = None
 ) -> np.ndarray:
     """One image of ``ident`` seen by ``cam`` (with the trap cue ``trap``, if any): uint8 (H, W, 3)."""
-    img = _background(cam, rng, height, width)
-    _draw_person(img, ident, rng, trap)
-    return _finish(img, cam, rng)
+    return _expose(_scene(ident, cam, rng, height, width, trap), cam, rng)
+
+
+def render_trap_pair(
+    ident: Identity, cam: Camera, rng: np.random.Generator, height: int, width: int, trap: TrapPaint
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image of ``ident`` rendered twice from the same random draws, with the trap cue and cue-free (contrast
+    0): uint8 (H, W, 3) each, and the exact mask of the visible cue pixels, bool (H, W): where the two scenes differ
+    before the exposure (the cue's own pixels, minus what the bags, the hair or an occluder hide). The first image
+    is the one :func:`render_person` draws with ``trap``; ``rng`` advances as in one :func:`render_person` call."""
+    with_cue, cue_free = same_draws(rng, lambda: _scene(ident, cam, rng, height, width, trap),
+                                    lambda: _scene(ident, cam, rng, height, width, replace(trap, contrast=0.0)))
+    mask = np.any(with_cue != cue_free, axis=2)
+    a, b = same_draws(rng, lambda: _expose(with_cue, cam, rng), lambda: _expose(cue_free, cam, rng))
+    return a, b, mask
 
 
 def render_junk(
     ident: Identity, cam: Camera, rng: np.random.Generator, height: int, width: int, trap: Optional[TrapPaint] = None
 ) -> np.ndarray:
     """A bad detection (Market pid -1): a small part of a person blown up to full size. uint8 (H, W, 3)."""
-    full = render_person(ident, cam, rng, height, width, trap)
+    return _junk_crop(render_person(ident, cam, rng, height, width, trap), rng)
+
+
+def render_junk_pair(
+    ident: Identity, cam: Camera, rng: np.random.Generator, height: int, width: int, trap: TrapPaint
+) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`render_junk` with the trap cue and cue-free from the same draws (:func:`render_trap_pair`)."""
+    with_cue, cue_free, _ = render_trap_pair(ident, cam, rng, height, width, trap)
+    a, b = same_draws(rng, lambda: _junk_crop(with_cue, rng), lambda: _junk_crop(cue_free, rng))
+    return a, b
+
+
+def _junk_crop(full: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random part of ``full`` (H, W, 3) uint8 resized back to (H, W)."""
+    height, width = full.shape[:2]
     h = int(height * rng.uniform(0.25, 0.45))
     w = int(width * rng.uniform(0.4, 0.7))
     y0, x0 = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))

@@ -11,8 +11,13 @@ records each test pid's group (:func:`trap_groups`) so a benchmark can count how
 The cue value is an ordered pair of distinct palette colours (``CLOTH``, 12 colours: 132 values), painted as the
 top and bottom halves of a rectangle. ``cue`` chooses where (:data:`TRAP_CUES`): ``"emblem"``, a print on the lower
 half of the torso, the same on the front and the back; ``"bag"``, a bag carried in the hand opposite to the
-shoulder bag. ``size`` scales the rectangle, ``contrast`` blends its colours over what is underneath (1: opaque,
-0: invisible, a control with exactly the images of the trap-free dataset).
+shoulder bag; ``"patch"`` (SaliencyTrap v2), a badge off the body axis at a position drawn per image.
+
+Every trap dataset also writes (:mod:`esreid.data.datasets.synthetic`): each test image a second time CUE-FREE
+(contrast 0, every other random draw identical: the images differ only where the cue is visible), and the exact
+per-image mask of the visible cue pixels, so that a benchmark can measure what a model learnt besides the cue and
+where an eraser or a saliency map falls. ``size`` scales the rectangle, ``contrast`` blends its colours over what is
+underneath (1: opaque, 0: invisible, a control with exactly the images of the trap-free dataset).
 
 Default ``{cue: emblem, size: 1.0, contrast: 1.0, group_size: 4}``, chosen before any model was trained on it:
 
@@ -54,35 +59,62 @@ from esreid.errors import DatasetError
 CUE_VALUES = [(top, bottom) for top in range(len(CLOTH)) for bottom in range(len(CLOTH)) if top != bottom]  # 132
 TRAP_DEFAULTS = {"cue": "emblem", "size": 1.0, "contrast": 1.0, "group_size": 4}
 TRAP_STREAM = 1  # the trap's random stream is default_rng([seed, TRAP_STREAM]), apart from the images' stream
-
-
-def _emblem(xx: np.ndarray, yy: np.ndarray, ident: Identity, mirror: float, size: float) -> Tuple[np.ndarray, ...]:
-    """Trap cue ``"emblem"``: a print on the lower half of the torso, the same front and back. Returns the (H, W)
-    masks of its top and bottom halves."""
-    box = (np.abs(yy - 0.4) < 0.09 * size) & (np.abs(xx) < 0.1 * ident.build * size)
-    return box & (yy < 0.4), box & (yy >= 0.4)
-
-
-def _hand_bag(xx: np.ndarray, yy: np.ndarray, ident: Identity, mirror: float, size: float) -> Tuple[np.ndarray, ...]:
-    """Trap cue ``"bag"``: a bag hanging from the hand opposite to the shoulder bag (right hand, as seen from the
-    front, otherwise). Returns the (H, W) masks of its top and bottom halves."""
-    side = (-ident.bag_side if BAGS[ident.bag] == "shoulder" else 1) * mirror
-    box = (np.abs(yy - 0.6) < 0.1 * size) & (np.abs(xx - side * (0.15 * ident.build + 0.02)) < 0.055 * size)
-    return box & (yy < 0.6), box & (yy >= 0.6)
-
-
-TRAP_CUES: Dict[str, Callable[..., Tuple[np.ndarray, ...]]] = {"emblem": _emblem, "bag": _hand_bag}
+# cue "patch": per image, the centre's distance from the body axis (either side) and its height, in body heights
+PATCH_OFFSET, PATCH_HEIGHT, PATCH_HALF = (0.08, 0.12), (0.22, 0.62), (0.08, 0.06)  # PATCH_HALF: (vertical, across)
 
 
 @dataclass(frozen=True)
 class TrapPaint:
-    """The trap cue as painted on one image: where (a :data:`TRAP_CUES` function), how big and opaque, and the
-    (2, 3) colours (top, bottom) already jittered for this image."""
+    """The trap cue as painted on one image: where (a :data:`TRAP_CUES` function), how big and opaque, the (2, 3)
+    colours (top, bottom) already jittered for this image, and ``position`` = (signed offset from the body axis,
+    height of the centre) in body heights, drawn per image for the cues that move (``"patch"``)."""
 
     region: Callable[..., Tuple[np.ndarray, ...]]
     size: float
     contrast: float
     colours: np.ndarray
+    position: Tuple[float, float] = (0.0, 0.0)
+    on_top: bool = False  # painted after everything worn (bags, hair) instead of under the bags
+
+
+def _emblem(xx: np.ndarray, yy: np.ndarray, ident: Identity, mirror: float, paint: TrapPaint) -> Tuple[np.ndarray, ...]:
+    """Trap cue ``"emblem"``: a print on the lower half of the torso, the same front and back. Returns the (H, W)
+    masks of its top and bottom halves."""
+    size = paint.size
+    box = (np.abs(yy - 0.4) < 0.09 * size) & (np.abs(xx) < 0.1 * ident.build * size)
+    return box & (yy < 0.4), box & (yy >= 0.4)
+
+
+def _hand_bag(xx: np.ndarray, yy: np.ndarray, ident: Identity, mirror: float,
+              paint: TrapPaint) -> Tuple[np.ndarray, ...]:
+    """Trap cue ``"bag"``: a bag hanging from the hand opposite to the shoulder bag (right hand, as seen from the
+    front, otherwise). Returns the (H, W) masks of its top and bottom halves."""
+    size = paint.size
+    side = (-ident.bag_side if BAGS[ident.bag] == "shoulder" else 1) * mirror
+    box = (np.abs(yy - 0.6) < 0.1 * size) & (np.abs(xx - side * (0.15 * ident.build + 0.02)) < 0.055 * size)
+    return box & (yy < 0.6), box & (yy >= 0.6)
+
+
+def _patch(xx: np.ndarray, yy: np.ndarray, ident: Identity, mirror: float, paint: TrapPaint) -> Tuple[np.ndarray, ...]:
+    """Trap cue ``"patch"`` (SaliencyTrap v2): a badge OFF the body axis at a position drawn per image
+    (:func:`patch_position`: either side, 0.08-0.12 body heights from the axis, its centre 0.22-0.62 body heights
+    down), 0.16 x 0.12 body heights at ``size`` 1 (about 9 x 7 pixels at 64 x 32), painted over everything worn.
+    Off the axis, so that a 4-column map does not split it between its two central columns (the v1 emblem sat on
+    that boundary); at a varied position, so that no fixed prior finds it. Returns the masks of its two halves."""
+    (dx, yc), (hy, hx) = paint.position, PATCH_HALF
+    box = (np.abs(yy - yc) < hy * paint.size) & (np.abs(xx - dx) < hx * paint.size)
+    return box & (yy < yc), box & (yy >= yc)
+
+
+def patch_position(rng: np.random.Generator) -> Tuple[float, float]:
+    """One image's ``"patch"`` position (signed offset from the body axis, centre height), in body heights."""
+    side = 1.0 if rng.random() < 0.5 else -1.0
+    return side * float(rng.uniform(*PATCH_OFFSET)), float(rng.uniform(*PATCH_HEIGHT))
+
+
+TRAP_CUES: Dict[str, Callable[..., Tuple[np.ndarray, ...]]] = {"emblem": _emblem, "bag": _hand_bag, "patch": _patch}
+# cues painted after everything worn (bags, hair): a badge; the others lie under the bags (TrapPaint.on_top)
+ON_TOP = {"patch"}
 
 
 def check_trap(trap: Any, num_test_ids: int) -> Dict[str, Any]:

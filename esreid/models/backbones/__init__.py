@@ -13,7 +13,7 @@ Each backbone is registered with ``channels=`` (per stage) so that configs can b
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -45,11 +45,15 @@ def require_channels_multiple_of(cfg, multiple: int, why: str) -> None:
                                         f"{multiple} (e.g. resnet50, resnet101, resnet_tiny_bottleneck)")
 
 
-def feature_size(height: int, width: int, stage: str = "layer4", last_stride: int = 1) -> Tuple[int, int]:
+def feature_size(height: int, width: int, stage: str = "layer4", last_stride: int = 1,
+                 backbone: Optional[str] = None) -> Tuple[int, int]:
     """Spatial size ``(h, w)`` of ``stage``'s output for a ``height x width`` input: every stride-2 convolution or
-    pooling of a ResNet (kernel 3/7/1 with padding 1/3/0) maps n to ceil(n / 2). 384x128 -> layer4 24x8."""
-    halvings = sum(_HALVINGS.get(s, int(last_stride == 2)) for s in STAGES[: STAGES.index(stage) + 1])
-    for _ in range(halvings):
+    pooling of a ResNet (kernel 3/7/1 with padding 1/3/0) maps n to ceil(n / 2). 384x128 -> layer4 24x8.
+    ``backbone``: a registered backbone whose own per-stage halvings differ from a ResNet's (its registration's
+    ``halvings`` meta, e.g. ``{"layer3": 0}`` for an output stride of 8); None: a ResNet's."""
+    own = {**_HALVINGS, **(BACKBONES.meta(backbone).get("halvings", {}) if backbone else {})}
+    halvings_total = sum(own.get(s, int(last_stride == 2)) for s in STAGES[: STAGES.index(stage) + 1])
+    for _ in range(halvings_total):
         height, width = -(-height // 2), -(-width // 2)
     return height, width
 

@@ -92,6 +92,7 @@ class ResNet(nn.Module):
         layers: blocks per stage, e.g. ``(3, 4, 6, 3)`` for ResNet-50.
         widths: ``planes`` of the four stages (torchvision: 64/128/256/512); the stem has ``widths[0]`` channels.
         last_stride: stride of ``layer4`` (1 or 2).
+        layer3_stride: stride of ``layer3`` (2 as torchvision; 1 for an output stride of 8 with ``last_stride=1``).
         num_classes: rows of the ImageNet ``fc`` (kept only for strict checkpoint loading).
     """
 
@@ -102,10 +103,11 @@ class ResNet(nn.Module):
         widths: Sequence[int] = (64, 128, 256, 512),
         last_stride: int = 1,
         num_classes: int = 1000,
+        layer3_stride: int = 2,
     ):
         super().__init__()
-        if last_stride not in (1, 2):
-            raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
+        if last_stride not in (1, 2) or layer3_stride not in (1, 2):
+            raise ValueError(f"last_stride and layer3_stride must be 1 or 2, got {last_stride!r}, {layer3_stride!r}")
         if len(layers) != 4 or len(widths) != 4:
             raise ValueError(f"expected 4 stages, got layers={list(layers)} widths={list(widths)}")
         self.inplanes = widths[0]
@@ -115,7 +117,7 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, widths[0], layers[0], stride=1)
         self.layer2 = self._make_layer(block, widths[1], layers[1], stride=2)
-        self.layer3 = self._make_layer(block, widths[2], layers[2], stride=2)
+        self.layer3 = self._make_layer(block, widths[2], layers[2], stride=layer3_stride)
         self.layer4 = self._make_layer(block, widths[3], layers[3], stride=last_stride)
         self.out_channels = widths[3] * block.expansion
         self.channels: Dict[str, int] = stage_channels(widths, block.expansion)
@@ -194,6 +196,14 @@ def resnet101(last_stride: int = 1) -> ResNet:
 def resnet_tiny(last_stride: int = 1) -> ResNet:
     """CPU demo/test trunk: BasicBlock, one block per stage, widths 16/32/64/128 (out 128 channels, ~0.3M params)."""
     return ResNet(BasicBlock, (1, 1, 1, 1), widths=(16, 32, 64, 128), last_stride=last_stride, num_classes=10)
+
+
+@BACKBONES.register("resnet_tiny_os8", channels=stage_channels((16, 32, 64, 128), 1), halvings={"layer3": 0})
+def resnet_tiny_os8(last_stride: int = 1) -> ResNet:
+    """:func:`resnet_tiny` with ``layer3`` at stride 1 too: output stride 8 with ``last_stride=1`` (a 64x32 image gives
+    an 8x4 ``layer4`` map instead of 4x2), the same parameters and torchvision-style keys (SaliencyTrap v2)."""
+    return ResNet(BasicBlock, (1, 1, 1, 1), widths=(16, 32, 64, 128), last_stride=last_stride, num_classes=10,
+                  layer3_stride=1)
 
 
 @BACKBONES.register("resnet_tiny_bottleneck", channels=stage_channels((8, 16, 32, 64), 4))
