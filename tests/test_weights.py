@@ -125,7 +125,7 @@ def test_weights_that_cannot_fit_stop_before_the_dataset_scan(tiny_config, monke
     def scan(*args, **kwargs):
         raise AssertionError("the dataset was scanned before the weights were checked")
 
-    monkeypatch.setattr(trainer, "build_dataset", scan)
+    monkeypatch.setattr(trainer, "open_datasets", scan)
     with pytest.raises(ConfigError, match="model.pretrained") as e:
         trainer.Trainer(tiny_config(extra=[f"model.pretrained={pretrained}"]), progress=False, log=lambda s: None)
     assert expected in str(e.value)
