@@ -13,6 +13,9 @@ Each backbone is registered with ``channels=`` (per stage) so that configs can b
 
 from __future__ import annotations
 
+import os
+import pickle
+import re
 from typing import Dict, Mapping, Tuple
 
 import torch
@@ -36,19 +39,34 @@ def feature_size(height: int, width: int, stage: str = "layer4", last_stride: in
         height, width = -(-height // 2), -(-width // 2)
     return height, width
 
-from esreid.models.backbones import resnet, resnet_nl  # noqa: E402,F401  (register the ResNets; need BACKBONES above)
+from esreid.models.backbones import peers, resnet, resnet_nl  # noqa: E402,F401  (register the ResNets; need BACKBONES above)
 from esreid.models.backbones.weights import resolve  # noqa: E402
 
 
-def _read_state_dict(source: str) -> Dict[str, torch.Tensor]:
-    """Read a state dict from what ``model.pretrained`` names: a local file, a URL or ``torchvision:NAME`` (both
-    through the torch hub cache, so they work offline once cached: :mod:`esreid.models.backbones.weights`).
+def read_state_dict(source: str) -> Dict[str, torch.Tensor]:
+    """Read a state dict from a local file, a URL or ``torchvision:NAME`` (both through the torch hub cache, so they
+    work offline once cached: :mod:`esreid.models.backbones.weights`), with ``weights_only=True``.
 
-    Accepts a bare state dict or ``{'state_dict': ...}`` / ``{'model': ...}``; strips a ``module.`` prefix.
+    Accepts a bare state dict or one wrapped as ``{'state_dict': ...}`` (torchreid) / ``{'model': ...}`` (fast-reid,
+    other entries such as the optimiser ignored); strips a ``module.`` prefix (DataParallel / DDP saves).
+
+    Raises:
+        CheckpointError: not a torch file, a file of pickled Python objects (``torch.save(model)``: the message gives
+            the command that re-saves its state dict), or no name -> tensor mapping inside.
     """
     path = resolve(source)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))  # weights_only refuses a pickled class: a whole model saved
+        if not found:
+            raise CheckpointError(f"{path}: not a loadable torch checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"{path} holds pickled Python objects ({found.group(1)}), e.g. a whole "
+            "model saved with torch.save(model), which esreid does not unpickle (it loads weights_only=True); "
+            "re-save its state dict where the model's code is importable: python -c \"import torch; m = torch.load("
+            f"'{path}', weights_only=False); torch.save(getattr(m, 'state_dict', lambda: m)(), "
+            f"'{os.path.splitext(path)[0]}_state_dict.pth')\" and give that file") from None
     except Exception as e:  # re-raised with the file name
         raise CheckpointError(f"{path}: not a loadable torch checkpoint ({type(e).__name__}: {e})") from None
     for wrapper in ("state_dict", "model"):
@@ -72,7 +90,7 @@ def load_pretrained(model: nn.Module, source: str) -> None:
 
     Raises :class:`CheckpointError` listing the missing / unexpected / mismatched keys and naming ``source``.
     """
-    state = _read_state_dict(source)
+    state = read_state_dict(source)
     fresh = tuple(getattr(model, "not_pretrained", ()))  # prefixes of modules added to the ImageNet layout
     own = {k: v for k, v in model.state_dict().items() if not (fresh and k.startswith(fresh))}
     missing = [k for k in own if k not in state]
@@ -95,10 +113,17 @@ def load_pretrained(model: nn.Module, source: str) -> None:
 def build_backbone(name: str, last_stride: int = 1, pretrained: str = "") -> nn.Module:
     """Build backbone ``name`` (see ``BACKBONES.names()``), optionally load ImageNet weights strictly from
     ``pretrained`` (path, URL or ``torchvision:NAME``; torchvision keys incl. ``fc``), then drop the ImageNet ``fc``.
+    ``pretrained`` naming another toolkit's re-ID checkpoint (:mod:`esreid.models.importers`) loads its trunk.
 
     Returns a module whose ``forward`` maps ``(B, 3, H, W)`` to the ``layer4`` map ``(B, out_channels, h, w)``.
     """
+    from esreid.models import importers  # late import: the importers build models from this registry
+
     model = BACKBONES.get(name)(last_stride=last_stride)
+    if pretrained and importers.is_peer_spec(pretrained):  # another toolkit's re-ID checkpoint: its trunk, no fc
+        model.drop_fc()
+        model.load_state_dict(importers.backbone_state(pretrained, name, last_stride), strict=True)
+        return model
     if pretrained:
         load_pretrained(model, pretrained)
     model.drop_fc()

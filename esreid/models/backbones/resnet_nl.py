@@ -24,12 +24,12 @@ class NonLocalStage(nn.Module):
     """A ResNet stage: its blocks (children ``"0"`` .. ``"n-1"``, torchvision keys) with a non-local block after
     each block listed in ``after`` (``non_local.<i>``). ``(B, C_in, h, w) -> (B, C, h', w')``."""
 
-    def __init__(self, blocks: nn.Sequential, after: Sequence[int], channels: int):
+    def __init__(self, blocks: nn.Sequential, after: Sequence[int], channels: int, inner: int = 0):
         super().__init__()
         self.depth = len(blocks)
         for i, block in enumerate(blocks):
             self.add_module(str(i), block)
-        self.non_local = nn.ModuleDict({str(i): NonLocal(channels) for i in sorted(after)})
+        self.non_local = nn.ModuleDict({str(i): NonLocal(channels, inner) for i in sorted(after)})
 
     def __len__(self) -> int:
         return self.depth
@@ -48,11 +48,13 @@ class NonLocalStage(nn.Module):
 
 class ResNetNL(ResNet):
     """:class:`~esreid.models.backbones.resnet.ResNet` whose stage ``layer<s+1>`` has a non-local block after each of
-    its last ``non_local[s]`` blocks (AGW: ``(0, 2, 3, 0)``)."""
+    its last ``non_local[s]`` blocks (AGW: ``(0, 2, 3, 0)``); ``inner`` is their C' (0: C // 2), ``stem`` as
+    :class:`~esreid.models.backbones.resnet.ResNet`'s."""
 
     def __init__(self, block: Block, layers: Sequence[int], widths: Sequence[int] = (64, 128, 256, 512),
-                 last_stride: int = 1, num_classes: int = 1000, non_local: Sequence[int] = (0, 2, 3, 0)):
-        super().__init__(block, layers, widths, last_stride, num_classes)
+                 last_stride: int = 1, num_classes: int = 1000, non_local: Sequence[int] = (0, 2, 3, 0),
+                 inner: int = 0, stem: str = "torchvision"):
+        super().__init__(block, layers, widths, last_stride, num_classes, stem)
         if len(non_local) != 4 or any(not 0 <= n <= d for n, d in zip(non_local, layers)):
             raise ValueError(f"non_local={list(non_local)}: expected 4 counts, each at most its stage's blocks "
                              f"{list(layers)}")
@@ -62,7 +64,7 @@ class ResNetNL(ResNet):
                 name = f"layer{s + 1}"
                 blocks = getattr(self, name)
                 setattr(self, name, NonLocalStage(blocks, range(len(blocks) - count, len(blocks)),
-                                                  self.channels[name]))
+                                                  self.channels[name], inner))
                 fresh.append(f"{name}.non_local.")
         self.not_pretrained = tuple(fresh)
 
