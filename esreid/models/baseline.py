@@ -28,14 +28,12 @@ class BaselineConfig(ModelConfig):
     ppool_init: float = param(3.0, gt=1)  # initial exponent of a learnable pooling (gem p / ppool l); §7 #7
 
 
-@MODELS.register("baseline", config=BaselineConfig)
-class Baseline(ReIDModel):
-    """BoT: ``backbone`` -> ``head`` (pooling + BNNeck). One branch, named ``global``."""
+class OneHeadModel(ReIDModel):
+    """A ``backbone`` and one ``head`` (the branch ``global``), built by the subclass: the trunk map goes to the head,
+    the head's output to :func:`~esreid.losses.branch_losses`. BoT, AGW and IDE are this shape."""
 
-    def __init__(self, cfg: BaselineConfig, num_classes: int, retrieval: Optional[RetrievalRule] = None):
-        super().__init__(cfg, num_classes, retrieval)
-        self.backbone = build_backbone(cfg.backbone, cfg.last_stride, cfg.pretrained)
-        self.head = BNNeckHead(build_pooling(cfg.pooling, cfg.ppool_init), self.backbone.out_channels, num_classes)
+    backbone: nn.Module
+    head: Head
 
     def forward_features(self, images: Tensor) -> Tensor:
         return self.backbone(images)  # (B, C, h, w)
@@ -52,3 +50,13 @@ class Baseline(ReIDModel):
 
     def compile_regions(self) -> List[nn.Module]:
         return [self.backbone, *super().compile_regions()]
+
+
+@MODELS.register("baseline", config=BaselineConfig)
+class Baseline(OneHeadModel):
+    """BoT: ``backbone`` -> ``head`` (pooling + BNNeck). One branch, named ``global``."""
+
+    def __init__(self, cfg: BaselineConfig, num_classes: int, retrieval: Optional[RetrievalRule] = None):
+        super().__init__(cfg, num_classes, retrieval)
+        self.backbone = build_backbone(cfg.backbone, cfg.last_stride, cfg.pretrained)
+        self.head = BNNeckHead(build_pooling(cfg.pooling, cfg.ppool_init), self.backbone.out_channels, num_classes)
