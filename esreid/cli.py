@@ -67,6 +67,22 @@ def existing_file(path: str) -> str:
     return path
 
 
+def weights_file(spec: str) -> str:
+    """A checkpoint: a file, or ``PEER:FILE`` naming another toolkit's (``fastreid:``, ``torchreid:``, ``bot:``,
+    ``agw:``); the spec is returned as given."""
+    from esreid.models.backbones.weights import split_peer
+
+    existing_file(split_peer(spec)[1])
+    return spec
+
+
+def weights_path(spec: str) -> str:
+    """The file of a ``--weights`` spec (without its peer prefix), for the outputs written next to it."""
+    from esreid.models.backbones.weights import split_peer
+
+    return split_peer(spec)[1]
+
+
 def existing_dir(path: str) -> str:
     if not os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"{path} is a file, expected a folder" if os.path.exists(path)
@@ -164,13 +180,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     apply_threads(cfg)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.weights)),
-                                   "eval_" + os.path.splitext(os.path.basename(args.weights))[0])
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(weights_path(args.weights))),
+                                   "eval_" + os.path.splitext(os.path.basename(weights_path(args.weights)))[0])
     check_writable(out, "--out")
     device = resolve_device(cfg.device)
+    model = load_trained_model(cfg, args.weights)  # before the scan: a checkpoint that cannot load stops here
     dataset = build_dataset(cfg.data.name, cfg.data.root, verbose=False, **cfg.data.args)
     print(dataset.summary())
-    model = place_model(load_trained_model(cfg, args.weights), cfg.solver, device)
+    model = place_model(model, cfg.solver, device)
     features = extract_test_features(model, dataset, cfg, device)
     metrics = evaluate_features(features, dataset, cfg, model.retrieval.metric)
     print(format_metrics(metrics, "eval"))
@@ -266,8 +283,9 @@ def _command(sub, name: str, help: str, examples: Sequence[str], description: st
 def _trained_model(p: Parser) -> None:
     """``--config`` and ``--weights``: the trained model a command loads."""
     p.add_argument("--config", required=True, type=existing_file, help="the YAML config the model was trained with")
-    p.add_argument("--weights", required=True, type=existing_file,
-                   help="checkpoint (.pth) written by esreid train, or a state dict")
+    p.add_argument("--weights", required=True, type=weights_file,
+                   help="checkpoint (.pth) written by esreid train, a state dict, or another toolkit's checkpoint "
+                        "(fastreid:, torchreid:, bot:, agw: FILE, or recognised by its keys)")
 
 
 def _add_demo(sub) -> None:
@@ -408,7 +426,7 @@ def _add_explain(sub) -> None:
     p.add_argument("--layer", default="", help="module name of the CG-RAM layer, e.g. backbone.layer3 or "
                                                "backbone.bn1 (default: the model's saliency layer)")
     p.add_argument("--no-maps", action="store_true", help="rank grids only, no CG-RAM (fast, for many queries)")
-    p.add_argument("--compare", type=existing_file, metavar="W2.pth", help="a second model drawn under the first")
+    p.add_argument("--compare", type=weights_file, metavar="W2.pth", help="a second model drawn under the first")
     p.add_argument("--compare-config", type=existing_file, metavar="C2.yaml",
                    help="the second model's config (default: --config)")
     p.add_argument("--out", help="output folder (default: explain/ next to --weights)")

@@ -129,7 +129,7 @@ class Trainer:
         seed_everything(cfg.seed)  # the same on every rank while the model is built (see below)
         # resuming replaces every weight: skip the ImageNet weights (a moved file or offline URL must not stop it)
         model_cfg = cfg.model if resume is None else dataclasses.replace(cfg.model, pretrained="")
-        model = build_model(model_cfg, self.dataset.num_train_pids, cfg.test)
+        model = build_model(model_cfg, self.dataset.num_train_pids, cfg.test, log=self.log)
         model.set_input_normalization(cfg.data.mean, cfg.data.std)
         self.model = place_model(model, cfg.solver, self.device)
         # Under DDP the model's own generators (BDB's DropBlock region, BESM coin flips) start alike on every rank,

@@ -413,7 +413,9 @@ def explain_main(args: argparse.Namespace) -> int:
         qfs = [qf[picked] for qf in all_qfs]
     results = [e.explain(queries, qf, dataset.gallery, gf, args.k, not args.no_maps)
                for e, qf, gf in zip(explainers, qfs, gfs)]
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.weights)), "explain")
+    from esreid.models.backbones.weights import split_peer
+
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(split_peer(args.weights)[1])), "explain")
     pages = {q.name: [e.row(q, res[i], dataset.gallery) for e, res in zip(explainers, results)]
              for i, q in enumerate(queries)}
     title = " vs ".join(e.name for e in explainers) + f" on {cfg.data.name}"

@@ -10,7 +10,10 @@ torch hub cache that lets a machine without internet train (``esreid weights fet
   (torch's default ``~/.cache/torch/hub/checkpoints``), when the file is there; otherwise downloaded into it once.
   A file name with a hash part (``resnet50-0676ba61.pth``) is checked against the SHA-256 of the download, as
   ``torch.hub`` does;
-* anything else: a local file path.
+* ``PEER:PATH`` (``fastreid:``, ``torchreid:``, ``bot:``, ``agw:``, :data:`PEERS`): another toolkit's re-ID checkpoint
+  (PATH a file or a URL), imported by :mod:`esreid.models.importers` into the whole model (backbone, and the head
+  where it fits);
+* anything else: a local file path (a plain ImageNet trunk, or a peer's checkpoint recognised by its keys).
 
 When neither the cache nor the download gives the file (offline, blocked, a wrong URL), :func:`resolve` raises one
 :class:`PretrainedError` naming the three fixes: a local copy, the cache (``esreid weights fetch`` on a machine
@@ -34,6 +37,12 @@ from esreid.errors import CheckpointError
 from esreid.files import atomic_writer
 
 PREFIX = "torchvision:"
+PEERS = {  # prefix of another toolkit's checkpoints -> the project (esreid.models.importers)
+    "fastreid": "fast-reid (JDAI-CV/fast-reid)",
+    "torchreid": "torchreid (KaiyangZhou/deep-person-reid)",
+    "bot": "reid-strong-baseline (michuanhaohao/reid-strong-baseline)",
+    "agw": "AGW's official code (mangye16/ReID-Survey)",
+}
 TORCHVISION = {  # torchvision.models.ResNet*_Weights.IMAGENET1K_V1
     "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
     "resnet34": "https://download.pytorch.org/models/resnet34-b627a593.pth",
@@ -47,6 +56,13 @@ CHUNK = 1 << 20
 
 class PretrainedError(CheckpointError):
     """ImageNet weights named by ``model.pretrained`` cannot be had; the message names the ways to fix it."""
+
+
+def split_peer(spec: str) -> Tuple[Optional[str], str]:
+    """``"fastreid:/w/model.pth"`` -> ``("fastreid", "/w/model.pth")``; a spec without a :data:`PEERS` prefix ->
+    ``(None, spec)``."""
+    peer, sep, rest = spec.partition(":")
+    return (peer, rest) if sep and peer in PEERS else (None, spec)
 
 
 def is_url(spec: str) -> bool:
@@ -167,7 +183,8 @@ def problem_before_training(spec: str, backbone: str) -> Optional[str]:
     torchvision weights of another architecture. None when nothing (a URL is fetched when the model is built)."""
     if not spec:
         return None
-    if spec.startswith(PREFIX):
+    peer, spec = split_peer(spec)
+    if spec.startswith(PREFIX) and not peer:
         name = spec[len(PREFIX):]
         if name != imagenet_of(backbone):
             return (f"{spec} are the weights of {name}, but model.backbone is {backbone}; use "
