@@ -19,9 +19,12 @@ CONFIGS = os.path.join(ROOT, "configs")
 TORCHVISION_R50 = "torchvision:resnet50"
 VEHICLES = ("veri776", "vehicleid")
 # configs of no ES-Net table row: the other methods' recipes (docs/methods.md §2-§4), CUHK03 (not in the paper), the
-# BoT baseline on the vehicle datasets, and the contract's example method (feature-level random erasing)
+# BoT baseline on the vehicle datasets, the contract's example method (feature-level random erasing), and the models
+# imported from other toolkits
 OTHERS = {f"{d}/{m}" for d in ("market1501", "dukemtmcreid", "cuhk03") for m in ("bdb", "pmm", "aelm")} | {
-    "cuhk03/base", "cuhk03/aib", "cuhk03/esnet", "veri776/aib", "vehicleid/aib", "market1501/feature_erasing"}
+    "cuhk03/base", "cuhk03/aib", "cuhk03/esnet", "veri776/aib", "vehicleid/aib", "market1501/feature_erasing"} | {
+    f"market1501/import_{n}" for n in ("fastreid_bot", "fastreid_agw", "bot", "agw", "torchreid_resnet50",
+                                       "torchreid_fc512")}  # other toolkits' models (tests/test_importers.py)
 
 
 def docs_mapping():
