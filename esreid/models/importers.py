@@ -1,6 +1,6 @@
 """Checkpoints of other re-ID toolkits: the registry of their layouts (:data:`LAYOUTS`), recognising a file
-(:func:`identify`), building the esreid model it becomes (:func:`build_imported`) and initialising a model from one
-(:func:`initialise`, ``model.pretrained``).
+(:func:`identify`), building the esreid model it becomes (:func:`build_imported`, ``--weights``) and initialising a
+model from one (``model.pretrained``: :func:`backbone_state` for the backbone, :func:`initialise_heads` for the rest).
 
 A file is named ``PEER:PATH`` (``fastreid:``, ``torchreid:``, ``bot:`` for reid-strong-baseline, ``agw:`` for AGW's
 official code; PATH may be a URL, read through the torch hub cache) or by its path alone, when its keys tell the
@@ -160,7 +160,8 @@ MISSING: Tuple[Tuple[str, str], ...] = (
     (r"(^|\.)IN\.(weight|bias)$", "IBN-Net (instance-batch normalisation: fast-reid WITH_IBN, resnet50_ibn_a/b)"),
     (r"(^|\.)(se|se_module)\.", "SE-ResNet / SE-ResNeXt (squeeze-and-excitation blocks)"),
     (r"(^|\.)(conv2\.fc1|rsoftmax|radix)", "ResNeSt (split-attention convolutions)"),
-    (r"(^|\.)(conv2\.\d+\.conv2[a-d]|conv1\.conv\.weight)", "OSNet (omni-scale blocks)"),
+    (r"(^|\.)conv2\.\d+\.conv2[a-d]\.", "OSNet (omni-scale blocks)"),
+    (r"(^|\.)conv1\.conv\.weight$", "a non-ResNet backbone built of conv blocks (OSNet, MobileNetV2, ...)"),
     (r"(^|\.)(patch_embed|cls_token|pos_embed)", "a vision-transformer backbone"),
     (r"^(backbone\.|base\.)?(features|stage\d|stem\.|trunk_output)\.?", "a non-ResNet backbone (MobileNet, "
                                                                           "ShuffleNet, RegNet, RepVGG, DenseNet, ...)"),
