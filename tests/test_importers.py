@@ -248,3 +248,14 @@ def test_fine_tuning_with_another_backbone_stops_before_the_data_is_read(tmp_pat
                  f"data.root={tmp_path / 'nodata'}", f"output_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "set model.backbone=resnet50_fastreid model.last_stride=1 to start from it" in err, err
+
+
+def test_readme_lists_every_layout_with_its_fixture_commit():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("## Import a model you already have"):text.index("## When things go wrong")]
+    for layout in importers.LAYOUTS:
+        record = fixture(layout)
+        (row,) = [line for line in section.splitlines() if line.startswith("|") and f"(`{layout}`)" in line]
+        assert f"{record['repository']}@{record['commit'][:7]}" in row, layout
+    assert set(FIXTURES) == set(importers.LAYOUTS)  # every layout is checked against its peer's code
