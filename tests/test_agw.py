@@ -114,6 +114,43 @@ def test_weighted_triplet_matches_loop(seed, scale):
     assert torch.isfinite(got)
 
 
+def _wrt_autograd(x, pids):
+    """The loop of ``_wrt_loop`` in float64 torch ops, so that autograd differentiates the softmax weights too (AGW's
+    code: ``softmax_weights`` is built from ``dist_ap`` without ``detach``)."""
+    terms = []
+    for i in range(len(pids)):
+        d = torch.stack([(x[i] - x[j]).pow(2).sum().sqrt() if j != i else x.new_zeros(()) for j in range(len(pids))])
+        pos = [j for j in range(len(pids)) if j != i and pids[j] == pids[i]]
+        neg = [j for j in range(len(pids)) if pids[j] != pids[i]]
+        if pos and neg:
+            dp, dn = d[pos], d[neg]
+            fp = (dp * dp.exp()).sum() / dp.exp().sum()
+            cn = (dn * (-dn).exp()).sum() / (-dn).exp().sum()
+            terms.append(torch.nn.functional.softplus(fp - cn))
+    return torch.stack(terms).mean()
+
+
+def test_weighted_triplet_differentiates_its_weights():
+    """The gradient equals the float64 autograd of the definition with the weights differentiated; the same loss with
+    detached weights has another gradient (so a ``.detach()`` on the weights is caught)."""
+    g = torch.Generator().manual_seed(5)
+    pids = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    x64 = (torch.randn(len(pids), 4, generator=g, dtype=torch.float64) * 0.8).requires_grad_(True)
+    _wrt_autograd(x64, pids).backward()
+    x = x64.detach().float().requires_grad_(True)
+    weighted_regularized_triplet(x, pids).backward()
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-6)
+    # the detached-weights reading differs by far more than the tolerance above
+    xd = x64.detach().clone().requires_grad_(True)
+    dist = torch.cdist(xd, xd)
+    same = pids[:, None] == pids[None, :]
+    pos, neg = same & ~torch.eye(len(pids), dtype=torch.bool), ~same
+    w_pos = torch.softmax(dist.masked_fill(~pos, float("-inf")), 1).detach()
+    w_neg = torch.softmax((-dist).masked_fill(~neg, float("-inf")), 1).detach()
+    torch.nn.functional.softplus((w_pos * dist).sum(1) - (w_neg * dist).sum(1)).mean().backward()
+    assert (xd.grad - x64.grad).abs().max() > 1e-2
+
+
 def test_weighted_triplet_gradient_is_finite_and_flows_to_every_sample():
     x = torch.randn(8, 4, requires_grad=True)
     weighted_regularized_triplet(x, torch.arange(4).repeat_interleave(2)).backward()

@@ -95,7 +95,8 @@ def claims(config, vehicle):
     recipe = {"data.height": 256, "data.width": 256, "solver.epochs": 60, "solver.milestones": [20, 40]} if vehicle \
         else {"data.height": 384, "data.width": 128, "solver.epochs": 120, "solver.milestones": [40, 70]}
     common = {"model.last_stride": 1, "model.pretrained": TORCHVISION_R50, "solver.optimizer": "adam",
-              "solver.lr": 3.5e-4, "data.ids_per_batch": 16, "data.instances": 4, "data.flip_prob": 0.5}
+              "solver.lr": 3.5e-4, "solver.weight_decay": 5e-4, "data.ids_per_batch": 16, "data.instances": 4,
+              "data.flip_prob": 0.5}
     return {**common, **recipe, **rows[config]}
 
 
@@ -116,6 +117,34 @@ def test_mapped_config_is_the_row_it_claims(folder, config):
     assert cfg.data.name == folder and cfg.output_dir == f"outputs/{folder}/{config}"
     wrong = {k: (value(cfg, k), v) for k, v in claims(config, folder in VEHICLES).items() if value(cfg, k) != v}
     assert wrong == {}  # key: (config's value, the row's)
+
+
+@pytest.mark.parametrize("config", ["market1501/esnet", "veri776/esnet", "market1501/agw"])
+def test_a_paper_rows_weight_decay_is_what_the_optimiser_applies(config):
+    """§IV-A-2 "Adam ... with weight decay 5e-4": the run built from the row's config decays by exactly that. With a
+    zero loss gradient Adam's first moment after one step is (1 - β1)·wd·θ for every decayed parameter."""
+    import torch
+
+    from esreid.engine.schedule import build_optimizer
+    from esreid.models import build_model
+
+    tiny = "resnet_tiny_nl" if config.endswith("agw") else "resnet_tiny"
+    cfg = load_config(os.path.join(CONFIGS, f"{config}.yaml"), [f"model.backbone={tiny}", "model.pretrained="])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 5, cfg.test)
+    opt = build_optimizer(model, cfg.solver)
+    params = {p: n for n, p in model.named_parameters() if p.requires_grad}  # (BNNeck biases are frozen)
+    for group in opt.param_groups:
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    before = {p: p.detach().clone() for group in opt.param_groups for p in group["params"]}
+    opt.step()
+    beta1 = opt.param_groups[0]["betas"][0]
+    excluded = model.no_weight_decay()  # the pooling exponents (docs/methods.md §7 #7)
+    assert len(excluded) <= 2 and len(before) == len(params)
+    for p, theta in before.items():
+        wd = 0.0 if params[p] in excluded else 5e-4
+        torch.testing.assert_close(opt.state[p]["exp_avg"], (1 - beta1) * wd * theta, msg=params[p])
 
 
 def test_every_config_resolves_and_is_mapped_or_another_method():
