@@ -199,3 +199,22 @@ def test_paper_numbers_are_those_of_the_method_notes():
     for name, table in TABLES.items():
         ours = [[v for c in table.columns for v in row.values[c.key]] for row in table.rows]
         assert ours == docs[name], f"Table {name}"
+
+
+def test_readme_states_the_erasing_values_the_esb_configs_use():
+    """README's Configs table says, for each ESB-alone config and each kind of dataset, the R / P its configs use."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        row = next(line for line in f if line.startswith("| `esnet_esb_only`"))
+    what = row.split("|")[2]
+    stated = {}
+    for config, text in re.findall(r"`(esnet_esb_only\w*)` ([^`]*)", what):
+        for r, p, kind in re.findall(r"R = (\d+)% / P = ([\d.]+)(?: on (persons|vehicles))?", text):
+            for k in [kind] if kind else ["persons", "vehicles"]:
+                stated[(config, k)] = (int(r) / 100, float(p))
+    used = {}
+    for d, c in CHECKED:
+        if c.startswith("esnet_esb_only"):
+            m = load_config(os.path.join(CONFIGS, d, f"{c}.yaml")).model
+            kind = "vehicles" if d in VEHICLES else "persons"
+            assert used.setdefault((c, kind), (m.erase_ratio, m.erase_prob)) == (m.erase_ratio, m.erase_prob), d
+    assert set(used) <= set(stated) and {k: stated[k] for k in used} == used  # (config, kind): (R, P)
