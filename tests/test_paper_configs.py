@@ -88,7 +88,9 @@ def claims(config, vehicle):
         "agw": {"model.name": "agw", "model.backbone": "resnet50_nl", "model.pooling": "gem", "model.ppool_init": 3.0,
                 "model.loss.triplet": "weighted", "model.loss.label_smoothing": 0.1, "model.loss.triplet_weight": 1.0,
                 "data.height": 256, "data.width": 128, "data.pad": 10, "data.random_erasing": 0.5,
-                "test.flip": False, "test.normalize": True, "solver.warmup_factor": 0.01},
+                "test.flip": False, "test.normalize": True, "solver.warmup_factor": 0.01,
+                "model.center_weight": 5e-4, "model.center_lr": 0.5,  # AGW's CENTER_LOSS on (configs/AGW_baseline.yml)
+                "solver.milestones": [39, 69]},  # its STEPS [40, 70] counted from 1 (utils/lr_scheduler.py)
         "esnet_agw": {**TWO_BRANCHES, **TRIPLET, **erasing(0.2, 0.5), "model.backbone": "resnet50_nl",
                       "model.aib_pooling": "gem"},
     }
@@ -133,7 +135,8 @@ def test_a_paper_rows_weight_decay_is_what_the_optimiser_applies(config):
     torch.manual_seed(0)
     model = build_model(cfg.model, 5, cfg.test)
     opt = build_optimizer(model, cfg.solver)
-    params = {p: n for n, p in model.named_parameters() if p.requires_grad}  # (BNNeck biases are frozen)
+    own = model.sgd_params()  # AGW's centres: their own SGD, no decay (AGW's center optimiser)
+    params = {p: n for n, p in model.named_parameters() if p.requires_grad and n not in own}  # (frozen BNNeck biases)
     for group in opt.param_groups:
         for p in group["params"]:
             p.grad = torch.zeros_like(p)

@@ -68,6 +68,7 @@ class ESNetConfig(ModelConfig):
     aib_pooling: str = param("gap", choices=POOLING_NAMES)  # §III-A; "ppool" = Table VI
     esb_pooling: str = param("ppool", choices=POOLING_NAMES)  # §III-D; "gap" / "gmp" = Tables III / IV
     ppool_init: float = param(3.0, gt=1)  # initial exponent of a learnable pooling (not in the paper; §7 #7)
+    ppool_lr_mult: float = param(1.0, gt=0, le=1e6)  # its lr = ppool_lr_mult x solver.lr (not in the paper; §1.5)
     erase_ratio: float = param(0.2, ge=0, le=1)  # R of Algorithm 1 (Table I = Table II AIB+ESB(R20,P0.5))
     erase_prob: float = param(0.5, ge=0, le=1)  # P of Algorithm 1
     # "set to 0" (§III-C-2, pixels "of the raw images"): black = a raw 0 (-mean/std after normalisation) or mean = 0 on
@@ -112,7 +113,8 @@ class ESNet(ReIDModel):
             # Both branches' own stages start from the same (ImageNet) weights (docs/methods.md §1.1 reading A).
             stages = backbone.stages(own[0], own[-1]) if own else nn.Sequential()
             stages = copy.deepcopy(stages) if copy_stages else stages
-            return Branch(stages, BNNeckHead(build_pooling(pooling, cfg.ppool_init), dim, num_classes))
+            pool = build_pooling(pooling, cfg.ppool_init, cfg.ppool_lr_mult)
+            return Branch(stages, BNNeckHead(pool, dim, num_classes))
 
         self.aib = branch(cfg.aib_pooling, False) if cfg.aib else None
         self.esb = branch(cfg.esb_pooling, cfg.aib) if cfg.esb else None
