@@ -77,7 +77,7 @@ def measure(mults, seeds, quick: bool, epochs: int, root: str, out: str) -> None
         for epoch in range(trainer.cfg.solver.epochs):  # Trainer.train, one epoch at a time, reading l after each
             trainer._train_epoch(epoch)
             trail.append(trainer.model.stats()["esb_l"])
-        metrics = trainer.evaluate()
+        metrics, _ = trainer.evaluate()
         secs = time.perf_counter() - start
         shown = trail if len(trail) <= 10 else trail[:: len(trail) // 10] + trail[-1:]
         print(f"| {m:g} | {seed} | {', '.join(f'{v:.3f}' for v in shown)} | {100 * metrics['mAP']:.1f} | "
