@@ -26,6 +26,9 @@ CASES = {
                         ["nearest neighbours agree: True"]),
     "threads.py": (["--runs", "1", "--epochs", "1", "--settings", "1", "--conditions", "as is"], ["| as is |"]),
     "saliency_trap.py": (["--quick", "--out", "{tmp}/trap"], ["paired t = ", "same-group impostors"]),
+    "ppool_exponent.py": (["--quick", "--epochs", "1", "--mults", "1", "100"], ["| 1 | 2.72 | [1.35, 5.59] |",
+                                                                              "| 100 | 0 | "]),
+    "saliency_feature.py": (["--epochs", "1", "--seeds", "0"], ["| retrieval | mean | "]),
 }
 
 

@@ -42,7 +42,8 @@ def cli_error(tmp_path, capsys, body, overrides=()):
     ("model:\n  name: esnet\n  erase_ratio: 1.5\n", "model.erase_ratio", "expected a value <= 1, got 1.5"),
     ("model:\n  name: esnet\n  saliency: foo\n", "model.saliency", "expected one of cgram, gradcam; got 'foo'"),
     ("model:\n  backbone: resnet152\n", "model.backbone", "expected one of resnet101, resnet18, resnet34, resnet50, "
-                                                          "resnet50_nl, resnet_tiny, resnet_tiny_bottleneck, "
+                                                          "resnet50_bot, resnet50_fastreid, resnet50_nl, "
+                                                          "resnet50_nl_fastreid, resnet_tiny, resnet_tiny_bottleneck, "
                                                           "resnet_tiny_nl; got 'resnet152'"),
     ("data:\n  name: market\n", "data.name", "expected one of cuhk03, custom, dukemtmcreid, market1501, msmt17, "
                                             "synthetic, vehicleid, veri776; got 'market'"),
@@ -183,6 +184,18 @@ def test_a_wrong_type_for_every_key_is_named(tmp_path, capsys, key, spec):
     value, words = wrong_value(tp)
     err, path = cli_error(tmp_path, capsys, yaml_for(key, value, model))
     assert f"{path}: key '{key}'" in err and words in err, err
+
+
+NOT_NULL = [(k, spec) for k, spec in FIELDS
+            if spec[1] is not typing.Any and type(None) not in typing.get_args(spec[1])]
+
+
+@pytest.mark.parametrize("key, spec", NOT_NULL, ids=[k for k, _ in NOT_NULL])
+def test_null_is_refused_where_the_key_takes_no_null(tmp_path, capsys, key, spec):
+    # threads: null (int or 'auto') was accepted and crashed the run at int(None)
+    model, _, _ = spec
+    err, path = cli_error(tmp_path, capsys, yaml_for(key, "null", model))
+    assert f"{path}: key '{key}'" in err and ("got null" in err or "got None" in err or "is empty" in err), err
 
 
 def list_of(n):

@@ -131,7 +131,8 @@ def test_the_evaluator_honours_the_retrieval_rule(monkeypatch, name, flip, norma
         protocol = "market"
 
     cfg = config(name)
-    evaluator.evaluate_model(model, Dataset(), cfg, torch.device("cpu"))
+    features = evaluator.extract_test_features(model, Dataset(), cfg, torch.device("cpu"))
+    evaluator.evaluate_features(features, Dataset(), cfg, model.retrieval.metric)
     assert seen["metric"] == metric
 
 
@@ -185,6 +186,7 @@ def test_generators_and_weight_decay_exclusions_are_declared(name):
     assert all(isinstance(g, torch.Generator) for g in model.generators().values())
     params = dict(model.named_parameters())
     assert model.no_weight_decay() <= set(params)
+    assert set(model.lr_multipliers()) <= set(params) and set(model.sgd_params()) <= set(params)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -19,9 +19,11 @@ def check_files(cfg: Any) -> None:
     ``torchvision:`` weights fit ``model.backbone`` (a URL is fetched when the model is built); another toolkit's
     checkpoint is recognised and fits ``model.backbone`` (:mod:`esreid.models.importers`)."""
     from esreid.models import importers
+    from esreid.models.backbones import imagenet_of
     from esreid.models.backbones.weights import problem_before_training
 
-    problem = (problem_before_training(cfg.model.pretrained, cfg.model.backbone)
+    backbone = cfg.model.backbone
+    problem = (problem_before_training(cfg.model.pretrained, backbone, imagenet_of(backbone))
                or importers.problem_before_training(cfg.model.pretrained, cfg.model))
     if problem:
         raise invalid(cfg, "model.pretrained", problem)

@@ -161,15 +161,12 @@ def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
 
 def _forward_captured(model: nn.Module, layer: Union[str, nn.Module], images: Tensor, flip: bool,
                       feature_fn: Callable[[List[Tensor]], Tensor]) -> Tuple[List[Tensor], Tensor]:
-    """Eval-mode ``model.features`` of ``images`` (B, 3, H, W) -- and of their mirror images when ``flip``, summed per
-    branch -- with ``layer`` captured. Returns the captured maps ``[A]`` (``[A, A_mirrored]`` with flip), each
-    (B, C, h, w), and ``feature_fn(branches)`` (B, D)."""
+    """Eval-mode ``model.branch_features`` of ``images`` (B, 3, H, W) -- summed with their mirror images' when
+    ``flip``, as the evaluator ranks -- with ``layer`` captured. Returns the captured maps ``[A]`` (``[A, A_mirrored]``
+    with flip), each (B, C, h, w), and ``feature_fn(branches)`` (B, D)."""
     module = resolve_layer(model, layer)
     with eval_mode(model), torch.enable_grad(), capture_layer(module) as captured:
-        branches = model.features(images)
-        if flip:
-            branches = [b + m for b, m in zip(branches, model.features(torch.flip(images, dims=[3])))]
-        f = feature_fn(branches)
+        f = feature_fn(model.branch_features(images, flip))
     runs = 2 if flip else 1
     if len(captured) != runs:
         raise LayerError(f"CG-RAM layer ran {len(captured)} times for {runs} forward pass(es); it must run once per "
@@ -209,13 +206,15 @@ def cgram_pair(model: nn.Module, query: Tensor, gallery: Tensor,
 
 
 def cgram_batch(model: nn.Module, images: Tensor, pids: Tensor, layer: Optional[Union[str, nn.Module]] = None,
-                detach_weight: bool = False, feature_fn: Optional[Callable[[List[Tensor]], Tensor]] = None) -> Tensor:
+                detach_weight: bool = False, feature_fn: Optional[Callable[[List[Tensor]], Tensor]] = None,
+                flip: bool = False) -> Tensor:
     """Training-time CG-RAM of a PK batch (eq. 5 with easiest positives): images (B, 3, H, W), pids (B,) -> (B, h, w).
 
-    The retrieval vector is the model's (its retrieval rule's combination of the branch features, without flip, as
-    in training) unless ``feature_fn`` picks another from the branch features; ``layer`` defaults to
-    ``model.saliency_layer``. The model's modes and parameter gradients are left untouched.
+    The retrieval vector is the model's (its retrieval rule's combination of the branch features; summed with the
+    mirrored images' when ``flip``, the mirrored pass's shares flipped back as at test time) unless ``feature_fn``
+    picks another from the branch features; ``layer`` defaults to ``model.saliency_layer``. The model's modes and
+    parameter gradients are left untouched.
     """
-    captured, f = _forward_captured(model, layer or model.saliency_layer, images, False,
+    captured, f = _forward_captured(model, layer or model.saliency_layer, images, flip,
                                     feature_fn or model.retrieval.combine)
     return _maps(batch_confidence(f, pids, detach_weight), captured)

@@ -9,7 +9,7 @@ Every registered model is a :class:`~esreid.models.base.ReIDModel` (see base.py 
 
 from esreid.registry import Registry
 
-MODELS = Registry("model")
+MODELS = Registry("model", locations=(__name__,))  # every module of esreid.models, on first lookup
 
 
 def build_model(cfg, num_classes: int, test=None, retrieval=None, log=None):
@@ -20,27 +20,16 @@ def build_model(cfg, num_classes: int, test=None, retrieval=None, log=None):
     where they are not ``None``. ``cfg.pretrained`` naming another toolkit's checkpoint (``fastreid:PATH``, ...,
     :mod:`esreid.models.importers`) initialises the model from it; ``log`` receives the line saying what was loaded.
     """
-    from esreid.models import importers
+    from esreid.models.backbones import checkpoint_reader
 
     cls = MODELS.get(cfg.name)
     rule = retrieval or cls.default_retrieval
     if test is not None:
         rule = rule.replace(flip=test.flip, normalize=test.normalize, metric=test.metric)
     model = cls(cfg, num_classes, rule)  # the backbone reads cfg.pretrained (a peer's too: its backbone part)
-    if importers.is_peer_spec(cfg.pretrained):
-        report = importers.initialise_heads(model, cfg.pretrained)
+    reader = checkpoint_reader(cfg.pretrained)
+    if reader is not None:
+        report = reader.initialise_heads(model, cfg.pretrained)
         if log is not None:
             log(report)
     return model
-
-
-def _register_all() -> None:
-    import importlib
-    import pkgutil
-
-    for mod in pkgutil.iter_modules(__path__):
-        if not mod.name.startswith("_") and not mod.ispkg and mod.name not in ("base", "heads", "importers", "pooling"):
-            importlib.import_module(f"{__name__}.{mod.name}")
-
-
-_register_all()

@@ -12,10 +12,13 @@ member                                     meaning
 ``forward_train(images, pids) -> dict``    scalar loss terms ``{name: Tensor}``; the trainer back-propagates the sum
 ``features(images) -> list[Tensor]``       per-branch retrieval features ``[(B, D_i)]`` (eval mode, no flip)
 ``retrieval`` (:class:`RetrievalRule`)     flip, per-branch L2, metric: how features become the ranked distance
+``branch_features(images, flip)``          per-branch features, flip-summed (in >= float32) by the rule
 ``retrieval_features(images) -> Tensor``   the vector ``(B, ΣD_i)`` the evaluator ranks, by the retrieval rule
 ``saliency_layer``                         module name of the default CG-RAM layer (explanations, Fig. 3 probe)
 ``generators() -> dict``                   the model's own RNGs (saved in checkpoints, seeded alike under DDP)
 ``no_weight_decay() -> set``               parameter names excluded from weight decay
+``lr_multipliers() -> dict``               parameter name -> multiple of ``solver.lr`` it trains at (scheduled)
+``sgd_params() -> dict``                   parameter name -> fixed lr of its own plain SGD step (AGW's centres)
 ``stats() -> dict``                        values to log once per epoch (pooling exponent, erased fraction, ...)
 ``compile_regions() -> list[Module]``      the heavy, static submodules ``solver.compile`` compiles one by one
 ``num_classes``                            training identities the classifiers were built for (saved in checkpoints)
@@ -110,14 +113,20 @@ class ReIDModel(nn.Module):
         """
         return [out.feature for out in self.forward_head(self.forward_features(images))]
 
-    def retrieval_features(self, images: Tensor) -> Tensor:
-        """The vector the evaluator ranks, ``(B, ΣD_i)`` float32: :meth:`features`, summed with the features of the
-        mirrored images when ``retrieval.flip``, combined by the retrieval rule."""
+    def branch_features(self, images: Tensor, flip: Optional[bool] = None) -> List[Tensor]:
+        """:meth:`features` of images ``(B, 3, H, W)``, each branch summed with that of the mirrored images when
+        ``flip`` (default ``retrieval.flip``; the sum in at least float32: half-precision autocast outputs are promoted
+        first). What the evaluator ranks and test-time CG-RAM explains."""
         branches = self.features(images)
-        if self.retrieval.flip:
+        if self.retrieval.flip if flip is None else flip:
             mirrored = self.features(torch.flip(images, dims=[3]))
             branches = [at_least_float32(b) + at_least_float32(m) for b, m in zip(branches, mirrored)]
-        return self.retrieval.combine(branches)
+        return branches
+
+    def retrieval_features(self, images: Tensor) -> Tensor:
+        """The vector the evaluator ranks, ``(B, ΣD_i)`` float32: :meth:`branch_features` combined by the retrieval
+        rule."""
+        return self.retrieval.combine(self.branch_features(images))
 
     def forward(self, images: Tensor, pids: Optional[Tensor] = None):
         if not self.training:
@@ -140,10 +149,28 @@ class ReIDModel(nn.Module):
         """The model's own RNGs by name (BESM coin flips, DropBlock regions, mixing partners)."""
         return {}
 
+    def _head_params(self, declared: str) -> Dict[str, Any]:
+        """What the heads' method ``declared`` returns (names relative to each head), keyed by model parameter name."""
+        path = {module: name for name, module in self.named_modules()}
+        items = {}
+        for head in self.heads().values():
+            found = getattr(head, declared)()
+            items.update({f"{path[head]}.{n}": (found[n] if isinstance(found, dict) else None) for n in found})
+        return items
+
     def no_weight_decay(self) -> Set[str]:
         """Parameter names excluded from weight decay: by default those the heads declare (pooling exponents)."""
-        path = {module: name for name, module in self.named_modules()}
-        return {f"{path[head]}.{n}" for head in self.heads().values() for n in head.no_weight_decay()}
+        return set(self._head_params("no_weight_decay"))
+
+    def lr_multipliers(self) -> Dict[str, float]:
+        """Parameter name -> multiplier of ``solver.lr`` for parameters trained at their own rate (warm-up and decay
+        apply as to every other parameter): by default those the heads declare (``model.ppool_lr_mult``)."""
+        return self._head_params("lr_multipliers")
+
+    def sgd_params(self) -> Dict[str, float]:
+        """Parameter name -> learning rate of a plain SGD step (no momentum, no weight decay, no schedule) that
+        trains it instead of ``solver.optimizer``: AGW's centre-loss centres (docs/methods.md §8.4). None by default."""
+        return {}
 
     def stats(self) -> Dict[str, float]:
         """Values to log once per epoch: by default each head's statistics as ``<branch>_<name>``."""

@@ -26,6 +26,7 @@ class BaselineConfig(ModelConfig):
     name: str = "baseline"
     pooling: str = param("gap", choices=POOLING_NAMES)  # gap | gmp | gem | ppool
     ppool_init: float = param(3.0, gt=1)  # initial exponent of a learnable pooling (gem p / ppool l); §7 #7
+    ppool_lr_mult: float = param(1.0, gt=0, le=1e6)  # its lr = ppool_lr_mult x solver.lr (docs/methods.md §1.5)
 
 
 class OneHeadModel(ReIDModel):
@@ -59,4 +60,5 @@ class Baseline(OneHeadModel):
     def __init__(self, cfg: BaselineConfig, num_classes: int, retrieval: Optional[RetrievalRule] = None):
         super().__init__(cfg, num_classes, retrieval)
         self.backbone = build_backbone(cfg.backbone, cfg.last_stride, cfg.pretrained)
-        self.head = BNNeckHead(build_pooling(cfg.pooling, cfg.ppool_init), self.backbone.out_channels, num_classes)
+        pool = build_pooling(cfg.pooling, cfg.ppool_init, cfg.ppool_lr_mult)
+        self.head = BNNeckHead(pool, self.backbone.out_channels, num_classes)

@@ -49,6 +49,10 @@ class Head(nn.Module):
         """Parameter names (relative to the head) excluded from weight decay: a learnable pooling exponent."""
         return {f"pool.{n}" for n in self.pool.no_weight_decay()}
 
+    def lr_multipliers(self) -> Dict[str, float]:
+        """Parameter names (relative to the head) -> multiplier of ``solver.lr``: a pooling exponent's own lr."""
+        return {f"pool.{n}": m for n, m in self.pool.lr_multipliers().items()}
+
     def stats(self) -> Dict[str, float]:
         """Values to log (the pooling exponent of GeM / P-pooling)."""
         return self.pool.stats()

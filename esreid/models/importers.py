@@ -14,14 +14,16 @@ metric). ``tests/test_importers.py`` checks each layout against features that th
 layout                 peer model                   esreid model                                  retrieval (peer's)
 =====================  ===========================  ============================================  ===================
 ``fastreid-bot``       fast-reid bagtricks_R50      baseline, resnet50_fastreid, stride 1, GAP    post-BN, L2, cosine
-``fastreid-agw``       fast-reid AGW_R50            agw, resnet50_nl_fastreid, GeM p = 3 (fixed)  post-BN, L2, cosine
+``fastreid-agw``       fast-reid AGW_R50            agw, resnet50_nl_fastreid, GeM p = 3          post-BN, L2, cosine
 ``bot``                reid-strong-baseline R50     baseline, resnet50_bot, stride 1, GAP         post-BN, L2, cosine
-``agw``                ReID-Survey AGW (official)   agw, resnet50_nl_agw, GeM (learned p)         post-BN, L2, cosine
+``agw``                ReID-Survey AGW (official)   agw, resnet50_nl, GeM (its learned p)         post-BN, L2, cosine
 ``torchreid-resnet50`` torchreid resnet50           ide, resnet50, stride 2                       GAP, Euclidean
 ``torchreid-fc512``    torchreid resnet50_fc512     ide, resnet50, stride 1, reduction 512        fc512, Euclidean
 =====================  ===========================  ============================================  ===================
 
-None of these flip at test time (fast-reid ``TEST.FLIP.ENABLED: False``; the others have no flip). Architectures
+The AGW layouts become ``agw`` with ``center_weight: 0``: the checkpoints hold no centres (AGW's centre loss is a
+criterion outside its model); fine-tuning with the centre loss on starts the centres fresh. None of these flip at test
+time (fast-reid ``TEST.FLIP.ENABLED: False``; the others have no flip). Architectures
 esreid has no counterpart for (IBN-Net, SE-ResNet, ResNeSt, OSNet, non-ResNet backbones, other depths) are named by
 :data:`MISSING` before any layout is tried.
 """
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -39,19 +40,17 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from esreid.config.pretrained import PEERS, PREFIX, is_url, split_peer
 from esreid.errors import CheckpointError
-from esreid.models.backbones import read_state_dict
-from esreid.models.backbones.weights import PEERS, PREFIX, is_url, split_peer
+from esreid.models.backbones import CHECKPOINT_READERS, CheckpointReader, read_state_dict
 from esreid.models.base import RetrievalRule
 
 
-def gem_raw(p: torch.Tensor) -> torch.Tensor:
-    """A GeM exponent ``p`` (any shape with one value) as esreid's parameter ``raw`` (``p = 1 + softplus(raw)``)."""
-    value = float(p.reshape(-1)[0])
-    if not value > 1:
-        raise CheckpointError(f"GeM exponent p = {value:g}: esreid's GeM keeps p > 1")
-    y = value - 1
-    return torch.tensor(y + math.log(-math.expm1(-y)), dtype=torch.float32)  # softplus^-1(p - 1)
+def gem_p(p: torch.Tensor) -> torch.Tensor:
+    """A peer's GeM exponent ``p`` (any shape with one value, AGW's ``(1,)``) as esreid's scalar parameter ``p``."""
+    if p.numel() != 1:
+        raise CheckpointError(f"GeM exponent of shape {tuple(p.shape)}: expected one value")
+    return p.reshape(())
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ TRUNK = r"(conv1|bn1|layer[1-4])\."  # torchvision's trunk keys
 
 
 def _fixed_gem3() -> torch.Tensor:
-    return gem_raw(torch.tensor(3.0))
+    return torch.tensor(3.0)
 
 
 LAYOUTS: Dict[str, Layout] = {layout.name: layout for layout in (
@@ -118,13 +117,13 @@ LAYOUTS: Dict[str, Layout] = {layout.name: layout for layout in (
         ignore=(r"pixel_(mean|std)$",)),
     Layout(
         "fastreid-agw", "fastreid", "fast-reid AGW ResNet-50 (AGW_R50: non-local blocks, GeM p = 3, BNNeck)",
-        dict(name="agw", backbone="resnet50_nl_fastreid", last_stride=1, pooling="gem"),
+        dict(name="agw", backbone="resnet50_nl_fastreid", last_stride=1, pooling="gem", center_weight=0.0),
         non_local_renames("backbone.") + ((r"backbone\.", "backbone."), (r"heads\.bottleneck\.0\.", "head.bn."),
                                           (r"heads\.weight$", "head.classifier.weight")),
         POST_BN_COSINE, "head.classifier.weight",
         "EmbeddingHead in eval mode returns the post-BN feature; GeneralizedMeanPooling p = 3 (not learned); no flip; "
         "cosine (L2)",
-        constants={"head.pool.raw": _fixed_gem3}, ignore=(r"pixel_(mean|std)$",)),
+        constants={"head.pool.p": _fixed_gem3}, ignore=(r"pixel_(mean|std)$",)),
     Layout(
         "bot", "bot", "reid-strong-baseline BoT ResNet-50 (Baseline, neck bnneck, last stride 1)",
         dict(name="baseline", backbone="resnet50_bot", last_stride=1, pooling="gap"),
@@ -133,13 +132,13 @@ LAYOUTS: Dict[str, Layout] = {layout.name: layout for layout in (
         "TEST.NECK_FEAT after (the post-BN feature), TEST.FEAT_NORM yes (L2), no flip"),
     Layout(
         "agw", "agw", "AGW official ResNet-50 (ReID-Survey Baseline, resnet50_nl, GeM with learned p, BNNeck)",
-        dict(name="agw", backbone="resnet50_nl_agw", last_stride=1, pooling="gem"),
-        non_local_renames("base.") + ((r"base\.", "backbone."), (r"global_pool\.p$", "head.pool.raw"),
+        dict(name="agw", backbone="resnet50_nl", last_stride=1, pooling="gem", center_weight=0.0),
+        non_local_renames("base.") + ((r"base\.", "backbone."), (r"global_pool\.p$", "head.pool.p"),
                                       (r"bottleneck\.", "head.bn."),
                                       (r"classifier\.weight$", "head.classifier.weight")),
         POST_BN_COSINE, "head.classifier.weight",
         "Baseline in eval mode returns the post-BN feature; TEST.FEAT_NORM on (L2), no flip",
-        convert={"head.pool.raw": gem_raw}),
+        convert={"head.pool.p": gem_p}),
     Layout(
         "torchreid-resnet50", "torchreid", "torchreid resnet50 (GAP feature, last stride 2, no neck)",
         dict(name="ide", backbone="resnet50", last_stride=2, pooling="gap", reduction=0),
@@ -367,3 +366,6 @@ def initialise_heads(model: Any, spec: str) -> str:
     model.load_state_dict(own, strict=True)
     return head + "head loaded, " + (f"classifier fresh ({imported.num_classes} identities in the file, "
                                      f"{model.num_classes} here)" if fresh else "classifier loaded")
+
+
+CHECKPOINT_READERS.register("peer")(CheckpointReader(is_peer_spec, backbone_state, initialise_heads))

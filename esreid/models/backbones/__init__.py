@@ -16,19 +16,61 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from typing import Dict, Mapping, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
+from esreid.config import Invalid
 from esreid.errors import CheckpointError
+from esreid.models.backbones.weights import resolve
 from esreid.registry import Registry
 
-BACKBONES = Registry("backbone")
+BACKBONES = Registry("backbone", locations=(__name__,))  # resnet.py, resnet_nl.py, ... on first lookup
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+
+@dataclass(frozen=True)
+class CheckpointReader:
+    """How a kind of ``model.pretrained`` beyond ImageNet trunks initialises a model: ``claims(spec)`` says whether
+    ``spec`` is one, ``backbone_state(spec, backbone, last_stride)`` gives the trunk's weights (what
+    :func:`build_backbone` loads), ``initialise_heads(model, spec)`` loads the rest into the built model and returns
+    the line saying what was loaded (:func:`esreid.models.build_model`)."""
+
+    claims: Callable[[str], bool]
+    backbone_state: Callable[[str, str, int], Dict[str, torch.Tensor]]
+    initialise_heads: Callable[[Any, str], str]
+
+
+# filled by esreid.models.importers (other toolkits' re-ID checkpoints), on first lookup: the readers build models,
+# so the backbones name them by location instead of importing them
+CHECKPOINT_READERS = Registry("checkpoint reader", locations=("esreid.models.importers",))
+
+
+def checkpoint_reader(spec: str) -> Optional[CheckpointReader]:
+    """The reader claiming the ``model.pretrained`` value ``spec``; None for ``""`` and ImageNet weights."""
+    if not spec:
+        return None
+    return next((reader for _, reader in CHECKPOINT_READERS.items() if reader.claims(spec)), None)
 # stride-2 operations ending each stage: stem = conv1 + maxpool, layer2 / layer3 = their first block, layer4 = the last
 # stride (1 in re-ID, docs/methods.md §0)
 _HALVINGS = {"stem": 2, "layer1": 0, "layer2": 1, "layer3": 1}
+
+
+def imagenet_of(backbone: str) -> str:
+    """The torchvision network whose ImageNet weights ``backbone`` loads: its registration's ``imagenet`` (a ResNet
+    with added modules, e.g. ``resnet50_nl`` -> ``resnet50``), else its own name."""
+    return BACKBONES.meta(backbone).get("imagenet", backbone) if backbone in BACKBONES else backbone
+
+
+def require_channels_multiple_of(cfg, multiple: int, why: str) -> None:
+    """Raise :class:`~esreid.config.Invalid` on ``model.backbone`` unless the ``layer4`` width of ``cfg.backbone`` (a
+    model config; from its registration, without building it) is a multiple of ``multiple``."""
+    c = BACKBONES.meta(cfg.backbone)["channels"]["layer4"]
+    if c % multiple:
+        raise Invalid("model.backbone", f"{cfg.backbone!r} gives {c} channels but {why} needs a multiple of "
+                                        f"{multiple} (e.g. resnet50, resnet101, resnet_tiny_bottleneck)")
 
 
 def feature_size(height: int, width: int, stage: str = "layer4", last_stride: int = 1) -> Tuple[int, int]:
@@ -39,8 +81,6 @@ def feature_size(height: int, width: int, stage: str = "layer4", last_stride: in
         height, width = -(-height // 2), -(-width // 2)
     return height, width
 
-from esreid.models.backbones import peers, resnet, resnet_nl  # noqa: E402,F401  (register the ResNets; need BACKBONES above)
-from esreid.models.backbones.weights import resolve  # noqa: E402
 
 
 def read_state_dict(source: str) -> Dict[str, torch.Tensor]:
@@ -117,12 +157,11 @@ def build_backbone(name: str, last_stride: int = 1, pretrained: str = "") -> nn.
 
     Returns a module whose ``forward`` maps ``(B, 3, H, W)`` to the ``layer4`` map ``(B, out_channels, h, w)``.
     """
-    from esreid.models import importers  # late import: the importers build models from this registry
-
     model = BACKBONES.get(name)(last_stride=last_stride)
-    if pretrained and importers.is_peer_spec(pretrained):  # another toolkit's re-ID checkpoint: its trunk, no fc
+    reader = checkpoint_reader(pretrained)
+    if reader is not None:  # another toolkit's re-ID checkpoint: its trunk, no fc
         model.drop_fc()
-        model.load_state_dict(importers.backbone_state(pretrained, name, last_stride), strict=True)
+        model.load_state_dict(reader.backbone_state(pretrained, name, last_stride), strict=True)
         return model
     if pretrained:
         load_pretrained(model, pretrained)

@@ -1,6 +1,8 @@
 """ResNet-50s as the re-ID toolkits' own code builds them, so that their checkpoints give their features here
 (:mod:`esreid.models.importers`). Keys are torchvision's (as every other backbone); only the stem and the non-local
-width differ from :mod:`esreid.models.backbones.resnet` / :mod:`esreid.models.backbones.resnet_nl`:
+width differ from :mod:`esreid.models.backbones.resnet` / :mod:`esreid.models.backbones.resnet_nl` (whose
+``resnet50_nl`` is AGW's official network itself, mangye16/ReID-Survey's ``ResNetNL``: no stem ReLU, one-channel
+non-local blocks):
 
 =========================  ==========================================================================================
 backbone                   differs from torchvision's ResNet-50 in
@@ -11,8 +13,6 @@ backbone                   differs from torchvision's ResNet-50 in
                            with one inner channel (fast-reid's ``Non_local``: ``inter_channels = reduc_ratio //
                            reduc_ratio``), fast-reid AGW
 ``resnet50_bot``           reid-strong-baseline's ``ResNet``: no ReLU after the stem's ``bn1`` (commented out there)
-``resnet50_nl_agw``        AGW's official ``ResNetNL`` (mangye16/ReID-Survey): the BoT stem without ReLU, non-local
-                           blocks as ``resnet50_nl_fastreid`` (one inner channel)
 =========================  ==========================================================================================
 
 They train like any backbone (``model.backbone: resnet50_fastreid``) and load torchvision's ImageNet weights
@@ -43,8 +43,3 @@ def resnet50_nl_fastreid(last_stride: int = 1) -> ResNetNL:
 def resnet50_bot(last_stride: int = 1) -> ResNet:
     return ResNet(Bottleneck, (3, 4, 6, 3), last_stride=last_stride, stem="no_relu")
 
-
-@BACKBONES.register("resnet50_nl_agw", **_R50)
-def resnet50_nl_agw(last_stride: int = 1) -> ResNetNL:
-    return ResNetNL(Bottleneck, (3, 4, 6, 3), last_stride=last_stride, non_local=(0, 2, 3, 0), inner=1,
-                    stem="no_relu")
