@@ -200,7 +200,8 @@ class FeatureExtractor:
     Args:
         config: a run folder (``output_dir`` of ``esreid train``: ``config.yaml`` with ``model_best.pth`` if present,
             else ``last.pth``), a YAML config path, or a loaded :class:`~esreid.config.Config`.
-        weights: the checkpoint (required with a config file; overrides the run folder's choice).
+        weights: the checkpoint (required with a config file; overrides the run folder's choice): esreid's, or another
+            toolkit's (``fastreid:W.pth``, ..., or recognised by its keys: :mod:`esreid.models.importers`).
         overrides: ``key=value`` config overrides (as on the command line), e.g. ``["test.flip=false"]``.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``; default: the config's ``device``.
         batch_size: images per forward pass (default ``data.test_batch_size``).

@@ -28,6 +28,9 @@ CASES = {
     "cgram_shared_cue.py": (["--draws", "10"], ["| relu | eq. 2 | 3 | 0.5 |", "| gauss | eq. 5 |"]),
     "saliency_trap.py": (["--quick", "--out", "{tmp}/trap"], ["## Mechanism gate", "paired t = ", "exact Wilcoxon",
                                                               "## Verdict: ", "trap_cgram_mass.png"]),
+    "ppool_exponent.py": (["--quick", "--epochs", "1", "--mults", "1", "100"], ["| 1 | 2.72 | [1.35, 5.59] |",
+                                                                              "| 100 | 0 | "]),
+    "saliency_feature.py": (["--epochs", "1", "--seeds", "0"], ["| retrieval | mean | "]),
 }
 
 

@@ -42,7 +42,8 @@ def cli_error(tmp_path, capsys, body, overrides=()):
     ("model:\n  name: esnet\n  erase_ratio: 1.5\n", "model.erase_ratio", "expected a value <= 1, got 1.5"),
     ("model:\n  name: esnet\n  saliency: foo\n", "model.saliency", "expected one of cgram, gradcam, oracle; got 'foo'"),
     ("model:\n  backbone: resnet152\n", "model.backbone", "expected one of resnet101, resnet18, resnet34, resnet50, "
-                                                          "resnet50_nl, resnet_tiny, resnet_tiny_bottleneck, "
+                                                          "resnet50_bot, resnet50_fastreid, resnet50_nl, "
+                                                          "resnet50_nl_fastreid, resnet_tiny, resnet_tiny_bottleneck, "
                                                           "resnet_tiny_nl, resnet_tiny_os8; got 'resnet152'"),
     ("data:\n  name: market\n", "data.name", "expected one of cuhk03, custom, dukemtmcreid, market1501, msmt17, "
                                             "occluded_duke, synthetic, vehicleid, veri776; got 'market'"),

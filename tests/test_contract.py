@@ -186,6 +186,7 @@ def test_generators_and_weight_decay_exclusions_are_declared(name):
     assert all(isinstance(g, torch.Generator) for g in model.generators().values())
     params = dict(model.named_parameters())
     assert model.no_weight_decay() <= set(params)
+    assert set(model.lr_multipliers()) <= set(params) and set(model.sgd_params()) <= set(params)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -58,6 +58,48 @@ def test_saliency_pass_matches_generic_cgram(shared_until):
     assert (inline > 0).any()
 
 
+def _retrieval_maps(model, x, pids):
+    """CG-RAM at the ESB's res_conv5 with f = the test-time retrieval vector, written from the branches: eval mode,
+    f = [L2(f_aib(x) + f_aib(flip x)), L2(f_esb(x) + f_esb(flip x))] (BoT's rule, docs/methods.md §1.7), eq. 5 over
+    easiest positives on f, M = ReLU(Σ_k φ A + mirror(Σ_k φ' A')) (the mirrored pass's shares flipped back)."""
+    model.eval()
+    leaves, aib, esb = [], [], []
+    for img in (x, torch.flip(x, dims=[3])):
+        with torch.no_grad():
+            t = model.shared(img)
+        a = model.esb.stages(t).detach().requires_grad_(True)
+        leaves.append(a)
+        aib.append(model.aib(t).feature)
+        esb.append(model.esb.head(a).feature)
+    f = torch.cat([torch.nn.functional.normalize(aib[0] + aib[1], dim=1),
+                   torch.nn.functional.normalize(esb[0] + esb[1], dim=1)], dim=1)
+    fn = torch.nn.functional.normalize(f.detach(), dim=1)
+    sim = (fn @ fn.t()).masked_fill(~((pids[:, None] == pids[None, :]) & ~torch.eye(len(pids), dtype=torch.bool)),
+                                    -2.0)
+    p = sim.argmax(1)  # every id has two images here
+    s = torch.nn.functional.cosine_similarity(f, f[p], dim=1)
+    g0, g1 = torch.autograd.grad((s.exp() * s).sum(), leaves)  # eq. 5, then eq. 3
+    model.train()
+    return torch.relu((g0 * leaves[0]).sum(1) + torch.flip((g1 * leaves[1]).sum(1), dims=[2]))  # eq. 4
+
+
+def test_saliency_feature_retrieval_is_eq_2_on_the_test_time_vector(randomise_bn):
+    """ES-Net eq. 2 defines f as "the query vector and the gallery vector, which are used to retrieve during testing":
+    ``saliency_feature: retrieval`` gives those maps; the default (the ESB's feature alone, §7 #3) gives others."""
+    model = make(saliency_feature="retrieval").train()
+    randomise_bn(model)
+    x = images()
+    got = model.saliency(x, PIDS)
+    want = _retrieval_maps(model, x, PIDS)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert model.training and (got > 0).any()
+    esb_only = make().train()
+    randomise_bn(esb_only)
+    assert not torch.allclose(esb_only.saliency(x, PIDS), got, rtol=1e-2, atol=1e-6)
+    terms = model(x, PIDS)  # and it trains
+    assert set(terms) == {"aib_ce", "aib_triplet", "esb_ce", "esb_triplet"}
+
+
 def test_saliency_reuses_the_aib_pass_and_changes_nothing():
     for shared_until, esb_runs in (("layer2", 2), ("layer4", 1)):
         model = make(shared_until=shared_until).train()
@@ -168,9 +210,12 @@ def test_no_weight_decay_names_and_branch_copies():
     ("model.saliency=foo", "key 'model.saliency': expected one of cgram, gradcam, oracle; got 'foo'"),
     ("model.ppool_init=1.0", "key 'model.ppool_init': expected a value > 1, got 1.0"),
     ("model.aib=false", "key 'model.esb': model.aib and model.esb are both false"),
+    ("model.saliency_feature=aib", "key 'model.saliency_feature': expected one of esb, retrieval; got 'aib'"),
+    ("model.saliency_feature=retrieval", "key 'model.saliency_feature': 'retrieval' is the vector of CG-RAM's eq. 2"),
 ])
 def test_bad_config_values_are_named_at_load_time(override, message):
-    extra = ["model.esb=false"] if override == "model.aib=false" else []
+    extra = {"model.aib=false": ["model.esb=false"],
+             "model.saliency_feature=retrieval": ["model.saliency=gradcam"]}.get(override, [])
     with pytest.raises(ConfigError) as e:
         load_config(None, ["model.name=esnet", override, *extra])
     assert message in str(e.value) and str(e.value).startswith("command line: ")
@@ -178,7 +223,7 @@ def test_bad_config_values_are_named_at_load_time(override, message):
 
 def test_configs_load_with_the_paper_values():
     paths = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.yaml")))
-    mine = [p for p in paths if "esnet" in os.path.basename(p) or "besm" in os.path.basename(p)]
+    mine = [p for p in paths if os.path.basename(p).startswith("esnet") or "besm" in os.path.basename(p)]
     assert len(mine) >= 8
     for p in mine:
         cfg = load_config(p)

@@ -114,8 +114,10 @@ def test_batched_maps_are_the_maps_of_each_pair(trained, name):
         for j, row in enumerate(r.rows):
             images = e.load([q.path, ds.gallery[row].path])
             mq, mg, s = cgram_pair(model, e.transform(images[:1]), e.transform(images[1:]))
-            torch.testing.assert_close(r.query_maps[j], mq[0], rtol=1e-4, atol=1e-6)
-            torch.testing.assert_close(r.gallery_maps[j], mg[0], rtol=1e-4, atol=1e-6)
+            for got_map, want in ((r.query_maps[j], mq[0]), (r.gallery_maps[j], mg[0])):
+                # float32 convolutions of a batch of 3 vs 1 round differently: within 1e-5 of the map's largest value
+                atol = max(1e-6, 1e-5 * float(want.abs().max()))
+                torch.testing.assert_close(got_map, want, rtol=1e-4, atol=atol)
             shown = float(s[0]) if e.cosine else -float(s[0])
             assert shown == pytest.approx(float(r.scores[j]), rel=1e-4, abs=1e-4)  # float32 sums in another order
         assert (r.query_maps.flatten(1).amax(1) > 0).all()

@@ -19,10 +19,13 @@ CONFIGS = os.path.join(ROOT, "configs")
 TORCHVISION_R50 = "torchvision:resnet50"
 VEHICLES = ("veri776", "vehicleid")
 # configs of no ES-Net table row: the other methods' recipes (docs/methods.md §2-§4), CUHK03 (not in the paper), the
-# BoT baseline on the vehicle datasets, and the contract's example method (feature-level random erasing)
+# BoT baseline on the vehicle datasets, the contract's example method (feature-level random erasing), and the models
+# imported from other toolkits
 OTHERS = {f"{d}/{m}" for d in ("market1501", "dukemtmcreid", "cuhk03") for m in ("bdb", "pmm", "aelm")} | {
     "cuhk03/base", "cuhk03/aib", "cuhk03/esnet", "veri776/aib", "vehicleid/aib", "market1501/feature_erasing",
-    "occluded_duke/esnet"}
+    "occluded_duke/esnet"} | {
+    f"market1501/import_{n}" for n in ("fastreid_bot", "fastreid_agw", "bot", "agw", "torchreid_resnet50",
+                                       "torchreid_fc512")}  # other toolkits' models (tests/test_importers.py)
 
 
 def docs_mapping():
@@ -89,14 +92,17 @@ def claims(config, vehicle):
         "agw": {"model.name": "agw", "model.backbone": "resnet50_nl", "model.pooling": "gem", "model.ppool_init": 3.0,
                 "model.loss.triplet": "weighted", "model.loss.label_smoothing": 0.1, "model.loss.triplet_weight": 1.0,
                 "data.height": 256, "data.width": 128, "data.pad": 10, "data.random_erasing": 0.5,
-                "test.flip": False, "test.normalize": True, "solver.warmup_factor": 0.01},
+                "test.flip": False, "test.normalize": True, "solver.warmup_factor": 0.01,
+                "model.center_weight": 5e-4, "model.center_lr": 0.5,  # AGW's CENTER_LOSS on (configs/AGW_baseline.yml)
+                "solver.milestones": [39, 69]},  # its STEPS [40, 70] counted from 1 (utils/lr_scheduler.py)
         "esnet_agw": {**TWO_BRANCHES, **TRIPLET, **erasing(0.2, 0.5), "model.backbone": "resnet50_nl",
                       "model.aib_pooling": "gem"},
     }
     recipe = {"data.height": 256, "data.width": 256, "solver.epochs": 60, "solver.milestones": [20, 40]} if vehicle \
         else {"data.height": 384, "data.width": 128, "solver.epochs": 120, "solver.milestones": [40, 70]}
     common = {"model.last_stride": 1, "model.pretrained": TORCHVISION_R50, "solver.optimizer": "adam",
-              "solver.lr": 3.5e-4, "data.ids_per_batch": 16, "data.instances": 4, "data.flip_prob": 0.5}
+              "solver.lr": 3.5e-4, "solver.weight_decay": 5e-4, "data.ids_per_batch": 16, "data.instances": 4,
+              "data.flip_prob": 0.5}
     return {**common, **recipe, **rows[config]}
 
 
@@ -117,6 +123,35 @@ def test_mapped_config_is_the_row_it_claims(folder, config):
     assert cfg.data.name == folder and cfg.output_dir == f"outputs/{folder}/{config}"
     wrong = {k: (value(cfg, k), v) for k, v in claims(config, folder in VEHICLES).items() if value(cfg, k) != v}
     assert wrong == {}  # key: (config's value, the row's)
+
+
+@pytest.mark.parametrize("config", ["market1501/esnet", "veri776/esnet", "market1501/agw"])
+def test_a_paper_rows_weight_decay_is_what_the_optimiser_applies(config):
+    """§IV-A-2 "Adam ... with weight decay 5e-4": the run built from the row's config decays by exactly that. With a
+    zero loss gradient Adam's first moment after one step is (1 - β1)·wd·θ for every decayed parameter."""
+    import torch
+
+    from esreid.engine.schedule import build_optimizer
+    from esreid.models import build_model
+
+    tiny = "resnet_tiny_nl" if config.endswith("agw") else "resnet_tiny"
+    cfg = load_config(os.path.join(CONFIGS, f"{config}.yaml"), [f"model.backbone={tiny}", "model.pretrained="])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 5, cfg.test)
+    opt = build_optimizer(model, cfg.solver)
+    own = model.sgd_params()  # AGW's centres: their own SGD, no decay (AGW's center optimiser)
+    params = {p: n for n, p in model.named_parameters() if p.requires_grad and n not in own}  # (frozen BNNeck biases)
+    for group in opt.param_groups:
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    before = {p: p.detach().clone() for group in opt.param_groups for p in group["params"]}
+    opt.step()
+    beta1 = opt.param_groups[0]["betas"][0]
+    excluded = model.no_weight_decay()  # the pooling exponents (docs/methods.md §7 #7)
+    assert len(excluded) <= 2 and len(before) == len(params)
+    for p, theta in before.items():
+        wd = 0.0 if params[p] in excluded else 5e-4
+        torch.testing.assert_close(opt.state[p]["exp_avg"], (1 - beta1) * wd * theta, msg=params[p])
 
 
 def test_every_config_resolves_and_is_mapped_or_another_method():
@@ -194,3 +229,22 @@ def test_paper_numbers_are_those_of_the_method_notes():
     for name, table in TABLES.items():
         ours = [[v for c in table.columns for v in row.values[c.key]] for row in table.rows]
         assert ours == docs[name], f"Table {name}"
+
+
+def test_readme_states_the_erasing_values_the_esb_configs_use():
+    """README's Configs table says, for each ESB-alone config and each kind of dataset, the R / P its configs use."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        row = next(line for line in f if line.startswith("| `esnet_esb_only`"))
+    what = row.split("|")[2]
+    stated = {}
+    for config, text in re.findall(r"`(esnet_esb_only\w*)` ([^`]*)", what):
+        for r, p, kind in re.findall(r"R = (\d+)% / P = ([\d.]+)(?: on (persons|vehicles))?", text):
+            for k in [kind] if kind else ["persons", "vehicles"]:
+                stated[(config, k)] = (int(r) / 100, float(p))
+    used = {}
+    for d, c in CHECKED:
+        if c.startswith("esnet_esb_only"):
+            m = load_config(os.path.join(CONFIGS, d, f"{c}.yaml")).model
+            kind = "vehicles" if d in VEHICLES else "persons"
+            assert used.setdefault((c, kind), (m.erase_ratio, m.erase_prob)) == (m.erase_ratio, m.erase_prob), d
+    assert set(used) <= set(stated) and {k: stated[k] for k in used} == used  # (config, kind): (R, P)

@@ -86,3 +86,22 @@ def test_features_of_any_layout_give_the_contiguous_result(dtype):
         assert torch.equal(re_ranking(q, g, 6, 3), want), name
     with pytest.raises(ValueError, match="qf: expected floating-point features"):
         re_ranking(qf.astype(np.int32), gf)
+
+
+def test_test_rerank_uses_the_papers_defaults_k1_20_k2_6_lambda_0_3():
+    """``test.rerank: true`` reaches the protocols' ``distance_chunks(..., rerank=True)`` with no parameter of its own:
+    its distances must be Zhong et al.'s defaults (k1 = 20, k2 = 6, λ = 0.3), computed by the brute force. Each of
+    the other values tried gives distances that differ by far more than the tolerance, so a changed default fails."""
+    from esreid.evaluation.protocols import distance_chunks
+
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(6, 8))
+    ids = rng.integers(0, 6, 40)
+    x = (centres[ids] + 0.7 * rng.normal(size=(40, 8))).astype(np.float32)
+    qf, gf = x[:8], x[8:]
+    chunks = distance_chunks(torch.from_numpy(qf), torch.from_numpy(gf), metric="cosine", rerank=True)
+    chunks.plan()
+    got = np.concatenate([d.numpy().copy() for _, _, d in chunks])
+    np.testing.assert_allclose(np.asarray(got), brute_force(qf, gf, 20, 6, 0.3, "cosine"), atol=2e-6)
+    for k1, k2, lam in [(20, 6, 0.5), (19, 6, 0.3), (20, 5, 0.3)]:
+        assert np.abs(brute_force(qf, gf, k1, k2, lam, "cosine") - np.asarray(got)).max() > 1e-3

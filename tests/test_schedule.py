@@ -32,6 +32,12 @@ def test_scheduler_drives_the_optimizer_and_excludes_no_decay_params():
         def no_weight_decay(self):
             return {"l"}
 
+        def lr_multipliers(self):
+            return {}
+
+        def sgd_params(self):
+            return {}
+
     cfg = SolverConfig(lr=1.0, warmup_epochs=1, milestones=[1], epochs=2)
     model = M()
     opt = build_optimizer(model, cfg)
@@ -44,3 +50,22 @@ def test_scheduler_drives_the_optimizer_and_excludes_no_decay_params():
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 0.1, 0.1, 0.1, 0.1])
+
+
+def test_a_pooling_exponent_with_its_own_lr_multiplier_gets_a_scheduled_group_of_its_own():
+    """``model.ppool_lr_mult``: the P-pooling exponent trains at that multiple of solver.lr, with the same warm-up and
+    decay, undecayed; every other parameter keeps solver.lr."""
+    from esreid.models.baseline import Baseline, BaselineConfig
+
+    model = Baseline(BaselineConfig(backbone="resnet_tiny", pooling="ppool", ppool_lr_mult=50.0), num_classes=3)
+    cfg = SolverConfig(lr=1e-3, warmup_epochs=1, milestones=[1], epochs=2)
+    opt = build_optimizer(model, cfg)
+    (own,) = [g for g in opt.param_groups if any(p is model.head.pool.raw for p in g["params"])]
+    assert len(own["params"]) == 1 and own["weight_decay"] == 0.0
+    others = [g for g in opt.param_groups if g is not own]
+    assert [len(g["params"]) for g in others] == [sum(p.requires_grad for p in model.parameters()) - 1]
+    sched = build_scheduler(opt, cfg, iters_per_epoch=2)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    assert own["lr"] == pytest.approx(50 * others[0]["lr"]) and others[0]["lr"] == pytest.approx(1e-4)

@@ -56,6 +56,15 @@ def existing_file(path: str) -> str:
     return path
 
 
+def weights_file(spec: str) -> str:
+    """A checkpoint: a file, or ``PEER:FILE`` naming another toolkit's (``fastreid:``, ``torchreid:``, ``bot:``,
+    ``agw:``); the spec is returned as given."""
+    from esreid.config.pretrained import split_peer
+
+    existing_file(split_peer(spec)[1])
+    return spec
+
+
 def existing_dir(path: str) -> str:
     if not os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"{path} is a file, expected a folder" if os.path.exists(path)
@@ -131,5 +140,6 @@ def group(sub, name: str, help: str, example: str):
 def trained_model(p: Parser) -> None:
     """``--config`` and ``--weights``: the trained model a command loads."""
     p.add_argument("--config", required=True, type=existing_file, help="the YAML config the model was trained with")
-    p.add_argument("--weights", required=True, type=existing_file,
-                   help="checkpoint (.pth) written by esreid train, or a state dict")
+    p.add_argument("--weights", required=True, type=weights_file,
+                   help="checkpoint (.pth) written by esreid train, a state dict, or another toolkit's checkpoint "
+                        "(fastreid:, torchreid:, bot:, agw: FILE, or recognised by its keys)")

@@ -32,6 +32,7 @@ def run(args) -> int:
     import json
 
     from esreid.config import load_config
+    from esreid.config.pretrained import split_peer
     from esreid.engine.hooks import format_cases
     from esreid.engine.reporting import evaluation_report
     from esreid.engine.session import open_trained
@@ -39,18 +40,19 @@ def run(args) -> int:
     from esreid.files import atomic_write, check_writable
 
     cfg = load_config(args.config, args.overrides)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.weights)),
-                                   "eval_" + os.path.splitext(os.path.basename(args.weights))[0])
+    path = split_peer(args.weights)[1]  # the file of a PEER:FILE spec (another toolkit's checkpoint)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(path)),
+                                   "eval_" + os.path.splitext(os.path.basename(path))[0])
     check_writable(out, "--out")
-    datasets = open_datasets(cfg, train=False)  # a missing test set is named before the model is opened
+    session = open_trained(cfg, args.weights)  # weights that do not fit are named before any dataset is scanned
+    datasets = open_datasets(cfg, train=False)  # a missing test set before any feature is extracted
     print(datasets.summary())
-    session = open_trained(cfg, args.weights)
     model, device = session.model, session.device
     metrics, results = evaluate_run(model, build_cases(cfg, datasets.test_sets), cfg, device)
     print("\n".join(format_cases(metrics, "eval")))
     atomic_write(os.path.join(out, "results.json"), json.dumps(metrics, indent=2))
     atomic_write(os.path.join(out, "cases.csv"), cases_csv(results))
-    print(f"report: {evaluation_report(out, cfg, model, device, results, metrics, args.weights)}")
+    print(f"report: {evaluation_report(out, cfg, model, device, results, metrics, path)}")
     if args.json:  # the last line, for scripts
         print(json.dumps(metrics))
     return 0

@@ -3,7 +3,7 @@ gallery images first (ES-Net Figs. 1 and 5). The work is :func:`esreid.engine.ex
 
 from __future__ import annotations
 
-from esreid.commands._args import CONFIG, command, existing_file, list_item, positive_int, trained_model
+from esreid.commands._args import CONFIG, command, existing_file, list_item, positive_int, trained_model, weights_file
 
 ORDER = 80
 
@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
     p.add_argument("--layer", default="", help="module name of the CG-RAM layer, e.g. backbone.layer3 or "
                                                "backbone.bn1 (default: the model's saliency layer)")
     p.add_argument("--no-maps", action="store_true", help="rank grids only, no CG-RAM (fast, for many queries)")
-    p.add_argument("--compare", type=existing_file, metavar="W2.pth", help="a second model drawn under the first")
+    p.add_argument("--compare", type=weights_file, metavar="W2.pth", help="a second model drawn under the first")
     p.add_argument("--compare-config", type=existing_file, metavar="C2.yaml",
                    help="the second model's config (default: --config)")
     p.add_argument("--out", help="output folder (default: explain/ next to --weights)")

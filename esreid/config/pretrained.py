@@ -1,10 +1,11 @@
 """What ``model.pretrained`` may say, checked when a config is loaded (no file or network access): ``""``,
-``torchvision:<resnet>`` (one of :data:`TORCHVISION`), a URL, or a local file. Getting the weights it names (the
+``torchvision:<resnet>`` (one of :data:`TORCHVISION`), a URL, or a local file, each optionally behind a :data:`PEERS`
+prefix (another toolkit's checkpoint, imported by :mod:`esreid.models.importers`). Getting the weights it names (the
 torch hub cache, downloads) is :mod:`esreid.models.backbones.weights`, which sits above the config layer."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 from esreid.errors import CheckpointError
 
@@ -16,9 +17,23 @@ TORCHVISION = {  # torchvision.models.ResNet*_Weights.IMAGENET1K_V1
     "resnet101": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
 }
 
+PEERS = {  # prefix of another toolkit's checkpoints -> the project (esreid.models.importers)
+    "fastreid": "fast-reid (JDAI-CV/fast-reid)",
+    "torchreid": "torchreid (KaiyangZhou/deep-person-reid)",
+    "bot": "reid-strong-baseline (michuanhaohao/reid-strong-baseline)",
+    "agw": "AGW's official code (mangye16/ReID-Survey)",
+}
+
 
 class PretrainedError(CheckpointError):
     """ImageNet weights named by ``model.pretrained`` cannot be had; the message names the ways to fix it."""
+
+
+def split_peer(spec: str) -> Tuple[Optional[str], str]:
+    """``"fastreid:/w/model.pth"`` -> ``("fastreid", "/w/model.pth")``; a spec without a :data:`PEERS` prefix ->
+    ``(None, spec)``."""
+    peer, sep, rest = spec.partition(":")
+    return (peer, rest) if sep and peer in PEERS else (None, spec)
 
 
 def is_url(spec: str) -> bool:
@@ -43,7 +58,7 @@ def url_of(spec: str) -> Optional[str]:
 def config_problem(spec: str) -> Optional[str]:
     """What is wrong with ``model.pretrained`` as written (no file or network access), or None."""
     try:
-        url_of(spec)
+        url_of(split_peer(spec)[1])
     except PretrainedError as e:
         return str(e)
     return None

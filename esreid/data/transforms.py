@@ -91,7 +91,8 @@ def _check_batch(images: torch.Tensor) -> None:
 
 
 class _Normalize:
-    """``(x / 255 - mean) / std`` per channel; constants cached per device."""
+    """``(x / 255 - mean) / std`` per channel, in that order (torchvision's ``ToTensor`` + ``Normalize``, which the
+    re-ID toolkits use: an imported checkpoint sees the very inputs it saw there); constants cached per device."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
@@ -105,9 +106,9 @@ class _Normalize:
         if images.device not in self._cache:
             mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
             std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
-            self._cache[images.device] = (1.0 / (255.0 * std), mean / std)
-        scale, shift = self._cache[images.device]
-        return images.float() * scale - shift
+            self._cache[images.device] = (mean, std)
+        mean, std = self._cache[images.device]
+        return (images.float() / 255.0 - mean) / std
 
 
 class TestTransform:

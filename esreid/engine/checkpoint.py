@@ -256,11 +256,41 @@ def load_trained_model(cfg: Any, weights: str) -> torch.nn.Module:
     every weight) for the number of classes the file records, and load ``weights`` strictly. CPU, eval mode.
 
     Files without a recorded class count (esreid 0.1 checkpoints, bare state dicts) get it from the shapes of their
-    classifier weights (:func:`~esreid.models.base.infer_num_classes`)."""
+    classifier weights (:func:`~esreid.models.base.infer_num_classes`). Another toolkit's checkpoint (``PEER:PATH``,
+    or a file that is neither an esreid checkpoint nor a state dict of ``cfg.model``) becomes the model of its layout
+    with the peer's retrieval rule (:mod:`esreid.models.importers`; ``cfg.test`` overrides apply)."""
+    from esreid.models import importers
+
+    peer, path = importers.split_peer(weights)
+    if peer is None:
+        state = _esreid_state(cfg, path)
+        if state is not None:
+            return _build_trained(cfg, state, path)
+    return importers.build_imported(importers.identify(weights), cfg.test, cfg.model)
+
+
+def _esreid_state(cfg: Any, path: str) -> Optional[Dict[str, Any]]:
+    """The checkpoint at ``path`` when it is esreid's, or a bare state dict under ``cfg.model``'s top-level modules
+    (loaded strictly, so a mismatch names the keys), else None (another toolkit's layout)."""
+    from esreid.models import build_model
+
+    try:
+        state = load_checkpoint(path, map_location="cpu")
+    except CheckpointError:
+        if not os.path.isfile(path):
+            raise
+        return None  # another toolkit's file (a dict of several things, pickled objects): importers tell
+    if state.get("format") == FORMAT:
+        return state
+    tops = {name for name, _ in build_model(dataclasses.replace(cfg.model, pretrained=""), 1).named_children()}
+    keys = [k[len("module."):] if k.startswith("module.") else k for k in state["model"]]
+    return state if all(k.split(".", 1)[0] in tops for k in keys) else None
+
+
+def _build_trained(cfg: Any, state: Dict[str, Any], weights: str) -> torch.nn.Module:
     from esreid.models import build_model  # late import: the engine sits above the models
     from esreid.models.base import infer_num_classes
 
-    state = load_checkpoint(weights, map_location="cpu")
     model_cfg = dataclasses.replace(cfg.model, pretrained="")
     num_classes = state.get("num_classes")
     if num_classes is None:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from esreid.config.pretrained import split_peer
 from esreid.data.base import ImageItem
 from esreid.errors import EsreidError
 from esreid.viz.explain import Query, Ranked, draw_explanations, rank_row, ranked_json, summary
@@ -327,7 +328,7 @@ def explain(config: str, weights: str, overrides: Sequence[str] = (), *, query_f
         queries = [candidates[i] for i in picked]
         qfs = [qf[picked] for qf in all_qfs]
     results = [e.explain(queries, qf, dataset.gallery, gf, k, maps) for e, qf, gf in zip(explainers, qfs, gfs)]
-    out = out or os.path.join(os.path.dirname(os.path.abspath(weights)), "explain")
+    out = out or os.path.join(os.path.dirname(os.path.abspath(split_peer(weights)[1])), "explain")
     pages = {q.name: [rank_row(e, q, res[i], dataset.gallery) for e, res in zip(explainers, results)]
              for i, q in enumerate(queries)}
     title = " vs ".join(e.name for e in explainers) + f" on {cfg.data.name}"

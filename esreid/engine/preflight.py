@@ -16,12 +16,15 @@ from esreid.data.transforms import decode_resize
 
 def check_files(cfg: Any) -> None:
     """The ImageNet weights of a fresh run can be loaded: a local ``model.pretrained`` file exists and
-    ``torchvision:`` weights fit ``model.backbone`` (a URL is fetched when the model is built)."""
+    ``torchvision:`` weights fit ``model.backbone`` (a URL is fetched when the model is built); another toolkit's
+    checkpoint is recognised and fits ``model.backbone`` (:mod:`esreid.models.importers`)."""
+    from esreid.models import importers
     from esreid.models.backbones import imagenet_of
     from esreid.models.backbones.weights import problem_before_training
 
     backbone = cfg.model.backbone
-    problem = problem_before_training(cfg.model.pretrained, backbone, imagenet_of(backbone))
+    problem = (problem_before_training(cfg.model.pretrained, backbone, imagenet_of(backbone))
+               or importers.problem_before_training(cfg.model.pretrained, cfg.model))
     if problem:
         raise invalid(cfg, "model.pretrained", problem)
 

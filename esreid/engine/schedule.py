@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -39,17 +39,37 @@ def build_scheduler(optimizer: torch.optim.Optimizer, solver_cfg, iters_per_epoc
 
 
 def build_optimizer(model: torch.nn.Module, solver_cfg) -> torch.optim.Optimizer:
-    """Adam/AdamW/SGD; parameters named by ``model.no_weight_decay()`` (e.g. the P-pooling exponent) get no decay."""
-    skip = model.no_weight_decay()
-    decay, no_decay = [], []
+    """Adam/AdamW/SGD over the model's parameters except its ``sgd_params()`` (see :func:`build_sgd`). Parameters
+    named by ``model.no_weight_decay()`` (the P-pooling exponent) get no decay; those in ``model.lr_multipliers()``
+    train at their multiple of ``solver.lr`` (a group of their own, scheduled like the rest).
+
+    Groups: decayed parameters at ``solver.lr`` first, then the undecayed ones, then one group per (decay, multiplier)
+    pair, so that the runs without multipliers keep the two groups of earlier versions (checkpoints resume)."""
+    skip, mult, own = model.no_weight_decay(), model.lr_multipliers(), model.sgd_params()
+    grouped: Dict[Tuple[bool, float], List[torch.nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if name in skip else decay).append(p)
-    groups = [{"params": decay, "weight_decay": solver_cfg.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+        if p.requires_grad and name not in own:
+            grouped.setdefault((name not in skip, float(mult.get(name, 1.0))), []).append(p)
+    groups = []
+    for (decay, m), params in grouped.items():
+        if params or (decay and m == 1.0):
+            group = {"params": params, "weight_decay": solver_cfg.weight_decay if decay else 0.0}
+            if m != 1.0:
+                group["lr"] = solver_cfg.lr * m
+            groups.append(group)
     opt = OPTIMIZERS.get(solver_cfg.optimizer)
     return opt(groups, solver_cfg)
+
+
+def build_sgd(model: torch.nn.Module) -> Optional[torch.optim.SGD]:
+    """Plain SGD (no momentum, no weight decay, no schedule: stateless, so nothing to checkpoint) over the model's
+    ``sgd_params()`` at their own learning rates (AGW's centres, docs/methods.md §8.4); None when there are none."""
+    own = model.sgd_params()
+    if not own:
+        return None
+    params = dict(model.named_parameters())
+    return torch.optim.SGD([{"params": [params[n]], "lr": lr} for n, lr in own.items()], lr=min(own.values()),
+                           momentum=0.0, weight_decay=0.0)
 
 
 OPTIMIZERS = Registry("optimizer")  # solver.optimizer -> (param groups, solver config) -> optimiser

@@ -34,7 +34,7 @@ from esreid.engine.evaluator import autocast
 from esreid.engine.guard import DivergenceGuard
 from esreid.engine.preflight import check_files, check_test_data, check_training_data
 from esreid.engine.resume import check_resume_config, describe, restore_solver
-from esreid.engine.schedule import build_optimizer, build_scheduler
+from esreid.engine.schedule import build_optimizer, build_scheduler, build_sgd
 from esreid.engine.session import resolve_device, seed_everything
 from esreid.engine.testsets import CaseResult, build_cases, evaluate_run, open_datasets
 from esreid.engine.threads import apply_threads
@@ -147,7 +147,7 @@ class Trainer:
         cfg = self.cfg
         seed_everything(cfg.seed)  # the same on every rank while the model is built (see below)
         model_cfg = cfg.model if pretrained else dataclasses.replace(cfg.model, pretrained="")
-        model = build_model(model_cfg, self.dataset.num_train_pids, cfg.test)
+        model = build_model(model_cfg, self.dataset.num_train_pids, cfg.test, log=self.log)
         model.set_input_normalization(cfg.data.mean, cfg.data.std)
         self.model = place_model(model, cfg.solver, self.device)
 
@@ -172,6 +172,7 @@ class Trainer:
         """Optimiser, per-iteration lr schedule and the fp16 loss scaler."""
         cfg = self.cfg
         self.optimizer = build_optimizer(self.model, cfg.solver)
+        self.sgd = build_sgd(self.model)  # the model's sgd_params (AGW's centres): stateless, not checkpointed
         self.iters_per_epoch = len(self.train_loader)
         self.global_batch_size = cfg.data.ids_per_batch * cfg.data.instances * self.dist.world_size
         self.scheduler = build_scheduler(self.optimizer, cfg.solver, self.iters_per_epoch)
@@ -364,12 +365,16 @@ class Trainer:
         with autocast(self.device, self.cfg.solver.amp):
             terms = self.net(images, pids, **inputs)
         loss = sum(t.float() for t in terms.values())
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizers = [self.optimizer] + ([self.sgd] if self.sgd is not None else [])
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.solver.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
+            for opt in optimizers:
+                self.scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.solver.grad_clip)
-        self.scaler.step(self.optimizer)
+        for opt in optimizers:
+            self.scaler.step(opt)
         self.scaler.update()
         self.scheduler.step()
         self.state.iter += 1

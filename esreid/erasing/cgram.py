@@ -206,13 +206,15 @@ def cgram_pair(model: nn.Module, query: Tensor, gallery: Tensor,
 
 
 def cgram_batch(model: nn.Module, images: Tensor, pids: Tensor, layer: Optional[Union[str, nn.Module]] = None,
-                detach_weight: bool = False, feature_fn: Optional[Callable[[List[Tensor]], Tensor]] = None) -> Tensor:
+                detach_weight: bool = False, feature_fn: Optional[Callable[[List[Tensor]], Tensor]] = None,
+                flip: bool = False) -> Tensor:
     """Training-time CG-RAM of a PK batch (eq. 5 with easiest positives): images (B, 3, H, W), pids (B,) -> (B, h, w).
 
-    The retrieval vector is the model's (its retrieval rule's combination of the branch features, without flip, as
-    in training) unless ``feature_fn`` picks another from the branch features; ``layer`` defaults to
-    ``model.saliency_layer``. The model's modes and parameter gradients are left untouched.
+    The retrieval vector is the model's (its retrieval rule's combination of the branch features; summed with the
+    mirrored images' when ``flip``, the mirrored pass's shares flipped back as at test time) unless ``feature_fn``
+    picks another from the branch features; ``layer`` defaults to ``model.saliency_layer``. The model's modes and
+    parameter gradients are left untouched.
     """
-    captured, f = _forward_captured(model, layer or model.saliency_layer, images, False,
+    captured, f = _forward_captured(model, layer or model.saliency_layer, images, flip,
                                     feature_fn or model.retrieval.combine)
     return _maps(batch_confidence(f, pids, detach_weight), captured)

@@ -17,6 +17,8 @@ member                                     meaning
 ``saliency_layer``                         module name of the default CG-RAM layer (explanations, Fig. 3 probe)
 ``generators() -> dict``                   the model's own RNGs (saved in checkpoints, seeded alike under DDP)
 ``no_weight_decay() -> set``               parameter names excluded from weight decay
+``lr_multipliers() -> dict``               parameter name -> multiple of ``solver.lr`` it trains at (scheduled)
+``sgd_params() -> dict``                   parameter name -> fixed lr of its own plain SGD step (AGW's centres)
 ``stats() -> dict``                        values to log once per epoch (pooling exponent, erased fraction, ...)
 ``compile_regions() -> list[Module]``      the heavy, static submodules ``solver.compile`` compiles one by one
 ``num_classes``                            training identities the classifiers were built for (saved in checkpoints)
@@ -159,10 +161,28 @@ class ReIDModel(nn.Module):
         """The model's own RNGs by name (BESM coin flips, DropBlock regions, mixing partners)."""
         return {}
 
+    def _head_params(self, declared: str) -> Dict[str, Any]:
+        """What the heads' method ``declared`` returns (names relative to each head), keyed by model parameter name."""
+        path = {module: name for name, module in self.named_modules()}
+        items = {}
+        for head in self.heads().values():
+            found = getattr(head, declared)()
+            items.update({f"{path[head]}.{n}": (found[n] if isinstance(found, dict) else None) for n in found})
+        return items
+
     def no_weight_decay(self) -> Set[str]:
         """Parameter names excluded from weight decay: by default those the heads declare (pooling exponents)."""
-        path = {module: name for name, module in self.named_modules()}
-        return {f"{path[head]}.{n}" for head in self.heads().values() for n in head.no_weight_decay()}
+        return set(self._head_params("no_weight_decay"))
+
+    def lr_multipliers(self) -> Dict[str, float]:
+        """Parameter name -> multiplier of ``solver.lr`` for parameters trained at their own rate (warm-up and decay
+        apply as to every other parameter): by default those the heads declare (``model.ppool_lr_mult``)."""
+        return self._head_params("lr_multipliers")
+
+    def sgd_params(self) -> Dict[str, float]:
+        """Parameter name -> learning rate of a plain SGD step (no momentum, no weight decay, no schedule) that
+        trains it instead of ``solver.optimizer``: AGW's centre-loss centres (docs/methods.md §8.4). None by default."""
+        return {}
 
     def stats(self) -> Dict[str, float]:
         """Values to log once per epoch: by default each head's statistics as ``<branch>_<name>``."""

@@ -26,16 +26,15 @@ class BaselineConfig(ModelConfig):
     name: str = "baseline"
     pooling: str = param("gap", choices=POOLING_NAMES)  # gap | gmp | gem | ppool
     ppool_init: float = param(3.0, gt=1)  # initial exponent of a learnable pooling (gem p / ppool l); §7 #7
+    ppool_lr_mult: float = param(1.0, gt=0, le=1e6)  # its lr = ppool_lr_mult x solver.lr (docs/methods.md §1.5)
 
 
-@MODELS.register("baseline", config=BaselineConfig)
-class Baseline(ReIDModel):
-    """BoT: ``backbone`` -> ``head`` (pooling + BNNeck). One branch, named ``global``."""
+class OneHeadModel(ReIDModel):
+    """A ``backbone`` and one ``head`` (the branch ``global``), built by the subclass: the trunk map goes to the head,
+    the head's output to :func:`~esreid.losses.branch_losses`. BoT, AGW and IDE are this shape."""
 
-    def __init__(self, cfg: BaselineConfig, num_classes: int, retrieval: Optional[RetrievalRule] = None):
-        super().__init__(cfg, num_classes, retrieval)
-        self.backbone = build_backbone(cfg.backbone, cfg.last_stride, cfg.pretrained)
-        self.head = BNNeckHead(build_pooling(cfg.pooling, cfg.ppool_init), self.backbone.out_channels, num_classes)
+    backbone: nn.Module
+    head: Head
 
     def forward_features(self, images: Tensor) -> Tensor:
         return self.backbone(images)  # (B, C, h, w)
@@ -52,3 +51,14 @@ class Baseline(ReIDModel):
 
     def compile_regions(self) -> List[nn.Module]:
         return [self.backbone, *super().compile_regions()]
+
+
+@MODELS.register("baseline", config=BaselineConfig)
+class Baseline(OneHeadModel):
+    """BoT: ``backbone`` -> ``head`` (pooling + BNNeck). One branch, named ``global``."""
+
+    def __init__(self, cfg: BaselineConfig, num_classes: int, retrieval: Optional[RetrievalRule] = None):
+        super().__init__(cfg, num_classes, retrieval)
+        self.backbone = build_backbone(cfg.backbone, cfg.last_stride, cfg.pretrained)
+        pool = build_pooling(cfg.pooling, cfg.ppool_init, cfg.ppool_lr_mult)
+        self.head = BNNeckHead(pool, self.backbone.out_channels, num_classes)

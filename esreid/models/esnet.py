@@ -38,7 +38,7 @@ from esreid.config import (
     training_sets_without_cue_masks,
 )
 from esreid.erasing.besm import besm, erase_fill
-from esreid.erasing.cgram import batch_confidence, eval_mode, salient_map
+from esreid.erasing.cgram import batch_confidence, cgram_batch, eval_mode, salient_map
 from esreid.erasing.gradcam import grad_cam, true_class_score
 from esreid.erasing.oracle import MASK_SALIENCY
 from esreid.losses import branch_losses
@@ -80,6 +80,7 @@ class ESNetConfig(ModelConfig):
     aib_pooling: str = param("gap", choices=POOLING_NAMES)  # §III-A; "ppool" = Table VI
     esb_pooling: str = param("ppool", choices=POOLING_NAMES)  # §III-D; "gap" / "gmp" = Tables III / IV
     ppool_init: float = param(3.0, gt=1)  # initial exponent of a learnable pooling (not in the paper; §7 #7)
+    ppool_lr_mult: float = param(1.0, gt=0, le=1e6)  # its lr = ppool_lr_mult x solver.lr (not in the paper; §1.5)
     erase_ratio: float = param(0.2, ge=0, le=1)  # R of Algorithm 1 (Table I = Table II AIB+ESB(R20,P0.5))
     erase_prob: float = param(0.5, ge=0, le=1)  # P of Algorithm 1
     # "set to 0" (§III-C-2, pixels "of the raw images"): black = a raw 0 (-mean/std after normalisation) or mean = 0 on
@@ -88,6 +89,9 @@ class ESNetConfig(ModelConfig):
     detach_confidence_weight: bool = False  # eq. 5 literal (False) or exp(S) as a constant weight (§7 #4)
     # cgram (§III-C) | gradcam (Table V) | oracle (the dataset's cue masks: a control, not the paper)
     saliency: str = param("cgram", choices=lambda: [*SALIENCY, *MASK_SALIENCY.names()])
+    # f of eq. 2 in training: esb = the ESB's post-BN feature | retrieval = the test-time retrieval vector (AIB ‖ ESB,
+    # flip-summed, per-branch L2: eq. 2's text "used to retrieve during testing"); docs/methods.md §1.3, §7 #3
+    saliency_feature: str = param("esb", choices=("esb", "retrieval"))
 
     def check(self, cfg) -> None:
         super().check(cfg)
@@ -98,6 +102,9 @@ class ESNetConfig(ModelConfig):
             raise Invalid("model.saliency", f"{self.saliency!r} erases the dataset's cue masks, but {lacking[0]} "
                                             "with its args declares none (the synthetic dataset does with a trap: "
                                             "data.args: trap: {...}); use cgram or gradcam")
+        if self.saliency_feature == "retrieval" and self.saliency != "cgram":
+            raise Invalid("model.saliency_feature", f"'retrieval' is the vector of CG-RAM's eq. 2; model.saliency is "
+                                                    f"{self.saliency!r} (set saliency_feature=esb, or saliency=cgram)")
 
 
 class Branch(nn.Module):
@@ -130,7 +137,8 @@ class ESNet(ReIDModel):
             # Both branches' own stages start from the same (ImageNet) weights (docs/methods.md §1.1 reading A).
             stages = backbone.stages(own[0], own[-1]) if own else nn.Sequential()
             stages = copy.deepcopy(stages) if copy_stages else stages
-            return Branch(stages, BNNeckHead(build_pooling(pooling, cfg.ppool_init), dim, num_classes))
+            pool = build_pooling(pooling, cfg.ppool_init, cfg.ppool_lr_mult)
+            return Branch(stages, BNNeckHead(pool, dim, num_classes))
 
         self.aib = branch(cfg.aib_pooling, False) if cfg.aib else None
         self.esb = branch(cfg.esb_pooling, cfg.aib) if cfg.esb else None
@@ -184,7 +192,16 @@ class ESNet(ReIDModel):
         BatchNorm statistic changes. The head from ``A`` on runs in float32 with autocast off (it is cheap: pooling,
         BNNeck, eq. 5 or the logit): near the easiest positive S is close to 1 and dS/df is a difference of
         near-equal terms, which bf16 cannot resolve.
+
+        ``saliency_feature: retrieval``: f is the test-time retrieval vector (both branches, flip-summed when the
+        retrieval rule flips, combined by it) of the original images, from a pass of the whole model in eval mode and
+        float32 (one more forward of the shared trunk and the AIB, two with flip); the maps are taken at the ESB's
+        res_conv5 (:func:`~esreid.erasing.cgram.cgram_batch`).
         """
+        if self.cfg.saliency_feature == "retrieval":
+            with torch.autocast(device_type=images.device.type, enabled=False):
+                return cgram_batch(self, images.float(), pids, self.saliency_layer, self.cfg.detach_confidence_weight,
+                                   flip=self.retrieval.flip)
         with eval_mode(self.esb if t is not None else self):
             if a_aib is not None and len(self.esb.stages) == 0:
                 a = a_aib.detach()  # shared_until=layer4: the ESB's res_conv5 output is the AIB pass's layer4 output

@@ -7,6 +7,8 @@ head                   computation                                              
                        bias-free Linear(C -> N) on f_i (BoT, docs/methods.md §0)
 :class:`ReductionHead` pool -> Linear(C -> D) + BatchNorm1d + ReLU -> g;             g                   g
                        Linear(D -> N) on g (BDB / PMM, docs/methods.md §2.1, §3.1)
+:class:`LinearHead`    pool -> f; Linear(C -> N) with bias on f (IDE, torchreid's      f                   f
+                       ``resnet50``)
 =====================  ==========================================================  ==================  ==============
 
 The pooling is any :class:`~esreid.models.pooling.Pool` (GAP, GMP, GeM, P-pooling): a "GMP head" is a
@@ -46,6 +48,10 @@ class Head(nn.Module):
     def no_weight_decay(self) -> Set[str]:
         """Parameter names (relative to the head) excluded from weight decay: a learnable pooling exponent."""
         return {f"pool.{n}" for n in self.pool.no_weight_decay()}
+
+    def lr_multipliers(self) -> Dict[str, float]:
+        """Parameter names (relative to the head) -> multiplier of ``solver.lr``: a pooling exponent's own lr."""
+        return {f"pool.{n}": m for n, m in self.pool.lr_multipliers().items()}
 
     def stats(self) -> Dict[str, float]:
         """Values to log (the pooling exponent of GeM / P-pooling)."""
@@ -114,6 +120,20 @@ class ReductionHead(Head):
     def forward(self, x: Tensor) -> HeadOutput:
         g = self.reduction(self.pool(x))  # (B, D); flatten-free: pooling already returns (B, C) at any batch size
         return HeadOutput(g, g, self.classifier(g) if self.training else None)
+
+
+class LinearHead(Head):
+    """IDE's head (Zheng et al., "Person Re-identification: Past, Present and Future", 2016; torchreid's
+    ``resnet50``): ``f = pool(x)`` (B, C) is both the metric and the retrieval feature, ``Linear(C, N)`` (with bias,
+    PyTorch's default init) gives the logits."""
+
+    def __init__(self, pool: Pool, channels: int, num_classes: int):
+        super().__init__(pool)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: Tensor) -> HeadOutput:
+        f = self.pool(x)
+        return HeadOutput(f, f, self.classifier(f) if self.training else None)
 
 
 def classifier_logits(head: Head, out: HeadOutput) -> Tensor:

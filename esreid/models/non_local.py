@@ -9,6 +9,10 @@ For a map ``x`` (B, C, H, W) with N = H·W positions and C' inner channels:
 
 The zero-initialised BatchNorm makes a new block the identity, so it can be inserted into an ImageNet-pretrained trunk
 without changing its output (:mod:`esreid.models.backbones.resnet_nl`).
+
+AGW's code (``modeling/layer/non_local.py`` of ReID-Survey @38f5912) sets ``inter_channels = reduc_ratio //
+reduc_ratio``, i.e. **C' = 1** whatever its ``reduc_ratio``: AGW as published has one-channel blocks, and that is
+what ``resnet50_nl`` builds (docs/methods.md §8.1, §7 #24). ``inner`` is therefore an explicit argument.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from torch import Tensor, nn
 
 
 class NonLocal(nn.Module):
-    """Non-local block (module docstring): ``(B, C, H, W) -> (B, C, H, W)``; ``inner`` = C' (default C // 2)."""
+    """Non-local block (module docstring): ``(B, C, H, W) -> (B, C, H, W)`` with ``inner`` = C' channels (AGW: 1)."""
 
-    def __init__(self, channels: int, inner: int = 0):
+    def __init__(self, channels: int, inner: int):
         super().__init__()
-        self.inner = inner or max(channels // 2, 1)
+        if inner < 1:
+            raise ValueError(f"NonLocal: inner must be >= 1, got {inner}")
+        self.inner = inner
         self.theta = nn.Conv2d(channels, self.inner, kernel_size=1)
         self.phi = nn.Conv2d(channels, self.inner, kernel_size=1)
         self.g = nn.Conv2d(channels, self.inner, kernel_size=1)

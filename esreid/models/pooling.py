@@ -1,9 +1,9 @@
 """Global pooling of a feature map ``(B, C, H, W) -> (B, C)``: GAP, GMP, GeM and ES-Net's P-pooling.
 
 Chosen by name through the ``POOLING`` registry (:func:`build_pooling`). Every pooling is a :class:`Pool`:
-``no_weight_decay()`` names its parameters that get no weight decay (relative to the module) and ``stats()`` its
-values worth logging; both are empty except for the poolings with a learnable exponent, which are registered with
-``exponent=True`` and take ``init``.
+``no_weight_decay()`` names its parameters that get no weight decay (relative to the module), ``lr_multipliers()``
+those trained at a multiple of ``solver.lr`` and ``stats()`` its values worth logging; all are empty except for the
+poolings with a learnable exponent, which are registered with ``exponent=True`` and take ``init`` and ``lr_mult``.
 """
 
 from __future__ import annotations
@@ -78,6 +78,10 @@ class Pool(nn.Module):
         """Parameter names (relative to this module) excluded from weight decay."""
         return set()
 
+    def lr_multipliers(self) -> Dict[str, float]:
+        """Parameter names (relative to this module) -> multiplier of ``solver.lr`` (scheduled with it)."""
+        return {}
+
     def stats(self) -> Dict[str, float]:
         """Values to log, e.g. ``{"l": 3.2}`` for P-pooling."""
         return {}
@@ -106,52 +110,63 @@ def _inverse_softplus(y: float) -> float:
 
 
 class _ExponentPool(Pool):
-    """Shared parametrisation of a learnable exponent kept above a floor: ``value = floor + softplus(raw)``.
+    """A pooling with one learnable scalar exponent, ``init`` at the start, trained at ``lr_mult`` x ``solver.lr``
+    (``model.ppool_lr_mult``; docs/methods.md §1.5). Subclasses define the parameter (``param_name``) and
+    :attr:`exponent`."""
 
-    Softplus rather than clamping: a clamped exponent that crosses the floor gets zero gradient and stays stuck
-    (docs/methods.md §7 #7 allows either). The raw parameter is excluded from weight decay, which would otherwise pull
-    the exponent towards the floor.
-    """
-
-    floor = 1.0
     symbol = "p"
+    param_name = "raw"
 
-    def __init__(self, init: float = 3.0, eps: float = 1e-6):
+    def __init__(self, init: float = 3.0, eps: float = 1e-6, lr_mult: float = 1.0):
         super().__init__()
-        if not init > self.floor:
-            raise ValueError(f"{type(self).__name__}: init must be > {self.floor}, got {init!r}")
-        self.eps = eps
-        self.raw = nn.Parameter(torch.tensor(_inverse_softplus(init - self.floor)))
+        if not lr_mult > 0:
+            raise ValueError(f"{type(self).__name__}: lr_mult must be > 0, got {lr_mult!r}")
+        self.eps, self.lr_mult = eps, float(lr_mult)
 
     @property
     def exponent(self) -> torch.Tensor:
         """The current exponent (0-dim tensor, differentiable)."""
-        return self.floor + F.softplus(self.raw)
+        raise NotImplementedError
 
-    def no_weight_decay(self) -> Set[str]:
-        return {"raw"}
+    def lr_multipliers(self) -> Dict[str, float]:
+        return {self.param_name: self.lr_mult} if self.lr_mult != 1.0 else {}
 
     def stats(self) -> Dict[str, float]:
         return {self.symbol: float(self.exponent.detach())}
 
     def extra_repr(self) -> str:
-        return f"{self.symbol}={float(self.exponent.detach()):.4g}, eps={self.eps}"
+        return f"{self.symbol}={float(self.exponent.detach()):.4g}, eps={self.eps}, lr_mult={self.lr_mult:g}"
 
 
 @POOLING.register("gem", exponent=True)
 class GeM(_ExponentPool):
-    """Generalised mean: ``(mean_{h,w} clamp(x, eps)^p)^(1/p)``, one learnable scalar ``p = 1 + softplus(raw)``
-    (init 3, AGW convention). Float32, autocast disabled. ``(B, C, H, W) -> (B, C)``.
+    """Generalised mean as AGW's ``GeneralizedMeanPoolingP`` (ReID-Survey @38f5912, ``modeling/layer/gem_pool.py``):
+    ``(mean_{h,w} clamp(x, eps)^p)^(1/p)`` with ONE free scalar parameter ``p`` (init 3), weight-decayed like every
+    other parameter (AGW's optimiser puts every parameter in one decayed group; docs/methods.md §8.2). Float32,
+    autocast disabled. ``(B, C, H, W) -> (B, C)``.
 
-    The floor p >= 1 (GeM is defined for any p > 0) keeps it between GAP and GMP like P-pooling. Evaluated as
-    ``m · (mean (x/m)^p)^(1/p)`` with ``m`` the channel's maximum, the same value (GeM is homogeneous of degree 1, so
-    the gradient through ``m`` cancels) without overflow: ``x^p`` itself is inf in float32 for x = 10, p = 40.
+    ``p`` is not bounded (as in AGW's code): it must stay > 0; Adam moves it by at most about ``solver.lr`` per step
+    (summed over AGW's Market-1501 recipe ~2.7, docs/methods.md §1.5). Evaluated as ``m · (mean (x/m)^p)^(1/p)``
+    with ``m`` the channel's maximum, the same value (GeM is homogeneous of degree 1, so the gradient through ``m``
+    cancels) without overflow: ``x^p`` itself is inf in float32 for x = 10, p = 40.
     """
+
+    param_name = "p"
+
+    def __init__(self, init: float = 3.0, eps: float = 1e-6, lr_mult: float = 1.0):
+        super().__init__(init, eps, lr_mult)
+        if not init > 0:
+            raise ValueError(f"GeM: init must be > 0, got {init!r}")
+        self.p = nn.Parameter(torch.tensor(float(init)))
+
+    @property
+    def exponent(self) -> torch.Tensor:
+        return self.p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_map(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            p = self.exponent.float()
+            p = self.p.float()
             x = x.float().clamp(min=self.eps)
             m = x.amax(dim=(2, 3), keepdim=True)  # (B, C, 1, 1), >= eps > 0
             return (x / m).pow(p).mean(dim=(2, 3)).pow(1.0 / p) * m.flatten(1)
@@ -162,17 +177,35 @@ class PPool(_ExponentPool):
     """ES-Net P-pooling (eq. 6-7): Lehmer mean of order ``l = 1 + softplus(raw)``, ONE scalar for all channels
     (the paper writes a single l). ``l = 1`` is GAP, ``l -> inf`` is GMP. Default init 3 (docs/methods.md §7 #7; the
     P-pooling code's near-max start corresponds to init 31). ``(B, C, H, W) -> (B, C)`` float32.
-    Exact on zeros (:func:`lehmer_pool`): the ``eps`` constructor argument, shared with GeM, is not used.
+
+    Softplus rather than clamping: a clamped exponent that crosses the floor gets zero gradient and stays stuck
+    (docs/methods.md §7 #7 allows either). ``raw`` is excluded from weight decay, which would otherwise pull l towards
+    GAP. Exact on zeros (:func:`lehmer_pool`): the ``eps`` constructor argument, shared with GeM, is not used.
     """
 
     symbol = "l"
+    floor = 1.0
+
+    def __init__(self, init: float = 3.0, eps: float = 1e-6, lr_mult: float = 1.0):
+        super().__init__(init, eps, lr_mult)
+        if not init > self.floor:
+            raise ValueError(f"PPool: init must be > {self.floor}, got {init!r}")
+        self.raw = nn.Parameter(torch.tensor(_inverse_softplus(init - self.floor)))
+
+    @property
+    def exponent(self) -> torch.Tensor:
+        return self.floor + F.softplus(self.raw)
+
+    def no_weight_decay(self) -> Set[str]:
+        return {"raw"}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return lehmer_pool(x, self.exponent)
 
 
-def build_pooling(name: str, init: float = 3.0) -> Pool:
+def build_pooling(name: str, init: float = 3.0, lr_mult: float = 1.0) -> Pool:
     """Pooling ``name`` (``POOLING.names()``); ``init`` is the initial exponent of a learnable-exponent pooling
-    (gem / ppool) and is ignored by the others. Config values are checked when the config is loaded."""
+    (gem / ppool) and ``lr_mult`` its learning-rate multiplier; both are ignored by the others. Config values are
+    checked when the config is loaded."""
     cls = POOLING.get(name)
-    return cls(init=init) if POOLING.meta(name).get("exponent") else cls()
+    return cls(init=init, lr_mult=lr_mult) if POOLING.meta(name).get("exponent") else cls()

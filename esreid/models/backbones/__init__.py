@@ -13,7 +13,11 @@ Each backbone is registered with ``channels=`` (per stage) so that configs can b
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple
+import os
+import pickle
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -25,6 +29,30 @@ from esreid.registry import Registry
 
 BACKBONES = Registry("backbone", locations=(__name__,))  # resnet.py, resnet_nl.py, ... on first lookup
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+
+@dataclass(frozen=True)
+class CheckpointReader:
+    """How a kind of ``model.pretrained`` beyond ImageNet trunks initialises a model: ``claims(spec)`` says whether
+    ``spec`` is one, ``backbone_state(spec, backbone, last_stride)`` gives the trunk's weights (what
+    :func:`build_backbone` loads), ``initialise_heads(model, spec)`` loads the rest into the built model and returns
+    the line saying what was loaded (:func:`esreid.models.build_model`)."""
+
+    claims: Callable[[str], bool]
+    backbone_state: Callable[[str, str, int], Dict[str, torch.Tensor]]
+    initialise_heads: Callable[[Any, str], str]
+
+
+# filled by esreid.models.importers (other toolkits' re-ID checkpoints), on first lookup: the readers build models,
+# so the backbones name them by location instead of importing them
+CHECKPOINT_READERS = Registry("checkpoint reader", locations=("esreid.models.importers",))
+
+
+def checkpoint_reader(spec: str) -> Optional[CheckpointReader]:
+    """The reader claiming the ``model.pretrained`` value ``spec``; None for ``""`` and ImageNet weights."""
+    if not spec:
+        return None
+    return next((reader for _, reader in CHECKPOINT_READERS.items() if reader.claims(spec)), None)
 # stride-2 operations ending each stage: stem = conv1 + maxpool, layer2 / layer3 = their first block, layer4 = the last
 # stride (1 in re-ID, docs/methods.md §0)
 _HALVINGS = {"stem": 2, "layer1": 0, "layer2": 1, "layer3": 1}
@@ -59,15 +87,30 @@ def feature_size(height: int, width: int, stage: str = "layer4", last_stride: in
 
 
 
-def _read_state_dict(source: str) -> Dict[str, torch.Tensor]:
-    """Read a state dict from what ``model.pretrained`` names: a local file, a URL or ``torchvision:NAME`` (both
-    through the torch hub cache, so they work offline once cached: :mod:`esreid.models.backbones.weights`).
+def read_state_dict(source: str) -> Dict[str, torch.Tensor]:
+    """Read a state dict from a local file, a URL or ``torchvision:NAME`` (both through the torch hub cache, so they
+    work offline once cached: :mod:`esreid.models.backbones.weights`), with ``weights_only=True``.
 
-    Accepts a bare state dict or ``{'state_dict': ...}`` / ``{'model': ...}``; strips a ``module.`` prefix.
+    Accepts a bare state dict or one wrapped as ``{'state_dict': ...}`` (torchreid) / ``{'model': ...}`` (fast-reid,
+    other entries such as the optimiser ignored); strips a ``module.`` prefix (DataParallel / DDP saves).
+
+    Raises:
+        CheckpointError: not a torch file, a file of pickled Python objects (``torch.save(model)``: the message gives
+            the command that re-saves its state dict), or no name -> tensor mapping inside.
     """
     path = resolve(source)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))  # weights_only refuses a pickled class: a whole model saved
+        if not found:
+            raise CheckpointError(f"{path}: not a loadable torch checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"{path} holds pickled Python objects ({found.group(1)}), e.g. a whole "
+            "model saved with torch.save(model), which esreid does not unpickle (it loads weights_only=True); "
+            "re-save its state dict where the model's code is importable: python -c \"import torch; m = torch.load("
+            f"'{path}', weights_only=False); torch.save(getattr(m, 'state_dict', lambda: m)(), "
+            f"'{os.path.splitext(path)[0]}_state_dict.pth')\" and give that file") from None
     except Exception as e:  # re-raised with the file name
         raise CheckpointError(f"{path}: not a loadable torch checkpoint ({type(e).__name__}: {e})") from None
     for wrapper in ("state_dict", "model"):
@@ -91,7 +134,7 @@ def load_pretrained(model: nn.Module, source: str) -> None:
 
     Raises :class:`CheckpointError` listing the missing / unexpected / mismatched keys and naming ``source``.
     """
-    state = _read_state_dict(source)
+    state = read_state_dict(source)
     fresh = tuple(getattr(model, "not_pretrained", ()))  # prefixes of modules added to the ImageNet layout
     own = {k: v for k, v in model.state_dict().items() if not (fresh and k.startswith(fresh))}
     missing = [k for k in own if k not in state]
@@ -114,10 +157,16 @@ def load_pretrained(model: nn.Module, source: str) -> None:
 def build_backbone(name: str, last_stride: int = 1, pretrained: str = "") -> nn.Module:
     """Build backbone ``name`` (see ``BACKBONES.names()``), optionally load ImageNet weights strictly from
     ``pretrained`` (path, URL or ``torchvision:NAME``; torchvision keys incl. ``fc``), then drop the ImageNet ``fc``.
+    ``pretrained`` naming another toolkit's re-ID checkpoint (:mod:`esreid.models.importers`) loads its trunk.
 
     Returns a module whose ``forward`` maps ``(B, 3, H, W)`` to the ``layer4`` map ``(B, out_channels, h, w)``.
     """
     model = BACKBONES.get(name)(last_stride=last_stride)
+    reader = checkpoint_reader(pretrained)
+    if reader is not None:  # another toolkit's re-ID checkpoint: its trunk, no fc
+        model.drop_fc()
+        model.load_state_dict(reader.backbone_state(pretrained, name, last_stride), strict=True)
+        return model
     if pretrained:
         load_pretrained(model, pretrained)
     model.drop_fc()

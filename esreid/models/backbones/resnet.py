@@ -10,6 +10,9 @@ Bottleneck puts the stride on the 3x3 ``conv2`` (torchvision "ResNet v1.5").
 ``forward(x)`` returns the ``layer4`` map; ``fc`` exists only so that ImageNet checkpoints load strictly and is
 removed by :func:`esreid.models.backbones.build_backbone` after loading (re-ID models never use it).
 
+``stem`` picks the stem's exact operations among :data:`STEMS` (torchvision's by default; the peers' variants exist so
+that their checkpoints give their own features, :mod:`esreid.models.backbones.peers`).
+
 Stage API (what methods use instead of splicing the trunk by attribute names): the named stages are
 :data:`STAGES` = ``stem`` (conv1, bn1, relu, maxpool), ``layer1`` .. ``layer4`` (res_conv2 .. res_conv5 in the ResNet
 paper's naming, docs/methods.md §0); :meth:`ResNet.stages` returns a contiguous range of them as one
@@ -19,7 +22,7 @@ paper's naming, docs/methods.md §0); :meth:`ResNet.stages` returns a contiguous
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Type, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import nn
@@ -82,6 +85,13 @@ class Bottleneck(nn.Module):
 
 Block = Type[Union[BasicBlock, Bottleneck]]
 
+# How the stem runs between conv1 + bn1 and layer1: (ReLU after bn1, max-pool padding, max-pool ceil_mode). Same keys.
+STEMS: Dict[str, Tuple[bool, int, bool]] = {
+    "torchvision": (True, 1, False),
+    "fastreid": (True, 0, True),  # fast-reid's ResNet: MaxPool2d(3, 2, ceil_mode=True), no padding
+    "no_relu": (False, 1, False),  # reid-strong-baseline / AGW's ResNet: no ReLU after bn1 ("missed relu")
+}
+
 
 class ResNet(nn.Module):
     """ResNet trunk. ``forward``: images ``(B, 3, H, W)`` -> ``layer4`` map ``(B, out_channels, H/s, W/s)`` with
@@ -94,6 +104,7 @@ class ResNet(nn.Module):
         last_stride: stride of ``layer4`` (1 or 2).
         layer3_stride: stride of ``layer3`` (2 as torchvision; 1 for an output stride of 8 with ``last_stride=1``).
         num_classes: rows of the ImageNet ``fc`` (kept only for strict checkpoint loading).
+        stem: a name of :data:`STEMS` (what runs between ``bn1`` and ``layer1``).
     """
 
     def __init__(
@@ -104,6 +115,7 @@ class ResNet(nn.Module):
         last_stride: int = 1,
         num_classes: int = 1000,
         layer3_stride: int = 2,
+        stem: str = "torchvision",
     ):
         super().__init__()
         if last_stride not in (1, 2) or layer3_stride not in (1, 2):
@@ -113,8 +125,9 @@ class ResNet(nn.Module):
         self.inplanes = widths[0]
         self.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        relu, padding, ceil_mode = STEMS[stem]
+        self.relu = nn.ReLU(inplace=True) if relu else nn.Identity()
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=padding, ceil_mode=ceil_mode)
         self.layer1 = self._make_layer(block, widths[0], layers[0], stride=1)
         self.layer2 = self._make_layer(block, widths[1], layers[1], stride=2)
         self.layer3 = self._make_layer(block, widths[2], layers[2], stride=layer3_stride)

@@ -10,7 +10,10 @@ torch hub cache that lets a machine without internet train (``esreid weights fet
   (torch's default ``~/.cache/torch/hub/checkpoints``), when the file is there; otherwise downloaded into it once.
   A file name with a hash part (``resnet50-0676ba61.pth``) is checked against the SHA-256 of the download, as
   ``torch.hub`` does;
-* anything else: a local file path.
+* ``PEER:PATH`` (``fastreid:``, ``torchreid:``, ``bot:``, ``agw:``, :data:`esreid.config.pretrained.PEERS`): another
+  toolkit's re-ID checkpoint (PATH a file or a URL), imported by :mod:`esreid.models.importers` into the whole model
+  (backbone, and the head where it fits);
+* anything else: a local file path (a plain ImageNet trunk, or a peer's checkpoint recognised by its keys).
 
 When neither the cache nor the download gives the file (offline, blocked, a wrong URL), :func:`resolve` raises one
 :class:`PretrainedError` naming the three fixes: a local copy, the cache (``esreid weights fetch`` on a machine
@@ -29,7 +32,7 @@ import urllib.parse
 import urllib.request
 from typing import Optional, Tuple
 
-from esreid.config.pretrained import PREFIX, TORCHVISION, PretrainedError, is_url, url_of  # the spec's grammar
+from esreid.config.pretrained import PREFIX, TORCHVISION, PretrainedError, is_url, split_peer, url_of  # grammar
 from esreid.files import atomic_writer
 
 HASH_PART = re.compile(r"-([a-f0-9]*)\.")  # torch.hub's convention: <name>-<first hex digits of the SHA-256>.<ext>
@@ -120,7 +123,8 @@ def problem_before_training(spec: str, backbone: str, imagenet: str) -> Optional
     torchvision weights of another architecture. None when nothing (a URL is fetched when the model is built)."""
     if not spec:
         return None
-    if spec.startswith(PREFIX):
+    peer, spec = split_peer(spec)
+    if spec.startswith(PREFIX) and not peer:
         name = spec[len(PREFIX):]
         if name != imagenet:
             return (f"{spec} are the weights of {name}, but model.backbone is {backbone}; use "
