@@ -35,9 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import yaml
-
-from esreid.config import Config, ConfigError, load_config, to_dict
+from esreid.config import Config, ConfigError, load_config, read_yaml_file, to_dict
 from esreid.engine.resume import flatten, under
 from esreid.errors import EsreidError
 from esreid.files import atomic_write_text
@@ -89,11 +87,7 @@ def load_sweep(name: str, config_root: str) -> Sweep:
             if os.path.isdir(os.path.join(config_root, "sweeps")) else []
         raise ConfigError(f"sweep spec not found: {path} (known sweeps: {', '.join(known) or 'none'}; give a name "
                           "under <config-root>/sweeps or a .yaml path)")
-    with open(path, encoding="utf-8") as f:
-        try:
-            spec = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    spec = read_yaml_file(path)
 
     def need(cond: bool, key: str, what: str) -> None:
         if not cond:
@@ -200,8 +194,7 @@ class Plan:
             saved = os.path.join(cell.folder, "config.yaml")
             if not os.path.isfile(saved):
                 continue
-            with open(saved, encoding="utf-8") as f:
-                old = _comparable(yaml.safe_load(f) or {})
+            old = _comparable(read_yaml_file(saved) or {})
             new = _comparable(to_dict(load_config(cell.config, list(cell.overrides))))
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if diff:

@@ -32,7 +32,9 @@ from esreid.config.typed import (
     load_raw,
     param,
     parse_override,
+    read_yaml_file,
     registry_names,
+    safe_yaml,
     to_dict,
 )
 from esreid.errors import ConfigError
@@ -41,5 +43,6 @@ __all__ = [
     "BACKBONE_NAMES", "ERASE_VALUE_NAMES", "POOLING_NAMES", "STAGE_NAMES", "CheckpointConfig", "Config", "DataConfig",
     "DiagnosticsConfig", "GuardConfig", "LossConfig", "ModelConfig", "SolverConfig", "TestConfig", "build_config",
     "dataset_class", "invalid", "load_config", "model_config_class", "FLOAT_LIMIT", "Check", "Invalid", "Section",
-    "apply_overrides", "dump_yaml", "load_raw", "param", "parse_override", "registry_names", "to_dict", "ConfigError",
+    "apply_overrides", "dump_yaml", "load_raw", "param", "parse_override", "read_yaml_file", "safe_yaml",
+    "registry_names", "to_dict", "ConfigError",
 ]
