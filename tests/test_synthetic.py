@@ -231,6 +231,6 @@ def test_free_space_is_checked_before_generating(tmp_path, monkeypatch):
     usage = type(shutil.disk_usage(tmp_path))(total=10**9, used=10**9 - 100_000, free=100_000)
     monkeypatch.setattr(files.shutil, "disk_usage", lambda path: usage)
     with pytest.raises(DatasetError, match=r"^synthetic: not enough free space in .* for the synthetic dataset: "
-                                           r"needs .*, 100.0 kB \(100000 bytes\) free; .* \(or lower images_per_id / the numbers"):
+                                           r"needs .*, 100.0 kB \(100000 bytes\) free; .* \(or lower images_per_id"):
         generate_synthetic_market(str(tmp_path / "s"), **SMALL)
     assert os.listdir(tmp_path) == []

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+import esreid.data.transforms as T
 from esreid.config import DataConfig
 from esreid.data.base import DatasetError
-import esreid.data.transforms as T
 from esreid.data.transforms import TestTransform, TrainAugment, check_image_header, decode_resize, to_rgb
 
 H, W = 16, 8
