@@ -31,7 +31,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-from esreid.errors import CheckpointError
+from esreid.errors import CheckpointError, unreadable_torch_file
 from esreid.files import atomic_writer, ensure_free_space
 
 FORMAT = "esreid-checkpoint-v1"
@@ -221,7 +221,7 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling/format problem becomes a named error
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        raise unreadable_torch_file(path, e) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(state).__name__}")
     if state.get("format") != FORMAT:

@@ -18,7 +18,7 @@ from typing import Dict, Mapping, Tuple
 import torch
 from torch import nn
 
-from esreid.errors import CheckpointError
+from esreid.errors import CheckpointError, unreadable_torch_file
 from esreid.registry import Registry
 
 BACKBONES = Registry("backbone")
@@ -50,7 +50,7 @@ def _read_state_dict(source: str) -> Dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # re-raised with the file name
-        raise CheckpointError(f"{path}: not a loadable torch checkpoint ({type(e).__name__}: {e})") from None
+        raise unreadable_torch_file(path, e, "weights file") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
