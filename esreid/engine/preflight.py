@@ -12,6 +12,7 @@ from esreid.config import invalid
 from esreid.data.base import DatasetError, ReIDDataset
 from esreid.data.sampler import PKSampler
 from esreid.data.transforms import check_image_header, decode_resize
+from esreid.evaluation.rerank import DEFAULT_BUDGET_MB, RerankMemoryError, working_bytes
 
 
 def check_files(cfg: Any) -> None:
@@ -52,3 +53,18 @@ def check_test_data(cfg: Any, dataset: ReIDDataset) -> None:
             check_image_header(it.path)
         if items:
             decode_resize(items[0].path, cfg.data.height, cfg.data.width)
+    check_rerank_memory(cfg, dataset)
+
+
+def check_rerank_memory(cfg: Any, dataset: ReIDDataset) -> None:
+    """With ``test.rerank``, the memory budget holds what k-reciprocal re-ranking of the whole query and gallery
+    keeps (:func:`~esreid.evaluation.rerank.working_bytes`), for the protocols that rank the whole gallery (the
+    sampled galleries of CUHK03 single-gallery-shot and VehicleID are checked when they are drawn)."""
+    if not cfg.test.rerank or dataset.protocol_name(cfg.data.args) != "market":
+        return
+    budget = cfg.test.protocol_args.get("memory_budget_mb", DEFAULT_BUDGET_MB)
+    try:
+        working_bytes(len(dataset.query), len(dataset.gallery), budget)
+    except RerankMemoryError as e:
+        raise invalid(cfg, "test.rerank", f"{e}: raise test.protocol_args.memory_budget_mb or set "
+                                          "test.rerank=false") from None
