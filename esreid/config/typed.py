@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import io
 import math
 import os
 import re
@@ -210,8 +211,10 @@ def read_yaml_file(path: str) -> Any:
         line = raw[: e.start].count(b"\n") + 1
         raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}, e.g. a Latin-1 "
                           "accent): save the file as UTF-8") from None
+    stream = io.StringIO(text)
+    stream.name = path  # marks name the file (and quote no snippet), as when reading the file itself
     try:
-        return safe_yaml(text)
+        return safe_yaml(stream)
     except YAMLTooLarge as e:
         raise ConfigError(f"{path}: YAML document refused: {e}") from None
     except yaml.YAMLError as e:
