@@ -9,10 +9,10 @@ version)::
 The cache is rebuilt when any source file's mtime or size differs from the index (or a file vanished), when the
 size changes (a different key), when the array file is missing or has the wrong length, or when a slot's bytes no
 longer match their CRC-32 (a disk or copy error after the build: every slot is checked when the cache is opened, at
-about 1 GB/s, e.g. 1.1 s for Market-1501's 12,936 training images at 256x128; README "When things go wrong"). The array is built under
-a temporary name (:func:`esreid.files.temp_path`) and renamed; the index is removed first and written last
-(atomically), so an interrupted build never leaves an index that vouches for a half-written array. Temporary files of
-killed builds are removed (:func:`esreid.files.remove_orphans`) before a cache is looked up.
+about 1 GB/s, e.g. 1.1 s for Market-1501's 12,936 training images at 256x128; README "When things go wrong"). The
+array is built under a temporary name (:func:`esreid.files.temp_path`) and renamed; the index is removed first and
+written last (atomically), so an interrupted build never leaves an index that vouches for a half-written array.
+Temporary files of killed builds are removed (:func:`esreid.files.remove_orphans`) before a cache is looked up.
 
 Disk space: before decoding, the folder must be writable and hold the whole array (``N * 3 * H * W`` bytes), and the
 array file's blocks are reserved at once (:func:`esreid.files.allocate_file`). Writing through a memory map
@@ -44,7 +44,7 @@ from esreid.data.transforms import decode_resize
 from esreid.files import (
     StorageError,
     allocate_file,
-    atomic_write_text,
+    atomic_write,
     check_writable,
     ensure_free_space,
     format_size,
@@ -195,7 +195,7 @@ def _build(paths: Sequence[str], height: int, width: int, array_path: str, index
             with contextlib.suppress(FileNotFoundError):  # another process (DDP rank) may be replacing it too
                 os.remove(index_path)
             os.replace(tmp_array, array_path)
-        atomic_write_text(index_path, json.dumps({**index, "bad": {str(i): msg for i, msg in bad.items()}, "crc": crc}))
+        atomic_write(index_path, json.dumps({**index, "bad": {str(i): msg for i, msg in bad.items()}, "crc": crc}))
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp_array)

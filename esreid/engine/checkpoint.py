@@ -179,7 +179,7 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, config: Di
                     hooks: Optional[Dict[str, Dict[str, Any]]] = None) -> None:
     """Save a full training checkpoint; ``generators`` are extra named RNGs (augmentation, BESM coin flips),
     ``num_classes`` the size of the model's classifiers (what inference builds the model with), ``hooks`` the
-    trainer hooks' states by class name (e.g. the divergence guard's reference loss)."""
+    trainer hooks' states by hook name (e.g. the divergence guard's reference loss)."""
     state = {
         "format": FORMAT,
         "model": unwrap(model).state_dict(),

@@ -2,47 +2,48 @@
 
 A hook subclasses :class:`HookBase` and overrides any of ``before_train``, ``before_epoch``, ``before_step``,
 ``after_step``, ``after_epoch``, ``after_train`` (fast-reid's ``HookBase`` shape); ``self.trainer`` is the running
-:class:`~esreid.engine.trainer.Trainer`, whose ``state`` (:class:`TrainState`) holds the epoch, the iteration, the
-current batch and the step's loss terms. Hooks run in list order. Records (dicts with a ``"type"``: ``train``,
-``epoch``, ``eval``) go through ``trainer.emit(record)`` to every hook's ``on_record``, so writers (JSONL,
-TensorBoard, console) are independent of the hooks that produce records.
+trainer as a :class:`TrainerView`: exactly what hooks may read and call (its ``state``, a :class:`TrainState`,
+holds the epoch, the iteration, the current batch and the step's loss terms). Hooks run in list order. Records (dicts
+with a ``"type"``: ``train``, ``epoch``, ``eval``) go through ``trainer.emit(record)`` to every hook's ``on_record``,
+so writers (JSONL, TensorBoard, console) are independent of the hooks that produce records; an evaluation's record
+comes with the features it ranked to ``on_eval``. A hook with state to carry over a resume names it (``name``).
 
 Diagnostics are hooks registered in :data:`HOOKS` by name and switched on by the ``diagnostics`` config section
-(:func:`diagnostic_hooks`); the modules that define them are listed in :data:`DIAGNOSTIC_MODULES`, so the trainer
+(:func:`diagnostic_hooks`); the registry imports the modules that define them (``locations``), so the trainer
 itself knows no method and no eraser.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import torch
 
 from esreid.engine.checkpoint import copy_checkpoint, load_checkpoint
-from esreid.files import append_text, atomic_write_text, reported
+from esreid.evaluation.metric_keys import MetricKey, format_metrics
+from esreid.files import append_text, atomic_write, read_jsonl, reported
 from esreid.registry import Registry
 
 if TYPE_CHECKING:
-    from esreid.engine.trainer import Trainer
+    from esreid.config import Config
+    from esreid.data.base import ReIDDataset
+    from esreid.engine.evaluator import EvalFeatures
+    from esreid.models.base import ReIDModel
 
-HOOKS = Registry("hook")
-DIAGNOSTIC_MODULES = ("esreid.engine.diagnostics",)  # modules that register diagnostic hooks in HOOKS
+HOOKS = Registry("hook", locations=("esreid.engine.diagnostics",))  # the diagnostic hooks, imported on first lookup
 
 
 @dataclass
 class TrainState:
     """What hooks may read: 0-based ``epoch``, ``iter`` = optimisation steps done, the current ``batch`` (augmented
     ``images`` (B, 3, H, W) and ``pids`` (B,) on the device), ``terms`` (the last step's loss terms as floats; hooks
-    may add entries in ``before_step`` / ``after_step``, e.g. ``erased_loss``), ``metrics`` (last evaluation) and
-    ``test_features`` (the :class:`~esreid.engine.evaluator.EvalFeatures` of the evaluation being reported: set while
-    its ``eval`` record is emitted, None otherwise)."""
+    may add entries in ``before_step`` / ``after_step``, e.g. ``erased_loss``) and ``metrics`` (last evaluation)."""
 
     epoch: int = 0
     iter: int = 0
@@ -50,13 +51,43 @@ class TrainState:
     terms: Dict[str, float] = field(default_factory=dict)
     extra: Dict[str, float] = field(default_factory=dict)
     metrics: Dict[str, Any] = field(default_factory=dict)
-    test_features: Any = None
+
+
+class TrainerView(Protocol):
+    """What a hook may read and call of the trainer (:class:`~esreid.engine.trainer.Trainer` implements it; a test
+    checks that the hooks use nothing else). ``last_checkpoint`` is the one attribute a hook sets (the checkpoint
+    hook, after writing ``last.pth``)."""
+
+    cfg: Config
+    out: str  # output_dir
+    device: torch.device
+    model: ReIDModel  # the plain module (not the DDP wrapper)
+    dataset: ReIDDataset
+    state: TrainState
+    start_epoch: int  # epochs done when this session started
+    resumed_epochs: Optional[int]  # solver.epochs of the run a resumed checkpoint comes from
+    global_batch_size: int
+    history: List[Dict[str, Any]]  # every evaluation of the run, {"epoch": ..., **metrics}
+    last_checkpoint: Optional[Tuple[str, int]]  # (path, epoch) of the newest checkpoint of this run
+    log: Callable[[str], None]  # a console line (and log.txt)
+
+    def lr(self) -> float: ...
+
+    def emit(self, record: Dict[str, Any], features: Optional[EvalFeatures] = None) -> None: ...
+
+    def evaluate(self) -> Tuple[Dict[str, Any], EvalFeatures]: ...
+
+    def save_checkpoint(self, path: str, full: bool = True, epoch: Optional[int] = None) -> None: ...
+
+    def continue_command(self, extra: Sequence[str] = ()) -> str: ...
 
 
 class HookBase:
-    """Base of the trainer hooks: every method is a no-op."""
+    """Base of the trainer hooks: every method is a no-op. ``name``: the key of the hook's :meth:`state_dict` in
+    checkpoints (required when it has state)."""
 
-    trainer: Trainer
+    trainer: TrainerView
+    name: ClassVar[str] = ""
 
     def before_train(self) -> None: ...
 
@@ -73,13 +104,17 @@ class HookBase:
     def on_record(self, record: Dict[str, Any]) -> None:
         """A record emitted by the trainer or another hook."""
 
+    def on_eval(self, record: Dict[str, Any], features: EvalFeatures) -> None:
+        """An evaluation of this session: its ``eval`` record (right after this hook's :meth:`on_record` of it) and
+        the query / gallery features it ranked."""
+
     def generators(self) -> Dict[str, torch.Generator]:
         """RNGs this hook owns (saved in checkpoints with the trainer's)."""
         return {}
 
     def state_dict(self) -> Dict[str, Any]:
         """What this hook must carry over a resume (numbers, tensors, lists, dicts), saved in checkpoints under its
-        class name; empty: nothing."""
+        ``name``; empty: nothing."""
         return {}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -100,24 +135,10 @@ class JSONLWriter(HookBase):
         if os.path.exists(self.path):
             with open(self.path, encoding="utf-8") as f:
                 kept = [line for line in f if record_epoch(line) <= self.trainer.start_epoch]
-            atomic_write_text(self.path, "".join(kept))
+            atomic_write(self.path, "".join(kept))
 
     def on_record(self, record: Dict[str, Any]) -> None:
         append_text(self.path, json.dumps(record) + "\n")
-
-
-def read_records(path: str) -> List[Dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` (none when it does not exist; a line cut short by a crash is skipped)."""
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return [r for r in records if isinstance(r, dict)]
 
 
 def record_epoch(line: str) -> float:
@@ -180,16 +201,6 @@ def format_epoch(r: Dict[str, Any]) -> str:
     if "peak_memory_mb" in r:
         parts.append(f"peak {r['peak_memory_mb']:.0f} MiB")
     return "  ".join(parts + [f"lr={r['lr']:.2e}", losses])
-
-
-def format_metrics(metrics: Dict[str, Any], title: str = "") -> str:
-    """One line: mAP, mINP and CMC ranks in percent (std where the protocol reports one)."""
-    parts = []
-    for key in ("mAP", "mINP", "R1", "R5", "R10", "R20"):
-        if key in metrics and isinstance(metrics[key], (int, float)) and not math.isnan(metrics[key]):
-            std = metrics.get(f"{key}_std")
-            parts.append(f"{key} {100 * metrics[key]:.1f}" + (f"±{100 * std:.1f}" if std is not None else ""))
-    return f"{title}: " + "  ".join(parts) if title else "  ".join(parts)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -291,10 +302,11 @@ def periodic_checkpoints(folder: str) -> List[str]:
 
 class BestCheckpointHook(HookBase):
     """``model_best.pth`` (model weights, or everything with ``full``) whenever an evaluation's ``metric`` beats every
-    earlier one of the run (higher is better). The file records the metrics it was written with: a resumed run reads
-    the value to beat from it, at its first evaluation (which may come from :class:`EvalHook`'s ``before_train``)."""
+    earlier one of the run (in the direction its protocol declares). The file records the metrics it was written
+    with: a resumed run reads the value to beat from it, at its first evaluation (which may come from
+    :class:`EvalHook`'s ``before_train``)."""
 
-    def __init__(self, folder: str, metric: str, full: bool = False):
+    def __init__(self, folder: str, metric: MetricKey, full: bool = False):
         self.path, self.metric, self.full = os.path.join(folder, "model_best.pth"), metric, full
         self.best: Optional[float] = None  # read when the first evaluation comes
 
@@ -302,13 +314,13 @@ class BestCheckpointHook(HookBase):
         if self.best is None:
             saved = None
             if self.trainer.start_epoch > 0 and os.path.exists(self.path):
-                saved = load_checkpoint(self.path).get("metrics", {}).get(self.metric)
-            self.best = -math.inf if saved is None else float(saved)
+                saved = load_checkpoint(self.path).get("metrics", {}).get(self.metric.key)
+            self.best = self.metric.worst if saved is None else float(saved)
         return self.best
 
     def on_record(self, record: Dict[str, Any]) -> None:
-        value = record.get(self.metric) if record["type"] == "eval" else None
-        if isinstance(value, (int, float)) and value > self.value_to_beat():
+        value = record.get(self.metric.key) if record["type"] == "eval" else None
+        if isinstance(value, (int, float)) and self.metric.improves(value, self.value_to_beat()):
             self.best = float(value)
             self.trainer.save_checkpoint(self.path, full=self.full, epoch=record["epoch"])  # also a resume's catch-up
 
@@ -331,7 +343,7 @@ class EvalHook(HookBase):
         epoch = t.start_epoch
         if not epoch:
             return
-        recorded = [r for r in read_records(self.records) if r.get("type") == "eval" and r.get("epoch") == epoch]
+        recorded = [r for r in read_jsonl(self.records) if r.get("type") == "eval" and r.get("epoch") == epoch]
         if recorded:
             metrics = {k: v for k, v in recorded[-1].items() if k not in ("type", "epoch")}
             t.state.metrics = metrics
@@ -346,16 +358,13 @@ class EvalHook(HookBase):
 
     def evaluate(self, epoch: int) -> None:
         t = self.trainer
-        metrics = t.evaluate()
+        metrics, features = t.evaluate()
         t.state.metrics = metrics
         t.history.append({"epoch": epoch, **metrics})
-        t.emit({"type": "eval", "epoch": epoch, **metrics})
-        t.state.test_features = None  # set by trainer.evaluate() for the hooks reading this record
+        t.emit({"type": "eval", "epoch": epoch, **metrics}, features)
 
 
 def diagnostic_hooks(cfg: Any, seed: int) -> List[HookBase]:
     """The diagnostic hooks the config switches on (``diagnostics.<name>: true`` for a name in :data:`HOOKS`), each
     built as ``hook(cfg, seed)``."""
-    for module in DIAGNOSTIC_MODULES:
-        importlib.import_module(module)
     return [HOOKS.get(name)(cfg, seed) for name in HOOKS.names() if getattr(cfg.diagnostics, name, False)]
