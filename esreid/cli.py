@@ -128,13 +128,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from esreid.config import load_config
+    from esreid.engine.distributed import launched_rank
     from esreid.engine.hooks import format_metrics
+    from esreid.engine.runlock import run_lock
     from esreid.engine.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
-    trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress, allow_changes=args.allow_changes,
-                      command=train_command(args))
-    metrics = trainer.train()
+    with run_lock(cfg.output_dir, launched_rank()):  # one training process per output_dir (esreid.engine.runlock)
+        trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress, allow_changes=args.allow_changes,
+                          command=train_command(args))
+        metrics = trainer.train()
     trainer.log(format_metrics(metrics, "final"))
     return 0
 
