@@ -21,11 +21,12 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch
 
-from esreid.engine.checkpoint import copy_checkpoint, load_checkpoint
+from esreid.engine.checkpoint import atomic_save, copy_checkpoint, load_checkpoint, weights_only
+from esreid.errors import CheckpointError
 from esreid.files import append_text, atomic_write_text, reported
 from esreid.registry import Registry
 
@@ -256,7 +257,7 @@ class CheckpointHook(HookBase):
 
     def periodic(self, epoch: int) -> Optional[str]:
         period = self.cfg.period
-        return os.path.join(self.folder, f"epoch_{epoch:03d}.pth") if period and epoch % period == 0 else None
+        return periodic_path(self.folder, epoch) if period and epoch % period == 0 else None
 
     def before_train(self) -> None:
         t = self.trainer
@@ -283,6 +284,10 @@ class CheckpointHook(HookBase):
 PERIODIC = re.compile(r"epoch_(\d{3,})\.pth")
 
 
+def periodic_path(folder: str, epoch: int) -> str:
+    return os.path.join(folder, f"epoch_{epoch:03d}.pth")
+
+
 def periodic_checkpoints(folder: str) -> List[str]:
     """Paths of the ``epoch_XXX.pth`` files in ``folder``, oldest epoch first."""
     found = [(int(m.group(1)), name) for name in os.listdir(folder) if (m := PERIODIC.fullmatch(name))]
@@ -291,24 +296,85 @@ def periodic_checkpoints(folder: str) -> List[str]:
 
 class BestCheckpointHook(HookBase):
     """``model_best.pth`` (model weights, or everything with ``full``) whenever an evaluation's ``metric`` beats every
-    earlier one of the run (higher is better). The file records the metrics it was written with: a resumed run reads
-    the value to beat from it, at its first evaluation (which may come from :class:`EvalHook`'s ``before_train``)."""
+    earlier one of the run (higher is better); the file records the metrics it was written with.
 
-    def __init__(self, folder: str, metric: str, full: bool = False):
-        self.path, self.metric, self.full = os.path.join(folder, "model_best.pth"), metric, full
-        self.best: Optional[float] = None  # read when the first evaluation comes
+    On resume (in ``before_train``, before any catch-up evaluation) the file is checked against the best evaluation
+    ``records`` (``metrics.jsonl``, written before the file) holds up to the epoch resumed from: a file that is
+    missing, corrupt, or of another epoch (a kill during its write left the previous one) is re-created from that
+    epoch's checkpoint when one is left (the checkpoint resumed from, or ``epoch_XXX.pth``), else removed with a
+    warning and written again at the next improvement. The value to beat is the recorded best, so a bad file never
+    stops a resume nor lets a worse evaluation in. Without records (a run forked into a new folder) the file's own
+    value is the one to beat."""
 
-    def value_to_beat(self) -> float:
-        if self.best is None:
-            saved = None
-            if self.trainer.start_epoch > 0 and os.path.exists(self.path):
-                saved = load_checkpoint(self.path).get("metrics", {}).get(self.metric)
-            self.best = -math.inf if saved is None else float(saved)
-        return self.best
+    def __init__(self, folder: str, metric: str, full: bool = False, records: str = ""):
+        self.folder, self.metric, self.full, self.records = folder, metric, full, records
+        self.path = os.path.join(folder, "model_best.pth")
+        self.best: Optional[float] = None  # set in before_train
+
+    def before_train(self) -> None:
+        self.best = self.reconcile() if self.trainer.start_epoch > 0 else -math.inf
+
+    def reconcile(self) -> float:
+        """Make ``model_best.pth`` agree with the recorded best evaluation (class docstring); its value."""
+        t = self.trainer
+        evals = [r for r in read_records(self.records) if r.get("type") == "eval"
+                 and isinstance(r.get("epoch"), int) and r["epoch"] <= t.start_epoch
+                 and isinstance(r.get(self.metric), (int, float))]
+        if not evals:
+            saved = self.saved_state()
+            value = None if saved is None else saved.get("metrics", {}).get(self.metric)
+            return -math.inf if value is None else float(value)
+        best = max(evals, key=lambda r: r[self.metric])  # the first epoch reaching it: the one written
+        epoch, value = best["epoch"], float(best[self.metric])
+        saved = self.saved_state()
+        if saved is not None and saved.get("epoch") == epoch and saved.get("metrics", {}).get(self.metric) == value:
+            return value
+        problem = "stale (it holds epoch {})".format(saved.get("epoch")) if saved is not None else \
+            "corrupt" if os.path.exists(self.path) else "missing"
+        what = f"epoch {epoch}, {self.metric} {value:.4g}"
+        source = self.checkpoint_of(epoch)
+        if source is None:
+            if os.path.exists(self.path):
+                os.remove(self.path)
+                problem += ", removed"
+            t.log(f"warning: {self.path} was {problem}; no checkpoint of the best evaluation ({what}) is left to "
+                  f"re-create it from: it is written again when an evaluation beats {self.metric} {value:.4g}")
+            return value
+        path, state = source
+        state.update(epoch=epoch, metrics={k: v for k, v in best.items() if k not in ("type", "epoch")})
+        atomic_save(state if self.full else weights_only(state), self.path)
+        t.log(f"re-created {self.path} ({what}) from {path}: it was {problem}")
+        return value
+
+    def saved_state(self) -> Optional[Dict[str, Any]]:
+        """The state ``model_best.pth`` holds; None when it is missing or corrupt."""
+        if not os.path.exists(self.path):
+            return None
+        try:
+            return load_checkpoint(self.path)
+        except CheckpointError:
+            return None
+
+    def checkpoint_of(self, epoch: int) -> Optional[Tuple[str, Dict[str, Any]]]:
+        """A readable checkpoint of ``epoch`` (full when ``full``): the one resumed from, or ``epoch_XXX.pth``."""
+        t = self.trainer
+        candidates = [periodic_path(self.folder, epoch)]
+        if t.last_checkpoint is not None and t.last_checkpoint[1] == epoch:
+            candidates.insert(0, t.last_checkpoint[0])
+        for path in candidates:
+            try:
+                state = load_checkpoint(path) if os.path.exists(path) else {}
+            except CheckpointError:
+                continue
+            if state.get("epoch") == epoch and (state.get("optimizer") is not None or not self.full):
+                return path, state
+        return None
 
     def on_record(self, record: Dict[str, Any]) -> None:
         value = record.get(self.metric) if record["type"] == "eval" else None
-        if isinstance(value, (int, float)) and value > self.value_to_beat():
+        if self.best is None:
+            self.before_train()
+        if isinstance(value, (int, float)) and value > self.best:
             self.best = float(value)
             self.trainer.save_checkpoint(self.path, full=self.full, epoch=record["epoch"])  # also a resume's catch-up
 

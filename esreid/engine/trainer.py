@@ -28,11 +28,12 @@ from esreid.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_model_weights,
+    rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from esreid.engine.compile import place_model
-from esreid.engine.distributed import barrier, init_distributed
+from esreid.engine.distributed import all_gather, barrier, init_distributed
 from esreid.engine.evaluator import autocast, evaluate_features, extract_test_features
 from esreid.engine.guard import DivergenceGuard
 from esreid.engine.preflight import check_files, check_test_data, check_training_data
@@ -155,6 +156,7 @@ class Trainer:
         self.start_epoch = 0
         self.resumed_epochs: Optional[int] = None  # solver.epochs of the run a resumed checkpoint comes from
         self.last_checkpoint: Optional[Tuple[str, int]] = None  # (path, epoch) of the newest checkpoint of this run
+        self.rank_states: List[Dict[str, Any]] = []  # under DDP: every rank's RNGs at the end of the epoch
         self.history: List[Dict[str, Any]] = []
         self.hooks: List[H.HookBase] = []
         self.register_hooks(self.default_hooks() + list(hooks or []))
@@ -182,11 +184,10 @@ class Trainer:
         hooks: List[H.HookBase] = [*H.diagnostic_hooks(cfg, self.seed), H.TrainLog(cfg.log_period),
                                    DivergenceGuard(cfg.guard)]
         if self.dist.is_main:
-            hooks += [H.JSONLWriter(records), H.CheckpointHook(self.out, cfg.checkpoint),
-                      H.EvalHook(cfg.test.eval_period, records)]
-            if cfg.checkpoint.best:
-                hooks.append(H.BestCheckpointHook(self.out, cfg.checkpoint.best, cfg.checkpoint.full))
-            hooks.append(H.ConsoleWriter())
+            hooks += [H.JSONLWriter(records), H.CheckpointHook(self.out, cfg.checkpoint)]
+            if cfg.checkpoint.best:  # before the evaluation: a resume checks model_best.pth before a catch-up one
+                hooks.append(H.BestCheckpointHook(self.out, cfg.checkpoint.best, cfg.checkpoint.full, records))
+            hooks += [H.EvalHook(cfg.test.eval_period, records), H.ConsoleWriter()]
             if cfg.report:
                 from esreid.engine.reporting import ReportHook
 
@@ -223,15 +224,20 @@ class Trainer:
             gens.update({f"hook.{k}": g for k, g in hook.generators().items()})
         return gens
 
+    def rank_state(self) -> Dict[str, Any]:
+        """This process's RNG states: the global ones and :meth:`generators` (under DDP each rank has its own)."""
+        return {"rng": rng_state(), "generators": {k: g.get_state() for k, g in self.generators().items()}}
+
     def save_checkpoint(self, path: str, full: bool = True, epoch: Optional[int] = None) -> None:
         """Save the run at the end of ``epoch`` (1-based; default: the current epoch): everything needed to resume
-        (``full``), or the model weights with the epoch, config, metrics and class count only (what eval / extract /
-        export read)."""
+        (``full``; under DDP with every rank's RNG states, gathered at the end of the epoch), or the model weights with
+        the epoch, config, metrics and class count only (what eval / extract / export read)."""
         resume = {}
         if full:
             hook_states = {type(h).__name__: h.state_dict() for h in self.hooks}
             resume = dict(optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-                          generators=self.generators(), hooks={k: v for k, v in hook_states.items() if v})
+                          generators=self.generators(), hooks={k: v for k, v in hook_states.items() if v},
+                          ranks=self.rank_states if self.dist.enabled else [])
         epoch = self.state.epoch + 1 if epoch is None else epoch
         save_checkpoint(path, model=self.model, epoch=epoch, config=to_dict(self.cfg),
                         metrics=self.state.metrics, num_classes=self.model.num_classes, **resume)
@@ -261,10 +267,11 @@ class Trainer:
         restore_solver(self.optimizer, self.scheduler, fresh, self.start_epoch * self.iters_per_epoch)
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        own = self._own_rank_state(state)
+        set_rng_state(own["rng"])
         for name, gen in self.generators().items():
-            if name in state.get("generators", {}):
-                gen.set_state(state["generators"][name])
+            if name in own.get("generators", {}):
+                gen.set_state(own["generators"][name])
         for hook in self.hooks:
             if type(hook).__name__ in state.get("hooks", {}):
                 hook.load_state_dict(state["hooks"][type(hook).__name__])
@@ -274,6 +281,18 @@ class Trainer:
         self.log(f"=> resumed from {path} at epoch {self.start_epoch}")
         if changes:
             self.log(f"=> with changes (allowed): {describe(changes)}")
+
+    def _own_rank_state(self, state: Dict[str, Any]) -> Dict[str, Any]:
+        """The RNG states this process resumes with: its rank's under DDP (a checkpoint of as many processes), else
+        those rank 0 (or the single process) saved."""
+        ranks = state.get("ranks") or []
+        if self.dist.enabled and len(ranks) == self.dist.world_size:
+            return ranks[self.dist.rank]
+        if self.dist.enabled:
+            self.log(f"=> the checkpoint holds the RNG states of {len(ranks) or 1} process(es), this run has "
+                     f"{self.dist.world_size}: each starts from rank 0's (the run goes on, not bit for bit as an "
+                     "uninterrupted one)")
+        return {"rng": state["rng"], "generators": state.get("generators", {})}
 
     def continue_command(self, extra: Sequence[str] = ()) -> str:
         """The command that continues this run from its newest checkpoint (``--resume auto`` when that is
@@ -326,8 +345,12 @@ class Trainer:
         for batch in bar:
             terms = self.train_step(batch)
             bar.set_postfix(loss=f"{terms['loss']:.3f}")
+        if self.dist.enabled:  # every rank's RNGs, for rank 0's checkpoint (each rank resumes with its own)
+            self.rank_states = all_gather(self.dist, self.rank_state())
         self._call("after_epoch")
         barrier(self.dist)  # the other processes wait for rank 0's evaluation and checkpoint
+        if not self.dist.is_main:  # rank 0 has written it: the Ctrl-C hint of every rank names it
+            self.last_checkpoint = (os.path.join(self.out, "last.pth"), epoch + 1)
 
     def evaluate(self) -> Dict[str, Any]:
         """The protocol's metrics of the current model; its features stay in ``state.test_features`` for the hooks
