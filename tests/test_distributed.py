@@ -170,12 +170,13 @@ def _alive(pid):
         return False
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG are Linux's")
-def test_killing_torchrun_ends_its_workers_and_rank_0_holds_the_run_lock(tmp_path, tiny_config):
-    """A real ``torchrun --nproc_per_node=2``: while it trains, ``--resume auto`` into its folder is refused naming the
-    pid of rank 0 (the lock holder); SIGKILL to torchrun (which it cannot forward) ends both workers. Before: the
-    workers trained on, holding the folder and the GPUs."""
+TWO = ["--standalone", "--nproc_per_node=2"]  # launcher options: two processes on this machine
+
+
+def launch(tmp_path, tiny_config, launcher):
+    """A run of ``python -m <launcher>`` (torchrun or esreid.launch, with their options) training for ever into
+    tmp_path/run; returns the process (stdout and stderr in tmp_path/launcher.txt) once the first last.pth is
+    written, the esreid command line (from ``train`` on) and the environment."""
     from esreid.data.datasets.synthetic import generate_synthetic_market
 
     generate_synthetic_market(str(tmp_path / "data" / "synthetic"), num_train_ids=16, num_test_ids=8,
@@ -183,25 +184,39 @@ def test_killing_torchrun_ends_its_workers_and_rank_0_holds_the_run_lock(tmp_pat
     config = tmp_path / "c.yaml"
     config.write_text(dump_yaml(tiny_config(epochs=100000, extra=["checkpoint.period=0"])))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
-    train = ["-m", "esreid.cli", "train", "--config", str(config), "--no-progress"]
-    with open(tmp_path / "torchrun.txt", "w") as log:
-        launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                     "--nproc_per_node=2", *train], env=env, stdout=log, stderr=log)
+    train = ["train", "--config", str(config), "--no-progress"]
+    with open(tmp_path / "launcher.txt", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", *launcher, *train], env=env, stdout=log, stderr=log)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "run" / "last.pth").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail((tmp_path / "launcher.txt").read_text())
+        time.sleep(0.1)
+    return proc, train, env
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG are Linux's")
+def test_killing_torchrun_ends_its_workers_and_rank_0_holds_the_run_lock(tmp_path, tiny_config):
+    """A real ``torchrun --nproc_per_node=2``: while it trains, ``--resume auto`` into its folder is refused naming the
+    pid of rank 0 (the lock holder), by a single process and by ``esreid.launch`` (exit 2, not torchrun's 1); SIGKILL
+    to torchrun (which it cannot forward) ends both workers. Before: the workers trained on, holding the folder and
+    the GPUs."""
+    launcher, train, env = launch(tmp_path, tiny_config, ["torch.distributed.run", *TWO, "-m", "esreid.cli"])
     workers = []
     try:
-        deadline = time.monotonic() + 300
-        while not (tmp_path / "run" / "last.pth").exists() and launcher.poll() is None:
-            assert time.monotonic() < deadline, (tmp_path / "torchrun.txt").read_text()
-            time.sleep(0.1)
         workers = _workers(launcher.pid)
-        assert len(workers) == 2, (tmp_path / "torchrun.txt").read_text()
+        assert len(workers) == 2, (tmp_path / "launcher.txt").read_text()
         holder = int((tmp_path / "run" / ".esreid.lock").read_text().split()[1])
         assert holder in workers
-        second = subprocess.run([sys.executable, *train, "--resume", "auto"], env=env, capture_output=True,
-                                text=True, timeout=300)
-        assert second.returncode == 2 and second.stderr.startswith(
-            f"esreid: error: output_dir {tmp_path / 'run'} is in use by another training process (pid {holder} on "
-            "host "), second.stderr
+        refused = f"esreid: error: output_dir {tmp_path / 'run'} is in use by another training process (pid {holder} "
+        second = subprocess.run([sys.executable, "-m", "esreid.cli", *train, "--resume", "auto"], env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2 and second.stderr.startswith(refused), second.stderr
+        second = subprocess.run([sys.executable, "-m", "esreid.launch", *TWO, *train,
+                                 "--resume", "auto"], env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2 and refused in second.stderr, second.stderr
         launcher.kill()
         launcher.wait()
         deadline = time.monotonic() + 60
@@ -213,3 +228,19 @@ def test_killing_torchrun_ends_its_workers_and_rank_0_holds_the_run_lock(tmp_pat
         for pid in workers:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_esreid_launch_exits_130_and_every_rank_says_how_to_continue(tmp_path, tiny_config):
+    """SIGINT to the launcher (what Ctrl-C in a terminal sends it; its workers run in sessions of their own): exit
+    130 and each rank's hint continues the run. Before: torchrun's traceback and exit 1; rank 1's hint said to start
+    again, without --resume."""
+    launcher, train, _ = launch(tmp_path, tiny_config, ["esreid.launch", *TWO])
+    try:
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(timeout=120) == 130
+    finally:
+        launcher.kill()
+    hints = [line for line in (tmp_path / "launcher.txt").read_text().splitlines() if "; continue with: " in line]
+    assert len(hints) == 2 and all(h.endswith(f"esreid train --config {train[2]} --no-progress --resume auto")
+                                   for h in hints), hints

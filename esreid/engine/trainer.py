@@ -305,7 +305,9 @@ class Trainer:
         """A KeyboardInterrupt whose ``hint`` (printed by the CLI) says where the run stopped and how to go on."""
         e = KeyboardInterrupt()
         where = f"interrupted at epoch {self.state.epoch + 1}, iteration {self.state.iter}"
-        e.hint = (f"{where}; continue with: {self.continue_command()}" if self.last_checkpoint is not None
+        # under DDP, a rank > 0 stopped while rank 0 writes the epoch's checkpoint learns of it from the file
+        written = self.last_checkpoint is not None or os.path.exists(os.path.join(self.out, "last.pth"))
+        e.hint = (f"{where}; continue with: {self.continue_command()}" if written
                   else f"{where}, before the first checkpoint; start again with: {self.command}")
         return e
 
