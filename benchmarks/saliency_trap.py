@@ -3,7 +3,7 @@
 The claim (ES-Net §I, §III; docs/methods.md §1): a normally trained re-ID model relies on a few salient regions and
 fails where identities differ elsewhere; erasing the most salient parts during training (BESM, P-pooling, beside the
 AIB) makes it learn more comprehensive features. The trap builds that situation on purpose (the generator's
-``trap`` option, esreid/data/datasets/synthetic.py, defaults and reasoning in its docstring): one large high-contrast
+``trap`` option, esreid/data/synth/trap.py, defaults and reasoning in its docstring): one large high-contrast
 emblem tells the TRAINING identities apart, while the TEST identities share it within groups of 4, which differ only
 in the ordinary cues. Prediction of the claim: ES-Net (and the ESB rows) beat Base on mAP / R1, and fewer of their
 rank-1 errors are same-group impostors (the mechanism: less reliance on the emblem).

@@ -245,6 +245,37 @@ def remove_orphans(folder: str, max_age: float = ORPHAN_AGE) -> List[str]:
     return removed
 
 
+def folder_sibling(root: str, kind: str) -> str:
+    """``<parent>/.<name>.<kind>-<host>-<pid>``: a folder of this process beside the folder ``root`` (``kind``: e.g.
+    ``partial`` for a folder being built, ``old`` for the one it replaces), which :func:`remove_stale_siblings`
+    removes once this process is gone."""
+    parent, base = os.path.split(root)
+    return os.path.join(parent, f".{base}.{kind}-{_host()}-{os.getpid()}")
+
+
+def remove_stale_siblings(root: str) -> None:
+    """Delete the :func:`folder_sibling` folders beside ``root`` left by processes of this host that are gone
+    (killed), or by this process (an earlier call that failed). A live process's folders are left alone."""
+    parent, base = os.path.split(root)
+    pattern = re.compile(rf"\.{re.escape(base)}\.[a-z]+-(.+)-(\d+)")
+    for entry in os.listdir(parent):
+        m = pattern.fullmatch(entry)
+        if m and m.group(1) == _host() and (int(m.group(2)) == os.getpid() or not _running(int(m.group(2)))):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def move_folder_into_place(partial: str, root: str) -> None:
+    """Rename the finished folder ``partial`` to ``root``: a folder is only ever seen complete. A non-empty ``root``
+    (the previous version) is first moved aside in one step (to its ``old`` sibling) and deleted afterwards."""
+    if os.path.isdir(root) and os.listdir(root):
+        old = folder_sibling(root, "old")
+        os.rename(root, old)
+        os.rename(partial, root)
+        shutil.rmtree(old)
+        return
+    os.rename(partial, root)
+
+
 def _running(pid: int) -> bool:
     """Whether process ``pid`` exists on this host (assumed so where it cannot be checked)."""
     if pid == os.getpid() or os.name != "posix":

@@ -12,14 +12,8 @@ from PIL import Image
 
 from esreid.data.base import DatasetError
 from esreid.data.datasets.market1501 import Market1501
-from esreid.data.datasets.synthetic import (
-    CUE_VALUES,
-    TRAP_DEFAULTS,
-    SyntheticMarket,
-    _assign_trap,
-    generate_synthetic_market,
-    trap_groups,
-)
+from esreid.data.datasets.synthetic import SyntheticMarket, generate_synthetic_market, trap_groups
+from esreid.data.synth.trap import CUE_VALUES, TRAP_DEFAULTS, _assign_trap
 
 OPTS = dict(num_train_ids=24, num_test_ids=24, images_per_id=6, height=64, width=32, seed=5, num_junk=3,
             num_distractors=2)  # fmt: skip
