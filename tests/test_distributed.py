@@ -1,7 +1,6 @@
 """DDP on CPU (gloo): two processes split the PK batches, stay in sync, and only rank 0 writes; a stopped DDP run
 resumes bit for bit (every rank's RNG states are checkpointed)."""
 
-import json
 import os
 import signal
 import socket
@@ -99,7 +98,7 @@ def _resume_worker(rank, world, port, tmp, cfg, mode):
 
 
 @pytest.mark.slow
-def test_a_stopped_ddp_run_resumes_bit_identically(tmp_path, tiny_config):
+def test_a_stopped_ddp_run_resumes_bit_identically(tmp_path, tiny_config, runs):
     """Two ranks (gloo), ES-Net (BESM coin flips: a model generator): stopped in epoch 2 and resumed, the run ends with
     the uninterrupted run's weights, RNG states of every rank, checkpoints and metrics. Before: only rank 0's RNG
     states were saved and every rank restored them (rank 1 then augmented with rank 0's draws)."""
@@ -123,33 +122,11 @@ def test_a_stopped_ddp_run_resumes_bit_identically(tmp_path, tiny_config):
         assert straight.keys() == resumed.keys()
         for key in straight:
             assert torch.equal(straight[key], resumed[key]), (rank, key)
-        assert_same(torch.load(tmp_path / f"straight_rng{rank}.pt", weights_only=False),
+        runs.assert_same(torch.load(tmp_path / f"straight_rng{rank}.pt", weights_only=False),
                     torch.load(tmp_path / f"resume_rng{rank}.pt", weights_only=False), f"rank {rank}")
     for name in ("last.pth", "model_best.pth"):
-        assert_same(load_checkpoint(str(tmp_path / "a" / name)), load_checkpoint(str(tmp_path / "b" / name)), name)
-    records = [[{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in
-                (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("a", "b")]
-    assert records[0] == records[1]
-
-
-TIMING = {"seconds", "images_per_second", "eval_seconds", "data_seconds", "eta_seconds", "peak_memory_mb"}
-
-
-def assert_same(a, b, where=""):
-    """Equal nested contents: tensors bit for bit; timings and the output folder left out."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        keys = set(a) - TIMING - {"output_dir"}
-        assert keys == set(b) - TIMING - {"output_dir"}, where
-        for k in keys:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
+        runs.assert_same(load_checkpoint(str(tmp_path / "a" / name)), load_checkpoint(str(tmp_path / "b" / name)), name)
+    assert runs.records(tmp_path / "a") == runs.records(tmp_path / "b")
 
 
 # --- torchrun --------------------------------------------------------------------------------------------------------

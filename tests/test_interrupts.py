@@ -11,7 +11,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from esreid.cli import main
 from esreid.config import dump_yaml
@@ -71,31 +70,6 @@ def write_config(tmp_path, tiny_config, epochs, out):
     return str(path)
 
 
-TIMING = {"seconds", "images_per_second", "eval_seconds", "data_seconds", "eta_seconds", "peak_memory_mb"}
-
-
-def records(run):
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
-
-
-def assert_same(a, b, where=""):
-    """Equal checkpoint contents: tensors bit for bit; timings and the output folder left out."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        keys = set(a) - TIMING - {"output_dir"}
-        assert keys == set(b) - TIMING - {"output_dir"}, where
-        for k in keys:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
 # kill point -> the file it leaves missing. write:last.pth:2 resumes from epoch 1 with its evaluation recorded (so
 # not redone): before, the global torch RNG in the later last.pth differed (the evaluation's loader drew from it)
 KILLS = {"write:epoch_002.pth": "epoch_002.pth", "write:last.pth:2": "epoch_002.pth", "eval:3": "results.json",
@@ -103,7 +77,7 @@ KILLS = {"write:epoch_002.pth": "epoch_002.pth", "write:last.pth:2": "epoch_002.
 
 
 @pytest.mark.slow
-def test_sigkill_loses_nothing(tmp_path, tiny_config):
+def test_sigkill_loses_nothing(tmp_path, tiny_config, runs):
     """For each kill point: the process dies with the file it was writing (or about to write) missing; resuming
     re-creates it, and every checkpoint, metrics.jsonl and results.json equal the uninterrupted run's."""
     straight = tmp_path / "straight"
@@ -120,21 +94,22 @@ def test_sigkill_loses_nothing(tmp_path, tiny_config):
         assert main(["train", "--config", config, "--resume", "auto", "--no-progress"]) == 0
         assert sorted(os.listdir(run)) == sorted(os.listdir(straight)), kill_at  # the temporary file is gone too
         for name in [n for n in sorted(os.listdir(run)) if n.endswith(".pth")]:
-            assert_same(load_checkpoint(str(straight / name)), load_checkpoint(str(run / name)), f"{kill_at} {name}")
-        assert records(run) == records(straight), kill_at
+            runs.assert_same(load_checkpoint(str(straight / name)), load_checkpoint(str(run / name)),
+                             f"{kill_at} {name}")
+        assert runs.records(run) == runs.records(straight), kill_at
         results = [json.loads((r / "results.json").read_text()) for r in (run, straight)]
         assert [{k: v for k, v in r.items() if k != "eval_seconds"} for r in results] == 2 * [
             {k: v for k, v in results[1].items() if k != "eval_seconds"}], kill_at
 
 
 @pytest.mark.slow
-def test_a_kill_while_model_best_is_written_leaves_no_stale_file(tmp_path, tiny_config):
+def test_a_kill_while_model_best_is_written_leaves_no_stale_file(tmp_path, tiny_config, runs):
     """SIGKILL during the last write of model_best.pth (its evaluation already in metrics.jsonl, the file still the
     previous best or none): resuming re-creates it from that epoch's checkpoint, and every file equals the
     uninterrupted run's. Before: model_best.pth kept the previous best's epoch (or stayed missing)."""
     straight = tmp_path / "straight"
     assert main(["train", "--config", write_config(tmp_path, tiny_config, 3, "straight"), "--no-progress"]) == 0
-    maps = [r["mAP"] for r in records(straight) if r["type"] == "eval"]
+    maps = [r["mAP"] for r in runs.records(straight) if r["type"] == "eval"]
     writes = sum(value > max(maps[:i], default=-1.0) for i, value in enumerate(maps))  # improvements
     best = maps.index(max(maps)) + 1
     killer = tmp_path / "killer.py"
@@ -149,8 +124,8 @@ def test_a_kill_while_model_best_is_written_leaves_no_stale_file(tmp_path, tiny_
     assert main(["train", "--config", config, "--resume", "auto", "--no-progress"]) == 0
     assert sorted(os.listdir(run)) == sorted(os.listdir(straight))
     for name in [n for n in sorted(os.listdir(run)) if n.endswith(".pth")]:
-        assert_same(load_checkpoint(str(straight / name)), load_checkpoint(str(run / name)), name)
-    assert records(run) == records(straight)
+        runs.assert_same(load_checkpoint(str(straight / name)), load_checkpoint(str(run / name)), name)
+    assert runs.records(run) == runs.records(straight)
     assert f"re-created {run / 'model_best.pth'} (epoch {best}, mAP " in (run / "log.txt").read_text()
 
 
