@@ -6,7 +6,7 @@ frozen parameters of test-time CG-RAM against a pass that records the parameters
     .venv/bin/python benchmarks/explain_speed.py --device cuda --backbone resnet50 --pairs 160 --batch 32
 
 One run explains ``--pairs`` random (query, gallery) pairs at the model's saliency layer with its retrieval rule
-(ES-Net: flip, so 4 images per pair): ``batched`` = :meth:`esreid.viz.explain.Explainer.maps` with ``--batch`` pairs
+(ES-Net: flip, so 4 images per pair): ``batched`` = :meth:`esreid.engine.explain.Explainer.maps` with ``--batch`` pairs
 per pass (what explain does); ``per pair`` = one pass per pair; ``unfrozen`` = batched, with the parameters left
 requiring grad (the forward then keeps the graph before the layer). The three alternate, run after run, so drift of
 a shared machine hits all; the script prints median seconds, pairs/s and the ratios per pair / batched and
@@ -27,9 +27,9 @@ import torch
 from common import hardware, peak_rss_mb
 
 from esreid.config import load_config
+from esreid.engine.explain import Explainer
 from esreid.erasing import cgram
 from esreid.models import build_model
-from esreid.viz.explain import Explainer
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ runs), on the same JPEG files, alternating the two, medians of ``--runs``.
 Generates a custom-layout dataset whose query split holds ``--images`` JPEGs (128x64 sources, like Market), builds a
 BoT baseline on ``--backbone`` (random weights: the speed does not depend on them), then times per run:
 
-* reference: ``esreid.export.extract_split(model, dataset, cfg, "query")`` (the test loader with ``--workers``);
+* reference: ``esreid.export.extract_split(model, dataset, cfg, "query", device)`` (the test loader with ``--workers``);
 * ``FeatureExtractor(paths)``: the same files through the extractor (same loader settings);
 * ``FeatureExtractor(arrays)``: the same images already decoded in memory (uint8 HxWx3 arrays; decoded in-process).
 
@@ -85,7 +85,9 @@ def main() -> None:
         extractor = FeatureExtractor(config, weights)
         paths = [item.path for item in dataset.query]
         arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
-        cases = {"reference (extract_split)": lambda: torch.from_numpy(extract_split(model, dataset, cfg, "query")[0]),
+        cpu = torch.device("cpu")
+        cases = {"reference (extract_split)": lambda: torch.from_numpy(extract_split(model, dataset, cfg, "query",
+                                                                                     cpu)[0]),
                  "FeatureExtractor(paths)": lambda: extractor(paths),
                  "FeatureExtractor(arrays)": lambda: extractor(arrays)}
         times = {name: [] for name in cases}

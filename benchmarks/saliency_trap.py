@@ -200,8 +200,8 @@ def main(argv=None) -> None:
     metrics = {**tables["metrics"], **fig4["metrics"], **fig3["metrics"]}
 
     from esreid.data.datasets.synthetic import trap_groups
-    from esreid.viz.images import atomic_write
-    from esreid.viz.plots import Panel, plot_panels, read_metrics, training_panels
+    from esreid.files import atomic_write, read_jsonl
+    from esreid.viz.plots import Panel, plot_panels, training_panels
 
     t3, t5 = tables["tables"]["III"], tables["tables"]["V"]
     base, esnet = row_cells(t3, "Base"), row_cells(t5, "ES-Net")
@@ -234,7 +234,7 @@ def main(argv=None) -> None:
         with open(os.path.join(out, f"sweep_{res.sweep.name}_{SYNTHETIC}.md"), encoding="utf-8") as f:
             print("\n" + f.read())
     (fig3_cell,) = [c for cells in fig3["tables"]["configs"].cells.values() for c in cells]
-    panels = [p for p in training_panels(read_metrics(os.path.join(fig3_cell.folder, "metrics.jsonl")))
+    panels = [p for p in training_panels(read_jsonl(os.path.join(fig3_cell.folder, "metrics.jsonl")))
               if p.key == "erased_loss"]
     png = plot_panels([Panel(**{**vars(pn), "title": "Fig. 3 on SaliencyTrap (Base, seed 0)"}) for pn in panels],
                       columns=1, panel_size=(6.4, 4.2))

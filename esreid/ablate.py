@@ -23,7 +23,6 @@ configs of the table's first dataset with :func:`esreid.demo.demo_overrides` (ti
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
@@ -40,8 +39,9 @@ import yaml
 from esreid.config import Config, ConfigError, load_config, to_dict
 from esreid.engine.resume import flatten, under
 from esreid.errors import EsreidError
-from esreid.files import atomic_write_text
-from esreid.paper import TABLES, Column, Row, Table
+from esreid.evaluation.metric_keys import format_metrics
+from esreid.files import atomic_write
+from esreid.paper import PAPER_METRICS, TABLES, Column, Row, Table
 
 SYNTHETIC = "synthetic"
 TINY_BACKBONES = {"resnet50_nl": "resnet_tiny_nl"}  # demo scale: backbone -> its tiny stand-in (default resnet_tiny)
@@ -207,7 +207,7 @@ class Plan:
             if diff:
                 raise AblateError(f"{cell.folder} holds a run of another config (differs in {', '.join(diff[:5])}); "
                                   "choose another --out, or delete that folder to retrain it")
-        atomic_write_text(self.index, json.dumps(self.by_key, indent=1, sort_keys=True))
+        atomic_write(self.index, json.dumps(self.by_key, indent=1, sort_keys=True))
 
 
 def cell_config(cell: Cell) -> Config:
@@ -228,8 +228,8 @@ def run_cell(cell: Cell, progress: bool = False, log: Log = print) -> Dict[str, 
         resume = "auto" if os.path.isfile(os.path.join(cell.folder, "last.pth")) else None
         trainer = Trainer(cfg, resume=resume, progress=progress, log=log)
         if trainer.start_epoch >= cfg.solver.epochs:  # interrupted during the final evaluation: evaluate again
-            metrics = trainer.evaluate()
-            atomic_write_text(results, json.dumps(metrics, indent=2))
+            metrics, _ = trainer.evaluate()
+            atomic_write(results, json.dumps(metrics, indent=2))
             return metrics
         return trainer.train()
 
@@ -251,9 +251,7 @@ def run_all(plan: Plan, progress: bool = False, verbose: bool = False, log: Log 
                       "esreid ablate command")
             raise
         if not done:
-            m = out[cell.folder]
-            shown = "  ".join(f"{k} {100 * m[k]:.1f}" for k in ("mAP", "R1", "R5") if isinstance(m.get(k), float))
-            log(f"    {shown}  ({time.perf_counter() - start:.0f} s)")
+            log(f"    {format_metrics(out[cell.folder])}  ({time.perf_counter() - start:.0f} s)")
     return out
 
 
@@ -443,7 +441,7 @@ def plan_configs(plan: Plan, paths: Sequence[str], datasets: Sequence[str]) -> T
     synthetic = SYNTHETIC in datasets
     if datasets and not synthetic:
         raise ConfigError(f"--dataset with --configs: only {SYNTHETIC!r} applies (a config names its own dataset)")
-    column = synthetic_column("", ("R1", "mAP")) if synthetic else Column("run", "", "", ("R1", "mAP"))
+    column = synthetic_column("", PAPER_METRICS) if synthetic else Column("run", "", "", PAPER_METRICS)
     rows, cells = [], {}
     for path in paths:
         label = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(path))),
@@ -464,7 +462,7 @@ def scale_overrides(datasets: Sequence[str], out: str) -> List[str]:
 
 def _write(out: str, name: str, text: str) -> str:
     path = os.path.join(out, name)
-    atomic_write_text(path, text)
+    atomic_write(path, text)
     return path
 
 
@@ -503,7 +501,7 @@ def ablate(tables: Sequence[str] = (), sweeps: Sequence[str] = (), configs: Sequ
         stem = f"sweep_{res.sweep.name}_{res.column.key}"
         files += [_write(plan.out, f"{stem}.md", md), _write(plan.out, f"{stem}.csv", text)]
         if png:
-            from esreid.viz.images import atomic_write
+            from esreid.files import atomic_write
 
             files.append(atomic_write(os.path.join(plan.out, f"{stem}.png"), png))
     log("written: " + ", ".join(os.path.relpath(f, plan.out) for f in files))
@@ -515,13 +513,3 @@ def default_config_root() -> str:
     editable install run from another folder); a plain ``configs`` when neither exists (the error names it)."""
     checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
     return "configs" if os.path.isdir("configs") or not os.path.isdir(checkout) else checkout
-
-
-def ablate_main(args: argparse.Namespace) -> int:
-    """``esreid ablate`` (parsed in :mod:`esreid.cli`)."""
-    ablate(tables=args.table or (), sweeps=args.sweep or (), configs=args.configs or (),
-           datasets=args.dataset or (), seeds=args.seeds, out=args.out,
-           config_root=args.config_root or default_config_root(),
-           overrides=args.overrides, progress=not args.no_progress and args.verbose, verbose=args.verbose)
-    return 0
-

@@ -17,6 +17,7 @@ import torch
 
 from esreid.config import load_config
 from esreid.engine.trainer import Trainer
+from esreid.evaluation.metric_keys import reported
 
 # (train ids, test ids, images per id, epochs, milestones) for the full and the --quick demo
 SIZES = {
@@ -65,8 +66,8 @@ def chance_level(trainer: Trainer) -> Dict[str, float]:
     gf = torch.randn(len(ds.gallery), 64, generator=g)
     meta = lambda items: (np.array([i.pid for i in items]), np.array([i.camid for i in items]))  # noqa: E731
     (qp, qc), (gp, gc) = meta(ds.query), meta(ds.gallery)
-    return PROTOCOLS.get(ds.protocol)(qf, qp, qc, gf, gp, gc, metric="cosine", ap_mode="anchor", rerank=False,
-                                      ranks=(1, 5, 10, 20))
+    return {"protocol": ds.protocol, **PROTOCOLS.get(ds.protocol)(qf, qp, qc, gf, gp, gc, metric="cosine",
+                                                                  ap_mode="anchor", rerank=False, ranks=(1, 5, 10, 20))}
 
 
 def run_demo(quick: bool = False, output_dir: str = "outputs/demo", progress: bool = True,
@@ -106,9 +107,9 @@ def comparison_page(run_dir: str, trainers: Dict[str, Trainer], results: Dict[st
     to each model's report.html, and ``queries`` test queries whose rank-1 differs between the two models explained
     side by side (top-5, CG-RAM at each model's saliency layer). Returns its path."""
     from esreid.engine.evaluator import extract_test_features
-    from esreid.viz.explain import Explainer, ExplainError, dataset_queries, explanation_grids, select_queries
+    from esreid.engine.explain import Explainer, ExplainError, dataset_queries, explanation_grids, select_queries
+    from esreid.engine.reporting import cmc_curve
     from esreid.viz.report import RunSummary, write_comparison
-    from esreid.viz.runreport import cmc_curve
 
     runs, explainers, feats = [], [], []
     for method, t in trainers.items():
@@ -133,11 +134,11 @@ def comparison_page(run_dir: str, trainers: Dict[str, Trainer], results: Dict[st
 
 
 def format_table(results: Dict[str, Dict]) -> str:
-    cols = ["mAP", "R1", "R5", "R10", "mINP"]
-    head = f"{'method':<26}" + "".join(f"{c:>8}" for c in cols) + f"{'time':>9}"
+    cols = list({c.key: c for m in results.values() for c in reported(m)}.values())  # as the protocols declare
+    head = f"{'method':<26}" + "".join(f"{c.label:>8}" for c in cols) + f"{'time':>9}"
     lines = [head, "-" * len(head)]
     for name, m in results.items():
-        cells = "".join(f"{100 * m[c]:8.1f}" if c in m else f"{'-':>8}" for c in cols)
+        cells = "".join(f"{c.show(m[c.key]):>8}" if c.key in m else f"{'-':>8}" for c in cols)
         t = f"{m['train_seconds']:8.0f}s" if "train_seconds" in m else f"{'':>9}"
         lines.append(f"{name:<26}{cells}{t}")
     return "\n".join(lines)

@@ -15,23 +15,20 @@ bakes Python-side values into the graph, so every export is checked with onnxrun
 batch size when the batch axis is dynamic.
 
 ``esreid extract`` writes ``feats`` (N, D) float32, ``ids`` (N,) int64 (= pids), ``camids`` (N,) int64 and ``paths``
-(N,) str: the layout :func:`esreid.evaluation.search.search_main` reads.
+(N,) str: the layout :func:`esreid.evaluation.search.read_features` reads (``esreid search``).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import warnings
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from esreid.engine.checkpoint import load_trained_model
 from esreid.engine.evaluator import RetrievalModel
-from esreid.engine.threads import apply_threads
 
 TOLERANCE = 1e-4  # max |ONNX - PyTorch| / max(1, max |PyTorch|) accepted by verify_onnx
 
@@ -96,42 +93,42 @@ def verify_onnx(net: nn.Module, path: str, height: int, width: int, batches: Seq
     return worst
 
 
-def export_main(args: argparse.Namespace) -> int:
-    """``esreid export`` (arguments: ``esreid export --help``): a trained model as an ONNX graph (normalised images ->
-    retrieval features), checked with onnxruntime against PyTorch; a mismatch raises :class:`ExportError`."""
-    from esreid.config import load_config
+def export_model(config: str, weights: str, out: str, overrides: Sequence[str] = (), height: Optional[int] = None,
+                 width: Optional[int] = None, opset: int = 17, dynamic_batch: bool = False) -> float:
+    """``esreid export``: the trained model (opened by :func:`~esreid.engine.session.open_trained`, unplaced: CPU,
+    float32, eager) as an ONNX graph at ``out`` (normalised images ``(B|1, 3, height, width)``, default the config's
+    size -> retrieval features), checked with onnxruntime against PyTorch; a mismatch raises :class:`ExportError`.
+    Prints what was written; returns the max abs difference."""
+    from esreid.engine.session import open_trained
 
-    cfg = load_config(args.config, args.overrides)
-    apply_threads(cfg)
-    height, width = args.height or cfg.data.height, args.width or cfg.data.width
-    model = load_trained_model(cfg, args.weights)
+    session = open_trained(config, weights, overrides, device="cpu", place=False)
+    cfg, model = session.cfg, session.model
+    height, width = height or cfg.data.height, width or cfg.data.width
     net = RetrievalModel(model)
-    export_onnx(net, args.out, height, width, args.opset, args.dynamic_batch, batch=2 if args.dynamic_batch else 1)
-    diff = verify_onnx(net, args.out, height, width, batches=(2, 3) if args.dynamic_batch else (1,))
-    shape = ("B" if args.dynamic_batch else "1", 3, height, width)
+    export_onnx(net, out, height, width, opset, dynamic_batch, batch=2 if dynamic_batch else 1)
+    diff = verify_onnx(net, out, height, width, batches=(2, 3) if dynamic_batch else (1,))
+    shape = ("B" if dynamic_batch else "1", 3, height, width)
     rule = model.retrieval
-    print(f"wrote {args.out}: images {shape} -> feats (flip={rule.flip}, normalize={rule.normalize}, "
+    print(f"wrote {out}: images {shape} -> feats (flip={rule.flip}, normalize={rule.normalize}, "
           f"metric={rule.metric}); "
           f"onnxruntime vs PyTorch max abs diff {diff:.3g}")
-    return 0
+    return diff
 
 
-def extract_split(model: nn.Module, dataset, cfg, split: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The evaluator's features of ``split`` (train | query | gallery) of ``dataset`` (a ``ReIDDataset``), with the
-    test settings of ``cfg``.
+def extract_split(model: nn.Module, dataset, cfg, split: str, device: torch.device
+                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The evaluator's features of ``split`` (train | query | gallery) of ``dataset`` (a ``ReIDDataset``) by
+    ``model`` (placed on ``device`` by :func:`~esreid.engine.session.open_trained`), with the test settings of
+    ``cfg``.
 
     Returns ``feats`` (N, D) float32, ``pids`` (N,) int64, ``camids`` (N,) int64, ``paths`` (N,) str, in dataset order.
     """
     from esreid.data.base import DatasetError
-    from esreid.engine.compile import place_model
     from esreid.engine.evaluator import extract_items
-    from esreid.engine.trainer import resolve_device
 
     items = getattr(dataset, split)
     if not items:
         raise DatasetError(f"{cfg.data.name} ({cfg.data.root}): split {split!r} has no images")
-    device = resolve_device(cfg.device)
-    model = place_model(model, cfg.solver, device)
     feats, pids, camids = extract_items(model, items, cfg, device, f"{split} features")
     paths = np.array([item.path for item in items], dtype=str)
     return feats.numpy().astype(np.float32), pids.numpy().astype(np.int64), camids.numpy().astype(np.int64), paths
@@ -140,26 +137,19 @@ def extract_split(model: nn.Module, dataset, cfg, split: str) -> Tuple[np.ndarra
 SPLITS = ("query", "gallery", "train")
 
 
-def extract_main(args: argparse.Namespace) -> int:
-    """``esreid extract`` (arguments: ``esreid extract --help``): features of a dataset split (as ``esreid eval``
-    computes them) saved as ``.npz`` with ``feats``, ``ids`` (pids), ``camids``, ``paths``: the input of
-    ``esreid search --gallery/--query``; with ``--images``, of any images
-    (:func:`esreid.inference.extract_images_main`)."""
-    from esreid.cli import UsageError
+def extract_split_features(config: str, weights: str, split: str, out: str, overrides: Sequence[str] = ()) -> None:
+    """``esreid extract --split``: features of a dataset split (as ``esreid eval`` computes them) saved as ``.npz``
+    with ``feats``, ``ids`` (pids), ``camids``, ``paths``: the input of ``esreid search --gallery/--query``. Prints
+    what was written. (Features of any images: :func:`esreid.inference.extract_images`.)"""
     from esreid.config import load_config
     from esreid.data.base import build_dataset
-    from esreid.inference import check_output, extract_images_main, save_features
+    from esreid.engine.session import open_trained
+    from esreid.inference import check_output, save_features
 
-    if args.images:
-        return extract_images_main(args)
-    if args.names:
-        raise UsageError("--names reads pids from the file names of --images; a --split has its pids already")
-    check_output(args.out)
-    cfg = load_config(args.config, args.overrides)
-    apply_threads(cfg)
+    check_output(out)
+    cfg = load_config(config, overrides)
     dataset = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.args)
-    model = load_trained_model(cfg, args.weights)
-    feats, pids, camids, paths = extract_split(model, dataset, cfg, args.split)
-    save_features(args.out, feats, paths, pids, camids)
-    print(f"wrote {args.out}: {args.split} features {feats.shape} of {cfg.data.name}")
-    return 0
+    session = open_trained(cfg, weights)
+    feats, pids, camids, paths = extract_split(session.model, dataset, cfg, split, session.device)
+    save_features(out, feats, paths, pids, camids)
+    print(f"wrote {out}: {split} features {feats.shape} of {cfg.data.name}")

@@ -1,7 +1,7 @@
 """Writing files safely: the one implementation of atomic writes, the free-space and writability checks, and the
 clean-up of temporary files left behind by killed writers.
 
-Atomic writes (:func:`atomic_writer`, :func:`atomic_write_bytes`, :func:`atomic_write_text`) go to a temporary file
+Atomic writes (:func:`atomic_writer`, :func:`atomic_write`) go to a temporary file
 next to the target, are flushed and fsynced, then moved into place with ``os.replace``: the target holds either its
 old content or the complete new one, whatever happens (exception, kill, disk full). Temporary files are named::
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import re
@@ -29,7 +30,7 @@ import shutil
 import socket
 import stat
 import time
-from typing import BinaryIO, Iterator, List
+from typing import Any, BinaryIO, Dict, Iterator, List, Union
 
 from esreid.errors import EsreidError
 
@@ -127,15 +128,30 @@ def _fsync_folder(folder: str) -> None:
             os.close(fd)
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Replace ``path`` by ``data`` atomically (:func:`atomic_writer`)."""
+def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str]) -> str:
+    """Replace ``path`` by ``data`` (bytes, or text as UTF-8) atomically (:func:`atomic_writer`: a reader never sees
+    a half-written file, an interrupted write leaves the old one). Returns ``path`` as a string."""
+    path = os.fspath(path)
     with atomic_writer(path) as f:
-        f.write(data)
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    return path
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Replace ``path`` by ``text`` (UTF-8) atomically (:func:`atomic_writer`)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+def read_jsonl(path: str) -> List[Dict[str, Any]]:
+    """The records (JSON objects) of a JSON-lines file such as ``metrics.jsonl``, in file order: none when it does not
+    exist; a line cut short by a crash (not JSON, or not an object) is skipped."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
 
 
 def append_text(path: str, text: str) -> None:

@@ -18,7 +18,6 @@ layout :func:`esreid.evaluation.search.read_features` reads.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -28,12 +27,11 @@ import torch
 from torch.utils.data import Dataset
 
 from esreid.data.datasets._common import PID_CAM, is_image
-from esreid.errors import CheckpointError, ConfigError, DatasetError, EsreidError
+from esreid.errors import DatasetError, EsreidError
 from esreid.files import atomic_writer, check_writable
 from esreid.registry import Registry
 
 ImageInput = Union[str, "os.PathLike[str]", "PIL.Image.Image", np.ndarray]  # noqa: F821
-RUN_WEIGHTS = ("model_best.pth", "last.pth")  # what a run folder is read with, in order of preference
 
 
 class ImageInputError(EsreidError, ValueError):
@@ -196,37 +194,6 @@ def raise_errors(loader: Iterable[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------------------
 # The extractor
 # --------------------------------------------------------------------------------------------------------------
-def load_run(config: Any, weights: Optional[str] = None, overrides: Sequence[str] = ()) -> Tuple[Any, str]:
-    """``(cfg, weights path)`` from a config file + checkpoint, a loaded :class:`~esreid.config.Config` + checkpoint,
-    or a run folder (its ``config.yaml`` and, unless ``weights`` is given, ``model_best.pth`` when present, else
-    ``last.pth``)."""
-    from esreid.config import Config, load_config
-
-    if isinstance(config, Config):
-        if overrides:
-            raise ConfigError("overrides apply to a config file or run folder, not to a loaded Config (change it "
-                              "with dataclasses.replace)")
-        cfg = config
-    elif os.path.isdir(config):
-        path = os.path.join(config, "config.yaml")
-        if not os.path.isfile(path):
-            raise ConfigError(f"{config}: not a run folder (no config.yaml); give a config file and --weights, or the "
-                              "output_dir of an esreid train run")
-        cfg = load_config(path, list(overrides))
-        if weights is None:
-            found = [os.path.join(config, n) for n in RUN_WEIGHTS if os.path.isfile(os.path.join(config, n))]
-            if not found:
-                raise CheckpointError(f"{config}: no {' or '.join(RUN_WEIGHTS)} in this run folder (has the run "
-                                      "finished an epoch?); give the checkpoint as weights")
-            weights = found[0]
-    else:
-        cfg = load_config(os.fspath(config), list(overrides))
-    if weights is None:
-        raise CheckpointError(f"{config}: a config file needs its trained weights (a .pth checkpoint), or give the "
-                              "run folder instead")
-    return cfg, os.fspath(weights)
-
-
 class FeatureExtractor:
     """Retrieval features of any images from a trained model, computed exactly as the evaluator computes them.
 
@@ -254,15 +221,10 @@ class FeatureExtractor:
     def __init__(self, config: Any, weights: Optional[str] = None, *, overrides: Sequence[str] = (),
                  device: Optional[str] = None, batch_size: Optional[int] = None, workers: Optional[int] = None):
         from esreid.data.transforms import TestTransform
-        from esreid.engine.checkpoint import load_trained_model
-        from esreid.engine.compile import place_model
-        from esreid.engine.threads import apply_threads
-        from esreid.engine.trainer import resolve_device
+        from esreid.engine.session import open_trained
 
-        self.cfg, self.weights = load_run(config, weights, overrides)
-        apply_threads(self.cfg)
-        self.device = resolve_device(device or self.cfg.device)
-        self.model = place_model(load_trained_model(self.cfg, self.weights), self.cfg.solver, self.device)
+        session = open_trained(config, weights, overrides, device=device or None)
+        self.cfg, self.weights, self.device, self.model = session.cfg, session.weights, session.device, session.model
         data = self.cfg.data
         self.data = dataclasses.replace(data, cache=False, test_batch_size=batch_size or data.test_batch_size,
                                         workers=data.workers if workers is None else workers)
@@ -339,15 +301,17 @@ def save_features(out: str, feats: np.ndarray, paths: Sequence[str], pids: Optio
         np.savez(f, **arrays)
 
 
-def extract_images_main(args: argparse.Namespace) -> int:
+def extract_images(config: str, weights: str, images: str, out: str, names: Optional[str] = None,
+                   overrides: Sequence[str] = ()) -> np.ndarray:
     """``esreid extract --images DIR|LIST``: features of any images (a folder, recursively, or a text file listing
-    paths), saved with their paths; pids and cameras parsed from the file names with ``--names LAYOUT``."""
-    check_output(args.out)
-    paths = image_paths(args.images)
-    pids, camids = parse_names(paths, args.names) if args.names else (None, None)
-    extractor = FeatureExtractor(args.config, args.weights, overrides=args.overrides)
+    paths), saved with their paths to ``out``; pids and cameras parsed from the file names with ``names`` (a
+    layout: :func:`parse_names`). Prints what was written; returns the features (N, D)."""
+    check_output(out)
+    paths = image_paths(images)
+    pids, camids = parse_names(paths, names) if names else (None, None)
+    extractor = FeatureExtractor(config, weights, overrides=overrides)
     feats = extractor(paths).numpy()
-    save_features(args.out, feats, paths, pids, camids)
-    known = f", pids and cameras from the {args.names} names" if args.names else ""
-    print(f"wrote {args.out}: features {feats.shape} of {len(paths)} images under {args.images}{known}")
-    return 0
+    save_features(out, feats, paths, pids, camids)
+    known = f", pids and cameras from the {names} names" if names else ""
+    print(f"wrote {out}: features {feats.shape} of {len(paths)} images under {images}{known}")
+    return feats

@@ -47,9 +47,10 @@ class Table:
         return tuple(dict.fromkeys(c.folder for c in self.columns))
 
 
-MARKET = Column("market1501", "Market-1501", "market1501", ("R1", "mAP"))
-DUKE = Column("dukemtmcreid", "DukeMTMC-reID", "dukemtmcreid", ("R1", "mAP"))
-MSMT = Column("msmt17", "MSMT17", "msmt17", ("R1", "mAP"))
+PAPER_METRICS = ("R1", "mAP")  # the columns the papers print per person re-ID dataset
+MARKET = Column("market1501", "Market-1501", "market1501", PAPER_METRICS)
+DUKE = Column("dukemtmcreid", "DukeMTMC-reID", "dukemtmcreid", PAPER_METRICS)
+MSMT = Column("msmt17", "MSMT17", "msmt17", PAPER_METRICS)
 PERSON = (MARKET, DUKE, MSMT)
 VEHICLEID = tuple(Column(f"vehicleid-{size}", title, "vehicleid", ("R1", "R5"), (f"data.args={{test_size: {size}}}",))
                   for size, title in ((800, "VehicleID Small"), (1600, "VehicleID Medium"), (2400, "VehicleID Large")))

@@ -12,6 +12,7 @@ from esreid.engine.checkpoint import load_checkpoint, load_trained_model, save_c
 from esreid.engine.hooks import BestCheckpointHook
 from esreid.engine.trainer import Trainer
 from esreid.errors import ConfigError
+from esreid.evaluation.metric_keys import MetricKey, declared
 
 
 def test_periodic_checkpoints_hold_weights_only_and_the_newest_are_kept(tmp_path, tiny_config):
@@ -49,8 +50,9 @@ def test_full_periodic_checkpoints_can_be_resumed(tmp_path, tiny_config):
 
 
 class FakeTrainer:
-    """What BestCheckpointHook uses of the trainer: ``start_epoch`` and ``save_checkpoint``, which records the
-    metrics of the evaluation being saved (as the trainer does through ``state.metrics``)."""
+    """What BestCheckpointHook uses of the trainer when there is no metrics.jsonl: ``start_epoch`` and
+    ``save_checkpoint``, which records the metrics of the evaluation being saved (as the trainer does through
+    ``state.metrics``)."""
 
     def __init__(self, start_epoch):
         self.start_epoch, self.saved, self.metrics = start_epoch, [], {}
@@ -62,27 +64,39 @@ class FakeTrainer:
                         metrics=self.metrics)
 
 
-def feed(hook, values, first_epoch=1):
+MAP = next(m for m in declared("market").keys if m.key == "mAP")
+
+
+def feed(hook, values, first_epoch=1, key="mAP"):
     for epoch, value in enumerate(values, start=first_epoch):
-        hook.trainer.metrics = {"epoch": epoch, "mAP": value}
-        hook.on_record({"type": "epoch", "epoch": epoch, "mAP": 1.0})  # not an evaluation: ignored
+        hook.trainer.metrics = {"epoch": epoch, key: value}
+        hook.on_record({"type": "epoch", "epoch": epoch, key: 1.0})  # not an evaluation: ignored
         hook.on_record({"type": "eval", **hook.trainer.metrics})
 
 
 def test_best_hook_writes_on_improvement_only_and_resumes_from_the_file(tmp_path):
-    hook = BestCheckpointHook(str(tmp_path), "mAP", full=False)
+    hook = BestCheckpointHook(str(tmp_path), MAP, full=False)
     hook.trainer = FakeTrainer(start_epoch=0)
     feed(hook, [0.5, 0.4, 0.6, 0.6])
     assert hook.trainer.saved == [(1, False), (3, False)]
-    resumed = BestCheckpointHook(str(tmp_path), "mAP")
+    resumed = BestCheckpointHook(str(tmp_path), MAP)
     resumed.trainer = FakeTrainer(start_epoch=4)
+    resumed.after_resume()  # as Trainer.resume() does; no metrics.jsonl: the value to beat is the file's
     feed(resumed, [0.55, 0.7], first_epoch=5)  # 0.55 does not beat the 0.6 model_best.pth records
     assert resumed.trainer.saved == [(6, False)]
     assert load_checkpoint(str(tmp_path / "model_best.pth"))["metrics"]["mAP"] == 0.7
 
 
+def test_best_hook_follows_the_declared_direction(tmp_path):
+    """A metric declared lower-is-better is kept at its minimum (a hook comparing with ``>`` keeps epochs 1, 2)."""
+    hook = BestCheckpointHook(str(tmp_path), MetricKey("err", "error", higher_is_better=False))
+    hook.trainer = FakeTrainer(start_epoch=0)
+    feed(hook, [0.5, 0.6, 0.3, 0.4], key="err")
+    assert hook.trainer.saved == [(1, False), (3, False)]
+
+
 def test_best_metric_must_be_one_the_evaluation_reports():
-    with pytest.raises(ConfigError, match=r"key 'checkpoint.best': expected one of mAP, mINP, R1, R5, R10, R20 .*"
+    with pytest.raises(ConfigError, match=r"key 'checkpoint.best': expected one of mAP, mINP, R1, R5, R10, R20, mRR .*"
                                           r"got 'R3'"):
         load_config(None, ["checkpoint.best=R3"])
     assert load_config(None, ["checkpoint.best=R3", "test.ranks=[1,3]"]).checkpoint.best == "R3"

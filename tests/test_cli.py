@@ -9,8 +9,10 @@ import sys
 import pytest
 
 import esreid
-from esreid import cli
 from esreid.cli import build_parser, main, parse_args
+from esreid.commands import models as models_command
+from esreid.commands import train as train_command
+from esreid.commands.models import describe
 from esreid.errors import EsreidError
 
 CONFIG = "configs/market1501/esnet.yaml"
@@ -68,7 +70,7 @@ def test_version(capsys):
 def test_overrides_anywhere(monkeypatch, argv):
     monkeypatch.chdir(REPO)
     args = parse_args(argv)
-    assert args.config == CONFIG and args.handler is cli._cmd_train
+    assert args.config == CONFIG and args.handler is train_command.run
     assert args.overrides == [t for t in argv if "=" in t]
     assert args.resume == ("auto" if "--resume" in argv else None)
 
@@ -131,19 +133,19 @@ def raising(exc):
      "esreid: internal error: KeyError: 'k' (rerun with --debug for the traceback; please report it)"),
 ])
 def test_error_policy(monkeypatch, capsys, exc, code, line):
-    monkeypatch.setattr(cli, "_cmd_models", raising(exc))
+    monkeypatch.setattr(models_command, "run", raising(exc))
     assert main(["models"]) == code
     assert one_error_line(capsys) == line
 
 
 @pytest.mark.parametrize("argv", [["--debug", "models"], ["models", "--debug"]])
 def test_debug_shows_the_traceback(monkeypatch, capsys, argv):
-    monkeypatch.setattr(cli, "_cmd_models", raising(RuntimeError("shape mismatch")))
+    monkeypatch.setattr(models_command, "run", raising(RuntimeError("shape mismatch")))
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("Traceback (most recent call last):") and 'raise exc' in err
     assert err.endswith("esreid: internal error: RuntimeError: shape mismatch (please report it)\n")
-    monkeypatch.setattr(cli, "_cmd_models", raising(EsreidError("fix it")))
+    monkeypatch.setattr(models_command, "run", raising(EsreidError("fix it")))
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("Traceback") and err.endswith("esreid: error: fix it\n")
@@ -169,13 +171,13 @@ HINT = "interrupted at epoch 3, iteration 17; continue with: esreid train --conf
     (interrupt(HINT, on_cause=True), f"esreid: interrupted\nesreid: {HINT}\n"),
 ])
 def test_ctrl_c_exits_130_with_the_hint(monkeypatch, capsys, exc, err):
-    monkeypatch.setattr(cli, "_cmd_models", raising(exc))
+    monkeypatch.setattr(models_command, "run", raising(exc))
     assert main(["models"]) == 130
     assert capsys.readouterr().err == err
 
 
 def test_closed_stdout_is_not_an_error(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_cmd_models", raising(BrokenPipeError(32, "Broken pipe")))
+    monkeypatch.setattr(models_command, "run", raising(BrokenPipeError(32, "Broken pipe")))
     monkeypatch.setattr(sys, "stdout", sys.stdout)  # restored after main() points it at os.devnull
     assert main(["models"]) == 0 and capsys.readouterr().err == ""
 
@@ -205,7 +207,6 @@ print(sorted(m for m in {HEAVY!r} if m in sys.modules))
 
 
 def test_models_lists_every_registry(capsys):
-    import esreid.data.datasets  # noqa: F401
     from esreid.data.base import DATASETS
     from esreid.evaluation.protocols import PROTOCOLS
     from esreid.evaluation.search import INDEX_KINDS
@@ -249,9 +250,9 @@ def test_describe_uses_the_docstring_or_a_module_of_its_own():
 
         for f in (documented, bare, other):
             f.__module__ = "fake_mod"
-        assert cli.describe(documented, [documented, bare, other]) == "First line."
-        assert cli.describe(bare, [bare, print]) == "Module summary."  # the only one registered from its module
-        assert cli.describe(bare, [bare, other]) == "(no description)"  # the module describes several
+        assert describe(documented, [documented, bare, other]) == "First line."
+        assert describe(bare, [bare, print]) == "Module summary."  # the only one registered from its module
+        assert describe(bare, [bare, other]) == "(no description)"  # the module describes several
     finally:
         del sys.modules["fake_mod"]
 
@@ -326,3 +327,21 @@ def test_datasets_cache_builds_what_training_reads(tmp_path, capsys):
     ds = build_dataset(c.data.name, c.data.root, **c.data.args)
     build_train_loader(c.data, ds.train)  # reuses the cache: no new files
     assert sorted(p.name for p in cache_dir.iterdir()) == built
+
+
+def test_a_command_is_one_module(tmp_path, monkeypatch, capsys):
+    """A module in esreid/commands with ORDER, add_parser and run is a command: listed in --help at its ORDER and run
+    by main, with nothing else edited (modules whose name starts with _ are not commands)."""
+    import esreid.commands
+
+    (tmp_path / "hello.py").write_text(
+        "from esreid.commands._args import command\nORDER = 15\n"
+        "def add_parser(sub):\n    command(sub, 'hello', 'say hello', ['esreid hello'], handler=run)\n"
+        "def run(args):\n    print('hello from a plugged-in command')\n    return 0\n")
+    (tmp_path / "_helper.py").write_text("raise AssertionError('not a command')\n")
+    monkeypatch.setattr(esreid.commands, "__path__", [*esreid.commands.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "esreid.commands.hello", raising=False)
+    names = list(build_parser().commands)
+    assert names[names.index("demo") + 1] == "hello"  # ORDER 15: between demo (10) and train (20)
+    assert main(["hello"]) == 0 and capsys.readouterr().out == "hello from a plugged-in command\n"
+    monkeypatch.delitem(sys.modules, "esreid.commands.hello")

@@ -185,6 +185,18 @@ def test_a_wrong_type_for_every_key_is_named(tmp_path, capsys, key, spec):
     assert f"{path}: key '{key}'" in err and words in err, err
 
 
+NOT_NULL = [(k, spec) for k, spec in FIELDS
+            if spec[1] is not typing.Any and type(None) not in typing.get_args(spec[1])]
+
+
+@pytest.mark.parametrize("key, spec", NOT_NULL, ids=[k for k, _ in NOT_NULL])
+def test_null_is_refused_where_the_key_takes_no_null(tmp_path, capsys, key, spec):
+    # threads: null (int or 'auto') was accepted and crashed the run at int(None)
+    model, _, _ = spec
+    err, path = cli_error(tmp_path, capsys, yaml_for(key, "null", model))
+    assert f"{path}: key '{key}'" in err and ("got null" in err or "got None" in err or "is empty" in err), err
+
+
 def list_of(n):
     """YAML text of a list of ``n`` copies of a value (a list field with a declared length gets that many items)."""
     return lambda v: "[" + ", ".join([str(v)] * n) + "]"

@@ -131,7 +131,8 @@ def test_the_evaluator_honours_the_retrieval_rule(monkeypatch, name, flip, norma
         protocol = "market"
 
     cfg = config(name)
-    evaluator.evaluate_model(model, Dataset(), cfg, torch.device("cpu"))
+    features = evaluator.extract_test_features(model, Dataset(), cfg, torch.device("cpu"))
+    evaluator.evaluate_features(features, Dataset(), cfg, model.retrieval.metric)
     assert seen["metric"] == metric
 
 

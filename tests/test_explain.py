@@ -17,10 +17,10 @@ from esreid.config import dump_yaml, to_dict
 from esreid.data.base import build_dataset
 from esreid.engine.checkpoint import save_checkpoint
 from esreid.engine.evaluator import extract_items
+from esreid.engine.explain import Explainer, dataset_queries
 from esreid.erasing.cgram import cgram_pair
 from esreid.evaluation.distance import pairwise_distance
 from esreid.models import MODELS, build_model
-from esreid.viz.explain import Explainer, dataset_queries
 
 NUM_CLASSES = 4
 # 192x64: every model's defaults are valid (12x4 layer4 map); 6 test ids x 5 images at 96x32, resized by the loader
@@ -117,7 +117,7 @@ def test_batched_maps_are_the_maps_of_each_pair(trained, name):
             torch.testing.assert_close(r.query_maps[j], mq[0], rtol=1e-4, atol=1e-6)
             torch.testing.assert_close(r.gallery_maps[j], mg[0], rtol=1e-4, atol=1e-6)
             shown = float(s[0]) if e.cosine else -float(s[0])
-            assert shown == pytest.approx(float(r.scores[j]), abs=1e-4)
+            assert shown == pytest.approx(float(r.scores[j]), rel=1e-4, abs=1e-4)  # float32 sums in another order
         assert (r.query_maps.flatten(1).amax(1) > 0).all()
 
 
@@ -239,3 +239,35 @@ def test_visualize_is_the_one_pair_case(trained, tmp_path, capsys):
     assert f"cosine similarity of the ranked features (flip=True, normalize=True): {cos:.4f}" in printed
     with Image.open(out) as img:
         assert img.width > 2 * 64 and img.height > 3 * 192
+
+
+def test_explain_ranks_with_the_model_eval_places(trained, tmp_path, capsys, monkeypatch):
+    """With solver.channels_last on, explain must rank with the model placed as esreid eval places it (one session
+    helper): channels_last weights on cfg.device, and the same gallery features (to 1e-6) and ranking as eval's. A
+    model moved with .to(device) (contiguous weights) fails the placement check."""
+    import esreid.engine.evaluator as evaluator
+
+    _, config, weights, _ = trained("esnet", extra=["solver.channels_last=true", "device=cpu"])
+    seen = {}
+    extract = evaluator.extract_features
+
+    def spy(model, loader, device, transform, amp="none", desc="features", channels_last=False):
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        out = extract(model, loader, device, transform, amp, desc, channels_last)
+        seen[desc] = (conv.weight.is_contiguous(memory_format=torch.channels_last), str(device), out[0])
+        return out
+
+    monkeypatch.setattr(evaluator, "extract_features", spy)
+    assert main(["eval", "--config", config, "--weights", weights, "--out", str(tmp_path / "eval")]) == 0
+    code, out, err = run_explain(capsys, config, weights, tmp_path / "x", "--query-index", "0", "3", "-k", "5",
+                                 "--no-maps")
+    assert code == 0, err
+    eval_cl, eval_device, eval_gallery = seen["gallery features"]
+    explain_cl, explain_device, explain_gallery = seen["esnet: gallery features"]
+    assert eval_cl and explain_cl and eval_device == explain_device == "cpu"
+    torch.testing.assert_close(explain_gallery, eval_gallery, rtol=0, atol=1e-6)
+    qf = seen["query features"][2]
+    d = pairwise_distance(qf.double(), eval_gallery.double(), "cosine").numpy()
+    rows = np.argsort(d, axis=1, kind="stable")[:, :5]
+    ranked = json.loads((tmp_path / "x" / "ranked.json").read_text())
+    assert [[m["row"] for m in q["ranked"][0]] for q in ranked["queries"]] == rows[[0, 3]].tolist()

@@ -12,8 +12,8 @@ from esreid.files import StorageError
 
 def test_atomic_write_replaces_or_keeps_the_old_file(tmp_path):
     path = str(tmp_path / "results.json")
-    files.atomic_write_text(path, "old ✓")
-    files.atomic_write_text(path, "new ✓")
+    files.atomic_write(path, "old ✓")
+    files.atomic_write(path, "new ✓")
     assert (tmp_path / "results.json").read_text(encoding="utf-8") == "new ✓"
     with pytest.raises(KeyboardInterrupt):
         with files.atomic_writer(path) as f:
@@ -21,7 +21,7 @@ def test_atomic_write_replaces_or_keeps_the_old_file(tmp_path):
             raise KeyboardInterrupt
     assert (tmp_path / "results.json").read_text(encoding="utf-8") == "new ✓"
     assert os.listdir(tmp_path) == ["results.json"]
-    files.atomic_write_bytes(str(tmp_path / "sub" / "b.bin"), b"\x00\x01")  # creates the folder
+    files.atomic_write(str(tmp_path / "sub" / "b.bin"), b"\x00\x01")  # creates the folder
     assert (tmp_path / "sub" / "b.bin").read_bytes() == b"\x00\x01"
 
 
@@ -37,10 +37,10 @@ def test_temp_files_sit_next_to_the_target_and_are_recognised(tmp_path):
 
 def test_disk_full_while_writing_names_the_path_and_keeps_the_old_file(tmp_path, monkeypatch, storage):
     path = str(tmp_path / "config.yaml")
-    files.atomic_write_text(path, "old")
+    files.atomic_write(path, "old")
     storage.simulate_full_disk(monkeypatch, 10)
     with pytest.raises(StorageError, match=f"cannot write {path}: No space left on device; free space"):
-        files.atomic_write_text(path, "a longer new text")
+        files.atomic_write(path, "a longer new text")
     assert (tmp_path / "config.yaml").read_text() == "old" and os.listdir(tmp_path) == ["config.yaml"]
     with pytest.raises(StorageError, match="metrics.jsonl: No space left"):
         files.append_text(str(tmp_path / "metrics.jsonl"), "x" * 20)
@@ -49,14 +49,14 @@ def test_disk_full_while_writing_names_the_path_and_keeps_the_old_file(tmp_path,
 def test_fsync_error_is_reported(tmp_path, monkeypatch):
     """Network file systems report a full disk at fsync/close, after every write succeeded."""
     path = str(tmp_path / "a.txt")
-    files.atomic_write_text(path, "old")
+    files.atomic_write(path, "old")
 
     def fsync(fd):
         raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
 
     monkeypatch.setattr(files.os, "fsync", fsync)
     with pytest.raises(StorageError, match="a.txt: Disk quota exceeded"):
-        files.atomic_write_text(path, "new")
+        files.atomic_write(path, "new")
     assert (tmp_path / "a.txt").read_text() == "old" and os.listdir(tmp_path) == ["a.txt"]
 
 
@@ -64,7 +64,7 @@ def test_read_only_folder(tmp_path, monkeypatch, storage):
     storage.simulate_read_only(monkeypatch)
     path = str(tmp_path / "results.json")
     with pytest.raises(StorageError, match=f"cannot write {path}: Read-only file system; make {tmp_path} writable"):
-        files.atomic_write_text(path, "x")
+        files.atomic_write(path, "x")
     with pytest.raises(StorageError, match=f"output_dir {tmp_path} is not writable \\(Read-only file system\\)"):
         files.check_writable(str(tmp_path), "output_dir")
     with pytest.raises(StorageError, match="Read-only"):
@@ -80,7 +80,7 @@ def test_read_only_folder_by_chmod(tmp_path, storage):
         with pytest.raises(StorageError, match=f"output_dir {folder} is not writable \\(Permission denied\\)"):
             files.check_writable(str(folder), "output_dir")
         with pytest.raises(StorageError, match="Permission denied; make"):
-            files.atomic_write_text(str(folder / "a.txt"), "x")
+            files.atomic_write(str(folder / "a.txt"), "x")
     finally:
         os.chmod(folder, 0o755)
 

@@ -86,7 +86,8 @@ def test_factor_is_checked_at_load(value, message):
 @pytest.mark.parametrize("lr, stop", [
     (1e6, r"^training diverged at epoch 1, iteration 4: the loss stayed above 10 x the untrained model's loss 4.338 "
           r"for 3 steps \(ce=.*\); no checkpoint was written yet"),
-    (10.0, r"^training diverged at epoch 1, iteration 5: the loss stayed above 10 x"),
+    # lr=10 passes 10x within a few steps; the exact step depends on the machine's float summation order
+    (10.0, r"^training diverged at epoch 1, iteration \d+: the loss stayed above 10 x"),
     (1e30, r"^non-finite loss at epoch 1, iteration 2 \(ce=nan, triplet=nan, loss=nan\); no checkpoint was written"),
 ])
 def test_huge_learning_rates_stop_the_run_before_any_checkpoint(tmp_path, tiny_config, lr, stop):

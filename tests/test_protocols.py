@@ -35,9 +35,11 @@ def test_market_equals_evaluate_rank(rerank):
                                   ranks=[1, 5], chunk_size=4)
     dist = re_ranking(qf, gf, metric="euclidean") if rerank else pairwise_distance(qf, gf, "euclidean")
     want = evaluate_rank(qp, gp, qc, gc, distmat=dist, ap_mode="official")
-    assert out == {**want.as_dict((1, 5)), "cmc": want.cmc.tolist(), "num_valid_q": want.num_valid_q,
-                   "num_skipped_q": want.num_skipped_q}
-    assert out["cmc"] == brute_force(dist.numpy(), qp, gp, qc, gc, 50)[0].tolist()  # CMC(r) = [k_1 <= r], r = 1..50
+    cmc = brute_force(dist.numpy(), qp, gp, qc, gc, 50)[0]  # CMC(r) = [k_1 <= r], r = 1..50 (all 50 gallery ranks)
+    mrr = float(np.sum(np.diff(np.r_[0.0, cmc]) / np.arange(1, 51)))  # the fraction of first hits at r, over r
+    assert out == {**want.as_dict((1, 5)), "mRR": pytest.approx(mrr), "cmc": want.cmc.tolist(),
+                   "num_valid_q": want.num_valid_q, "num_skipped_q": want.num_skipped_q}
+    assert out["cmc"] == cmc.tolist()
     json.dumps(out)
 
 

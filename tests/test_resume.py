@@ -148,7 +148,8 @@ def test_a_finished_run_says_so_and_reports_its_results(tmp_path, tiny_config, c
                 "it to train longer)\n") in out
         assert out.endswith(f"final: mAP {100 * results['mAP']:.1f}  mINP {100 * results['mINP']:.1f}  "
                             f"R1 {100 * results['R1']:.1f}  R5 {100 * results['R5']:.1f}  "
-                            f"R10 {100 * results['R10']:.1f}  R20 {100 * results['R20']:.1f}\n")
+                            f"R10 {100 * results['R10']:.1f}  R20 {100 * results['R20']:.1f}  "
+                            f"mRR {100 * results['mRR']:.1f}\n")
         assert json.loads((run / "results.json").read_text()) == results  # re-created from the recorded evaluation
 
 

@@ -68,6 +68,10 @@ def test_log_txt_holds_exactly_the_console_lines(run):
     assert all(" data " in e and " ETA " in e and " MiB" in e for e in epochs)
     assert epochs[-1].split("ETA ")[1].startswith(format_seconds(0.0))
     assert lines[-1] == f"report: {out / 'report.html'}"
+    results = json.loads((out / "results.json").read_text())
+    evals = [line for line in lines if line.startswith(f"epoch {EPOCHS}: mAP ")]  # every declared metric, in order
+    assert evals == [f"epoch {EPOCHS}: " + "  ".join(f"{k} {100 * results[k]:.1f}" for k in
+                                                     ("mAP", "mINP", "R1", "R5", "R10", "R20", "mRR"))]
     assert err == ""  # progress=True, but stderr is no terminal: no bar, no carriage returns
 
 
@@ -97,7 +101,7 @@ def test_report_in_headless_chromium_matches_results_json(run, chromium, tmp_pat
     seen = page.evaluate(READ_PAGE)
     assert seen["headings"] == ["Metrics", "Plots", "Explanations", "Timings", "Config", "Environment"]
     cells = {c["metric"]: c for c in seen["cells"]}
-    assert set(cells) == {"mAP", "R1", "R5", "R10", "R20", "mINP"}
+    assert set(cells) == {"mAP", "R1", "R5", "R10", "R20", "mINP", "mRR"}  # what the market protocol declares
     for key, cell in cells.items():
         assert cell["value"] == repr(results[key]) and cell["text"] == f"{100 * results[key]:.1f}"
     alts = [img["alt"] for img in seen["images"]]

@@ -5,7 +5,8 @@ import pytest
 import torch
 from matplotlib import colormaps
 
-from esreid.viz.images import as_rgb, atomic_write, overlay, upsample_map
+from esreid.files import atomic_write
+from esreid.viz.images import as_rgb, overlay, upsample_map
 
 
 def test_as_rgb_reads_every_layout_the_same(tmp_path):

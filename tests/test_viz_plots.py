@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from esreid.files import read_jsonl
 from esreid.viz.plots import (
     branch_of,
     cmc_panel,
@@ -16,7 +17,6 @@ from esreid.viz.plots import (
     plot_cmc,
     plot_panels,
     plot_training,
-    read_metrics,
     training_panels,
 )
 
@@ -98,11 +98,12 @@ def test_missing_keys_are_skipped():
     assert plot_training([]) is None and plot_training([{"type": "epoch", "epoch": 1}]) is None
 
 
-def test_read_metrics_skips_a_line_cut_short(tmp_path):
+def test_read_jsonl_skips_a_line_cut_short(tmp_path):
     path = tmp_path / "metrics.jsonl"
     records = esnet_records()
-    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"type": "train", "ep')
-    assert read_metrics(str(path)) == records
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '[1, 2]\n{"type": "train", "ep')
+    assert read_jsonl(str(path)) == records  # the list line and the cut line skipped
+    assert read_jsonl(str(tmp_path / "missing.jsonl")) == []
 
 
 def test_cmc_panel():

@@ -17,7 +17,7 @@ import esreid.models.backbones.weights as weights
 from esreid.cli import main
 from esreid.config import load_config
 from esreid.errors import ConfigError
-from esreid.models.backbones import BACKBONES, build_backbone
+from esreid.models.backbones import BACKBONES, build_backbone, imagenet_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,10 +56,10 @@ def test_shipped_configs_name_torchvision_weights_of_their_backbone():
     assert paths
     for path in paths:
         model = load_config(path).model
-        imagenet = weights.imagenet_of(model.backbone)  # resnet50_nl (AGW) loads resnet50's weights
+        imagenet = imagenet_of(model.backbone)  # resnet50_nl (AGW) loads resnet50's weights
         assert model.pretrained == f"torchvision:{imagenet}", path
         assert weights.url_of(model.pretrained) == weights.TORCHVISION[imagenet]
-        assert weights.problem_before_training(model.pretrained, model.backbone) is None
+        assert weights.problem_before_training(model.pretrained, model.backbone, imagenet) is None
 
 
 def test_a_cached_file_is_read_without_the_network(cache):

@@ -6,7 +6,6 @@ from esreid.config.schema import (
     BACKBONE_NAMES,
     ERASE_VALUE_NAMES,
     POOLING_NAMES,
-    STAGE_NAMES,
     CheckpointConfig,
     Config,
     DataConfig,
@@ -32,14 +31,13 @@ from esreid.config.typed import (
     load_raw,
     param,
     parse_override,
-    registry_names,
     to_dict,
 )
 from esreid.errors import ConfigError
 
 __all__ = [
-    "BACKBONE_NAMES", "ERASE_VALUE_NAMES", "POOLING_NAMES", "STAGE_NAMES", "CheckpointConfig", "Config", "DataConfig",
+    "BACKBONE_NAMES", "ERASE_VALUE_NAMES", "POOLING_NAMES", "CheckpointConfig", "Config", "DataConfig",
     "DiagnosticsConfig", "GuardConfig", "LossConfig", "ModelConfig", "SolverConfig", "TestConfig", "build_config",
     "dataset_class", "invalid", "load_config", "model_config_class", "FLOAT_LIMIT", "Check", "Invalid", "Section",
-    "apply_overrides", "dump_yaml", "load_raw", "param", "parse_override", "registry_names", "to_dict", "ConfigError",
+    "apply_overrides", "dump_yaml", "load_raw", "param", "parse_override", "to_dict", "ConfigError",
 ]

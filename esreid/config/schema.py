@@ -21,11 +21,11 @@ Checks that need the dataset (enough identities for a batch, a readable test spl
 
 from __future__ import annotations
 
-import importlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Union
 
+from esreid.config.pretrained import config_problem
 from esreid.config.typed import (
     Invalid,
     Origins,
@@ -35,14 +35,20 @@ from esreid.config.typed import (
     apply_overrides,
     load_raw,
     param,
-    registry_names,
 )
 from esreid.errors import ConfigError
+from esreid.registry import RegistryRef
 
-STAGE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")  # the backbone stage API (models/backbones)
-BACKBONE_NAMES = registry_names("esreid.models.backbones", "BACKBONES")
-POOLING_NAMES = registry_names("esreid.models.pooling", "POOLING")
-ERASE_VALUE_NAMES = registry_names("esreid.erasing.besm", "ERASE_VALUES")  # BESM's "set to 0" (docs/methods.md §7 #6)
+# The registries the schema checks names against, imported (and filled) when a config is checked, never when this
+# module is imported: the config layer sits below models, data and engine.
+MODELS = RegistryRef("esreid.models:MODELS")
+BACKBONES = RegistryRef("esreid.models.backbones:BACKBONES")
+POOLING = RegistryRef("esreid.models.pooling:POOLING")
+DATASETS = RegistryRef("esreid.data.base:DATASETS")
+PROTOCOLS = RegistryRef("esreid.evaluation.protocols:PROTOCOLS")
+BACKBONE_NAMES = BACKBONES.names
+POOLING_NAMES = POOLING.names
+ERASE_VALUE_NAMES = RegistryRef("esreid.erasing.besm:ERASE_VALUES").names  # BESM's "set to 0" (docs/methods.md §7 #6)
 
 
 @dataclass
@@ -55,7 +61,7 @@ class LossConfig(Section):
     triplet_margin: float = param(0.3, ge=0)
     soft_margin: bool = False  # log(1+exp(d_ap-d_an)) instead of the hinge (BDB/PMM)
     # batch_hard (docs/methods.md §0) | weighted (AGW's weighted regularisation, §8.3: no margin, soft margin always)
-    triplet: str = param("batch_hard", choices=registry_names("esreid.losses.triplet", "TRIPLETS"))
+    triplet: str = param("batch_hard", choices=RegistryRef("esreid.losses.triplet:TRIPLETS").names)
 
     def check(self, cfg: Config) -> None:
         if self.ce_weight == 0 and self.triplet_weight == 0:
@@ -71,14 +77,12 @@ class ModelConfig(Section):
     name: str = "baseline"
     backbone: str = param("resnet50", choices=BACKBONE_NAMES)
     # ImageNet weights (torchvision keys): torchvision:<backbone>, a URL (both via the torch hub cache), a local file;
-    # "" = random init (esreid.models.backbones.weights)
+    # "" = random init (esreid.config.pretrained; loaded by esreid.models.backbones.weights)
     pretrained: str = ""
     last_stride: int = param(1, ge=1, le=2)
     loss: LossConfig = field(default_factory=LossConfig)
 
     def check(self, cfg: Config) -> None:
-        from esreid.models.backbones.weights import config_problem
-
         problem = config_problem(self.pretrained)
         if problem:
             raise Invalid("model.pretrained", problem)
@@ -86,37 +90,15 @@ class ModelConfig(Section):
             raise Invalid("data.instances", "the triplet loss needs at least 2 images per identity in a batch "
                                             "(or set model.loss.triplet_weight=0)")
 
-    def backbone_channels(self) -> Dict[str, int]:
-        """Output channels per stage of ``backbone`` (from its registration, without building it)."""
-        from esreid.models.backbones import BACKBONES
-
-        return BACKBONES.meta(self.backbone)["channels"]
-
-    def require_channels_multiple_of(self, multiple: int, why: str) -> None:
-        """Raise :class:`Invalid` on ``model.backbone`` unless its ``layer4`` width is a multiple of ``multiple``."""
-        c = self.backbone_channels()["layer4"]
-        if c % multiple:
-            raise Invalid("model.backbone", f"{self.backbone!r} gives {c} channels but {why} needs a multiple of "
-                                            f"{multiple} (e.g. resnet50, resnet101, resnet_tiny_bottleneck)")
-
-    def feature_size(self, cfg: Config, stage: str = "layer4") -> Tuple[int, int]:
-        """Spatial size of ``stage``'s output for the configured input size."""
-        from esreid.models.backbones import feature_size
-
-        return feature_size(cfg.data.height, cfg.data.width, stage, self.last_stride)
-
 
 def dataset_class(name: str) -> Any:
-    """The registered dataset class ``name`` (imports the loaders, which fill the registry)."""
-    importlib.import_module("esreid.data.datasets")
-    from esreid.data.base import DATASETS
-
+    """The registered dataset class ``name``."""
     return DATASETS.get(name)
 
 
 @dataclass
 class DataConfig(Section):
-    name: str = param("synthetic", choices=registry_names("esreid.data.base", "DATASETS", load="esreid.data.datasets"))
+    name: str = param("synthetic", choices=DATASETS.names)
     root: str = param("data", nonempty=True)
     args: Dict[str, Any] = field(default_factory=dict)  # dataset-specific keyword arguments
     height: int = param(256, ge=1, le=4096)
@@ -147,7 +129,7 @@ class DataConfig(Section):
 
 @dataclass
 class SolverConfig(Section):
-    optimizer: str = param("adam", choices=registry_names("esreid.engine.schedule", "OPTIMIZERS"))
+    optimizer: str = param("adam", choices=RegistryRef("esreid.engine.schedule:OPTIMIZERS").names)
     lr: float = param(3.5e-4, gt=0)
     weight_decay: float = param(5e-4, ge=0)
     momentum: float = param(0.9, ge=0, lt=1)  # SGD only
@@ -180,10 +162,10 @@ class TestConfig(Section):
     # no L2, Euclidean), a value overrides it (docs/methods.md §1.7, §2.1).
     flip: Optional[bool] = None  # sum the features of the image and its mirror
     normalize: Optional[bool] = None  # L2-normalise each branch's feature before concatenation
-    metric: Optional[str] = param(None, choices=registry_names("esreid.evaluation.distance", "METRICS"))
+    metric: Optional[str] = param(None, choices=RegistryRef("esreid.evaluation.distance:METRICS").names)
     eval_period: int = param(10, ge=0)  # epochs; 0 = only at the end
     ranks: List[int] = param(factory=lambda: [1, 5, 10, 20], ge=1, le=100_000, nonempty=True)  # the CMC is that long
-    ap_mode: str = param("anchor", choices=registry_names("esreid.evaluation.metrics", "AP_MODES"))
+    ap_mode: str = param("anchor", choices=RegistryRef("esreid.evaluation.metrics:AP_MODES").names)
     rerank: bool = False
     protocol_args: Dict[str, Any] = field(default_factory=dict)
 
@@ -211,13 +193,16 @@ class CheckpointConfig(Section):
 
     period: int = param(10, ge=0)  # epochs between kept epoch_XXX.pth files; 0 = none
     keep_last: int = param(0, ge=0)  # keep only the newest N epoch_XXX.pth files; 0 = all
-    best: str = "mAP"  # write model_best.pth when an evaluation improves this metric (mAP, mINP, R<k>); "" = never
+    # write model_best.pth when an evaluation improves this metric, one its protocol declares (mAP, mINP, R<k> for k
+    # in test.ranks, mRR for the ranking protocols: esreid.evaluation.metric_keys); "" = never
+    best: str = "mAP"
     full: bool = False  # epoch_XXX.pth and model_best.pth also hold the optimiser state (resumable; ~3x larger)
 
     def check(self, cfg: Config) -> None:
-        metrics = ["mAP", "mINP", *(f"R{k}" for k in cfg.test.ranks)]
+        protocol = dataset_class(cfg.data.name).protocol_name(cfg.data.args)
+        metrics = [m.key for m in PROTOCOLS.meta(protocol)["metrics"].expand(cfg.test.ranks)]
         if self.best and self.best not in metrics:
-            raise Invalid("checkpoint.best", f"expected one of {', '.join(metrics)} (a metric every evaluation "
+            raise Invalid("checkpoint.best", f"expected one of {', '.join(metrics)} (a metric protocol {protocol!r} "
                                              f"reports; R<k> for k in test.ranks) or '' for none; got {self.best!r}")
 
 
@@ -260,8 +245,6 @@ class Config(Section):
 
 
 def model_config_class(name: str) -> type:
-    from esreid.models import MODELS  # late import: models register their config classes
-
     return MODELS.meta(name).get("config", ModelConfig)
 
 

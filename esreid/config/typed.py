@@ -11,7 +11,6 @@ methods, which raise :class:`Invalid`.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import os
 import re
@@ -36,19 +35,6 @@ class Invalid(Exception):
 # Field constraints
 # --------------------------------------------------------------------------------------------------------------
 Names = Union[Sequence[str], Callable[[], Sequence[str]]]
-
-
-def registry_names(module: str, attr: str, load: str = "") -> Callable[[], List[str]]:
-    """Names of the registry ``module.attr``, imported when a config is checked (never when this module is imported,
-    so the config layer does not depend on models, data or engine); ``load`` is a module to import first (the one
-    whose import fills the registry)."""
-
-    def names() -> List[str]:
-        if load:
-            importlib.import_module(load)
-        return list(getattr(importlib.import_module(module), attr).names())
-
-    return names
 
 
 @dataclass(frozen=True)
@@ -249,7 +235,9 @@ def _coerce(value: Any, tp: Any, key: str, origins: Origins) -> Any:
     if origin is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
-            return None
+            if len(args) < len(typing.get_args(tp)):  # Optional[...]: null is a value
+                return None
+            raise ConfigError(f"{where}: key '{key}': expected {' or '.join(map(_type_name, args))}, got null")
         errors = []
         for arg in args:  # the first type the value fits; the first type's error when none does
             try:

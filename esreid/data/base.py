@@ -13,7 +13,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 from esreid.errors import DatasetError  # noqa: F401  (re-exported for the loaders)
 from esreid.registry import Registry
 
-DATASETS = Registry("dataset")
+DATASETS = Registry("dataset", locations=("esreid.data.datasets",))  # the loaders, imported on first lookup
 
 
 class ImageItem(NamedTuple):
@@ -49,10 +49,6 @@ class ReIDDataset:
     @property
     def num_train_pids(self) -> int:
         return self.split_stats(self.train)[0]
-
-    @property
-    def num_train_cams(self) -> int:
-        return self.split_stats(self.train)[2]
 
     def summary(self) -> str:
         """The canonical table torchreid prints: ids / images / cameras per split (and the number of non-image files
@@ -124,8 +120,6 @@ def relabel(items: Sequence[ImageItem]) -> List[ImageItem]:
 def build_dataset(name: str, root: str, verbose: bool = True, **options: Any) -> ReIDDataset:
     """Instantiate a registered dataset: ``DATASETS.get(name)(root, verbose=verbose, **options)``; ``options`` are
     ``data.args``, checked first (:meth:`ReIDDataset.check_options`)."""
-    import esreid.data.datasets  # noqa: F401  (registers the loaders)
-
     cls = DATASETS.get(name)
     problem = cls.check_options(options)
     if problem:

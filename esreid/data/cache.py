@@ -40,7 +40,7 @@ from esreid.data.transforms import decode_resize
 from esreid.files import (
     StorageError,
     allocate_file,
-    atomic_write_text,
+    atomic_write,
     check_writable,
     ensure_free_space,
     format_size,
@@ -163,7 +163,7 @@ def _build(paths: Sequence[str], height: int, width: int, array_path: str, index
             with contextlib.suppress(FileNotFoundError):  # another process (DDP rank) may be replacing it too
                 os.remove(index_path)
             os.replace(tmp_array, array_path)
-        atomic_write_text(index_path, json.dumps({**index, "bad": {str(i): msg for i, msg in bad.items()}}))
+        atomic_write(index_path, json.dumps({**index, "bad": {str(i): msg for i, msg in bad.items()}}))
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp_array)

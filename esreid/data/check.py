@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Iterator, List, Tuple
 
-import esreid.data.datasets  # noqa: F401  (registers the loaders)
 from esreid.data.base import DATASETS, DatasetError
 from esreid.data.datasets.custom import SPLITS
 

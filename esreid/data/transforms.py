@@ -140,14 +140,13 @@ class TrainAugment:
     ImageNet mean (0.4914, ...) into the *normalised* tensor, a quirk we do not copy; random-noise filling is not
     offered.
 
-    Cutout (DeVries & Taylor 2017) as in BDB's person recipe (docs/methods.md §2.3: p=0.5, one 64x64 square): with probability
-    ``cutout_prob`` per image, one whole ``cutout_size`` square, its top-left corner uniform over the positions that
-    keep it inside the image (BDB code's ``Cutout``), is filled with 0 on the normalised tensor. Deviation from
-    DeVries & Taylor's code, which centres the square on a uniform pixel and clips it at the borders (a smaller mean
-    area: ~17 % less at 384x128): we follow BDB, whose results are the target. A square larger than the image is an
-    error (BDB's code silently skips it). BDB never combines it with random erasing; if both are on, Cutout runs
-    second.
-    """
+    Cutout (DeVries & Taylor 2017) as in BDB's person recipe (docs/methods.md §2.3: p=0.5, one 64x64 square): with
+    probability ``cutout_prob`` per image, one whole ``cutout_size`` square, its top-left corner uniform over the
+    positions that keep it inside the image (BDB code's ``Cutout``), is filled with 0 on the normalised tensor.
+    Deviation from DeVries & Taylor's code, which centres the square on a uniform pixel and clips it at the borders
+    (a smaller mean area: ~17 % less at 384x128): we follow BDB, whose results are the target. A square larger than
+    the image is an error (BDB's code silently skips it). BDB never combines it with random erasing; if both are on,
+    Cutout runs second. """
 
     ERASE_AREA = (0.02, 0.4)
     ERASE_ASPECT = (0.3, 1 / 0.3)

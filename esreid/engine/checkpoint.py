@@ -180,7 +180,7 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, config: Di
                     ranks: Optional[List[Dict[str, Any]]] = None) -> None:
     """Save a full training checkpoint; ``generators`` are extra named RNGs (augmentation, BESM coin flips),
     ``num_classes`` the size of the model's classifiers (what inference builds the model with), ``hooks`` the
-    trainer hooks' states by class name (e.g. the divergence guard's reference loss), ``ranks`` every DDP rank's
+    trainer hooks' states by hook name (e.g. the divergence guard's reference loss), ``ranks`` every DDP rank's
     ``{"rng": rng_state(), "generators": {name: state}}`` in rank order (empty for a single process: ``rng`` and
     ``generators`` are its states)."""
     state = {

@@ -131,15 +131,7 @@ def evaluate_features(features: EvalFeatures, dataset: ReIDDataset, cfg, metric:
     metrics = protocol(qf, q_pids.numpy(), q_camids.numpy(), gf, g_pids.numpy(), g_camids.numpy(),
                        metric=metric, ap_mode=cfg.test.ap_mode, rerank=cfg.test.rerank,
                        ranks=tuple(cfg.test.ranks if ranks is None else ranks), **cfg.test.protocol_args)
-    metrics = dict(metrics)
+    metrics = {"protocol": dataset.protocol, **metrics}  # names the declaration of its metrics (metric_keys)
     metrics["eval_seconds"] = features.seconds + time.perf_counter() - start
     return metrics
 
-
-def evaluate_model(model: torch.nn.Module, dataset: ReIDDataset, cfg, device: torch.device) -> Dict[str, float]:
-    """Extract query/gallery features and run the dataset's protocol (:func:`evaluate_features`).
-
-    Returns the protocol's metric dict (fractions in [0, 1]) plus ``eval_seconds``.
-    """
-    return evaluate_features(extract_test_features(model, dataset, cfg, device), dataset, cfg,
-                             model.retrieval.metric)

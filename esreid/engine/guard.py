@@ -46,6 +46,8 @@ class TrainingDiverged(EsreidError):
 class DivergenceGuard(HookBase):
     """Stops the run on a non-finite or diverging loss (module docstring); ``cfg`` is the ``guard`` config section."""
 
+    name = "guard"  # checkpoints keep its reference loss under this key
+
     def __init__(self, cfg: Any):
         self.factor, self.patience = cfg.divergence_factor, cfg.patience
         self.reference: Optional[float] = None

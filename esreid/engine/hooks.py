@@ -1,49 +1,51 @@
 """Trainer hooks: everything around the optimisation step (evaluation, checkpoints, logging, diagnostics).
 
 A hook subclasses :class:`HookBase` and overrides any of ``before_train``, ``before_epoch``, ``before_step``,
-``after_step``, ``after_epoch``, ``after_train`` (fast-reid's ``HookBase`` shape); ``self.trainer`` is the running
-:class:`~esreid.engine.trainer.Trainer`, whose ``state`` (:class:`TrainState`) holds the epoch, the iteration, the
-current batch and the step's loss terms. Hooks run in list order. Records (dicts with a ``"type"``: ``train``,
-``epoch``, ``eval``) go through ``trainer.emit(record)`` to every hook's ``on_record``, so writers (JSONL,
-TensorBoard, console) are independent of the hooks that produce records.
+``after_step``, ``after_epoch``, ``after_train`` (fast-reid's ``HookBase`` shape) and ``after_resume`` (once, when
+the trainer has restored a checkpoint); ``self.trainer`` is the running trainer as a :class:`TrainerView`: exactly
+what hooks may read and call (its ``state``, a :class:`TrainState`, holds the epoch, the iteration, the current batch
+and the step's loss terms). Hooks run in list order. Records (dicts
+with a ``"type"``: ``train``, ``epoch``, ``eval``) go through ``trainer.emit(record)`` to every hook's ``on_record``,
+so writers (JSONL, TensorBoard, console) are independent of the hooks that produce records; an evaluation's record
+comes with the features it ranked to ``on_eval``. A hook with state to carry over a resume names it (``name``).
 
 Diagnostics are hooks registered in :data:`HOOKS` by name and switched on by the ``diagnostics`` config section
-(:func:`diagnostic_hooks`); the modules that define them are listed in :data:`DIAGNOSTIC_MODULES`, so the trainer
+(:func:`diagnostic_hooks`); the registry imports the modules that define them (``locations``), so the trainer
 itself knows no method and no eraser.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import torch
 
 from esreid.engine.checkpoint import atomic_save, copy_checkpoint, load_checkpoint, weights_only
 from esreid.errors import CheckpointError
-from esreid.files import append_text, atomic_write_text, reported
+from esreid.evaluation.metric_keys import MetricKey, format_metrics
+from esreid.files import append_text, atomic_write, read_jsonl, reported
 from esreid.registry import Registry
 
 if TYPE_CHECKING:
-    from esreid.engine.trainer import Trainer
+    from esreid.config import Config
+    from esreid.data.base import ReIDDataset
+    from esreid.engine.evaluator import EvalFeatures
+    from esreid.models.base import ReIDModel
 
-HOOKS = Registry("hook")
-DIAGNOSTIC_MODULES = ("esreid.engine.diagnostics",)  # modules that register diagnostic hooks in HOOKS
+HOOKS = Registry("hook", locations=("esreid.engine.diagnostics",))  # the diagnostic hooks, imported on first lookup
 
 
 @dataclass
 class TrainState:
     """What hooks may read: 0-based ``epoch``, ``iter`` = optimisation steps done, the current ``batch`` (augmented
     ``images`` (B, 3, H, W) and ``pids`` (B,) on the device), ``terms`` (the last step's loss terms as floats; hooks
-    may add entries in ``before_step`` / ``after_step``, e.g. ``erased_loss``), ``metrics`` (last evaluation) and
-    ``test_features`` (the :class:`~esreid.engine.evaluator.EvalFeatures` of the evaluation being reported: set while
-    its ``eval`` record is emitted, None otherwise)."""
+    may add entries in ``before_step`` / ``after_step``, e.g. ``erased_loss``) and ``metrics`` (last evaluation)."""
 
     epoch: int = 0
     iter: int = 0
@@ -51,13 +53,43 @@ class TrainState:
     terms: Dict[str, float] = field(default_factory=dict)
     extra: Dict[str, float] = field(default_factory=dict)
     metrics: Dict[str, Any] = field(default_factory=dict)
-    test_features: Any = None
+
+
+class TrainerView(Protocol):
+    """What a hook may read and call of the trainer (:class:`~esreid.engine.trainer.Trainer` implements it; a test
+    checks that the hooks use nothing else). ``last_checkpoint`` is the one attribute a hook sets (the checkpoint
+    hook, after writing ``last.pth``)."""
+
+    cfg: Config
+    out: str  # output_dir
+    device: torch.device
+    model: ReIDModel  # the plain module (not the DDP wrapper)
+    dataset: ReIDDataset
+    state: TrainState
+    start_epoch: int  # epochs done when this session started
+    resumed_epochs: Optional[int]  # solver.epochs of the run a resumed checkpoint comes from
+    global_batch_size: int
+    history: List[Dict[str, Any]]  # every evaluation of the run, {"epoch": ..., **metrics}
+    last_checkpoint: Optional[Tuple[str, int]]  # (path, epoch) of the newest checkpoint of this run
+    log: Callable[[str], None]  # a console line (and log.txt)
+
+    def lr(self) -> float: ...
+
+    def emit(self, record: Dict[str, Any], features: Optional[EvalFeatures] = None) -> None: ...
+
+    def evaluate(self) -> Tuple[Dict[str, Any], EvalFeatures]: ...
+
+    def save_checkpoint(self, path: str, full: bool = True, epoch: Optional[int] = None) -> None: ...
+
+    def continue_command(self, extra: Sequence[str] = ()) -> str: ...
 
 
 class HookBase:
-    """Base of the trainer hooks: every method is a no-op."""
+    """Base of the trainer hooks: every method is a no-op. ``name``: the key of the hook's :meth:`state_dict` in
+    checkpoints (required when it has state)."""
 
-    trainer: Trainer
+    trainer: TrainerView
+    name: ClassVar[str] = ""
 
     def before_train(self) -> None: ...
 
@@ -71,8 +103,16 @@ class HookBase:
 
     def after_train(self) -> None: ...
 
+    def after_resume(self) -> None:
+        """The trainer has restored a checkpoint (``start_epoch``, ``last_checkpoint`` and the hooks' states are set),
+        before anything trains or evaluates: make what this hook keeps in the run folder agree with it."""
+
     def on_record(self, record: Dict[str, Any]) -> None:
         """A record emitted by the trainer or another hook."""
+
+    def on_eval(self, record: Dict[str, Any], features: EvalFeatures) -> None:
+        """An evaluation of this session: its ``eval`` record (right after this hook's :meth:`on_record` of it) and
+        the query / gallery features it ranked."""
 
     def generators(self) -> Dict[str, torch.Generator]:
         """RNGs this hook owns (saved in checkpoints with the trainer's)."""
@@ -80,7 +120,7 @@ class HookBase:
 
     def state_dict(self) -> Dict[str, Any]:
         """What this hook must carry over a resume (numbers, tensors, lists, dicts), saved in checkpoints under its
-        class name; empty: nothing."""
+        ``name``; empty: nothing."""
         return {}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -101,24 +141,10 @@ class JSONLWriter(HookBase):
         if os.path.exists(self.path):
             with open(self.path, encoding="utf-8") as f:
                 kept = [line for line in f if record_epoch(line) <= self.trainer.start_epoch]
-            atomic_write_text(self.path, "".join(kept))
+            atomic_write(self.path, "".join(kept))
 
     def on_record(self, record: Dict[str, Any]) -> None:
         append_text(self.path, json.dumps(record) + "\n")
-
-
-def read_records(path: str) -> List[Dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` (none when it does not exist; a line cut short by a crash is skipped)."""
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return [r for r in records if isinstance(r, dict)]
 
 
 def record_epoch(line: str) -> float:
@@ -181,16 +207,6 @@ def format_epoch(r: Dict[str, Any]) -> str:
     if "peak_memory_mb" in r:
         parts.append(f"peak {r['peak_memory_mb']:.0f} MiB")
     return "  ".join(parts + [f"lr={r['lr']:.2e}", losses])
-
-
-def format_metrics(metrics: Dict[str, Any], title: str = "") -> str:
-    """One line: mAP, mINP and CMC ranks in percent (std where the protocol reports one)."""
-    parts = []
-    for key in ("mAP", "mINP", "R1", "R5", "R10", "R20"):
-        if key in metrics and isinstance(metrics[key], (int, float)) and not math.isnan(metrics[key]):
-            std = metrics.get(f"{key}_std")
-            parts.append(f"{key} {100 * metrics[key]:.1f}" + (f"±{100 * std:.1f}" if std is not None else ""))
-    return f"{title}: " + "  ".join(parts) if title else "  ".join(parts)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -296,9 +312,9 @@ def periodic_checkpoints(folder: str) -> List[str]:
 
 class BestCheckpointHook(HookBase):
     """``model_best.pth`` (model weights, or everything with ``full``) whenever an evaluation's ``metric`` beats every
-    earlier one of the run (higher is better); the file records the metrics it was written with.
+    earlier one of the run (in the direction its protocol declares); the file records the metrics it was written with.
 
-    On resume (in ``before_train``, before any catch-up evaluation) the file is checked against the best evaluation
+    On resume (:meth:`after_resume`, before any catch-up evaluation) the file is checked against the best evaluation
     ``records`` (``metrics.jsonl``, written before the file) holds up to the epoch resumed from: a file that is
     missing, corrupt, or of another epoch (a kill during its write left the previous one) is re-created from that
     epoch's checkpoint when one is left (the checkpoint resumed from, or ``epoch_XXX.pth``), else removed with a
@@ -306,39 +322,41 @@ class BestCheckpointHook(HookBase):
     stops a resume nor lets a worse evaluation in. Without records (a run forked into a new folder) the file's own
     value is the one to beat."""
 
-    def __init__(self, folder: str, metric: str, full: bool = False, records: str = ""):
+    def __init__(self, folder: str, metric: MetricKey, full: bool = False, records: str = ""):
         self.folder, self.metric, self.full, self.records = folder, metric, full, records
         self.path = os.path.join(folder, "model_best.pth")
-        self.best: Optional[float] = None  # set in before_train
+        self.best = metric.worst  # the value to beat: a resumed run's from after_resume
 
-    def before_train(self) -> None:
-        self.best = self.reconcile() if self.trainer.start_epoch > 0 else -math.inf
+    def after_resume(self) -> None:
+        self.best = self.reconcile()
 
     def reconcile(self) -> float:
         """Make ``model_best.pth`` agree with the recorded best evaluation (class docstring); its value."""
-        t = self.trainer
-        evals = [r for r in read_records(self.records) if r.get("type") == "eval"
-                 and isinstance(r.get("epoch"), int) and r["epoch"] <= t.start_epoch
-                 and isinstance(r.get(self.metric), (int, float))]
-        if not evals:
+        t, key = self.trainer, self.metric.key
+        best: Optional[Dict[str, Any]] = None  # the first epoch reaching the best value: the one written
+        for r in read_jsonl(self.records):
+            if (r.get("type") == "eval" and isinstance(r.get("epoch"), int) and r["epoch"] <= t.start_epoch
+                    and isinstance(r.get(key), (int, float))
+                    and self.metric.improves(r[key], self.metric.worst if best is None else best[key])):
+                best = r
+        if best is None:
             saved = self.saved_state()
-            value = None if saved is None else saved.get("metrics", {}).get(self.metric)
-            return -math.inf if value is None else float(value)
-        best = max(evals, key=lambda r: r[self.metric])  # the first epoch reaching it: the one written
-        epoch, value = best["epoch"], float(best[self.metric])
+            value = None if saved is None else saved.get("metrics", {}).get(key)
+            return self.metric.worst if value is None else float(value)
+        epoch, value = best["epoch"], float(best[key])
         saved = self.saved_state()
-        if saved is not None and saved.get("epoch") == epoch and saved.get("metrics", {}).get(self.metric) == value:
+        if saved is not None and saved.get("epoch") == epoch and saved.get("metrics", {}).get(key) == value:
             return value
         problem = "stale (it holds epoch {})".format(saved.get("epoch")) if saved is not None else \
             "corrupt" if os.path.exists(self.path) else "missing"
-        what = f"epoch {epoch}, {self.metric} {value:.4g}"
+        what = f"epoch {epoch}, {key} {value:.4g}"
         source = self.checkpoint_of(epoch)
         if source is None:
             if os.path.exists(self.path):
                 os.remove(self.path)
                 problem += ", removed"
             t.log(f"warning: {self.path} was {problem}; no checkpoint of the best evaluation ({what}) is left to "
-                  f"re-create it from: it is written again when an evaluation beats {self.metric} {value:.4g}")
+                  f"re-create it from: it is written again when an evaluation beats {key} {value:.4g}")
             return value
         path, state = source
         state.update(epoch=epoch, metrics={k: v for k, v in best.items() if k not in ("type", "epoch")})
@@ -371,10 +389,8 @@ class BestCheckpointHook(HookBase):
         return None
 
     def on_record(self, record: Dict[str, Any]) -> None:
-        value = record.get(self.metric) if record["type"] == "eval" else None
-        if self.best is None:
-            self.before_train()
-        if isinstance(value, (int, float)) and value > self.best:
+        value = record.get(self.metric.key) if record["type"] == "eval" else None
+        if isinstance(value, (int, float)) and self.metric.improves(value, self.best):
             self.best = float(value)
             self.trainer.save_checkpoint(self.path, full=self.full, epoch=record["epoch"])  # also a resume's catch-up
 
@@ -397,7 +413,7 @@ class EvalHook(HookBase):
         epoch = t.start_epoch
         if not epoch:
             return
-        recorded = [r for r in read_records(self.records) if r.get("type") == "eval" and r.get("epoch") == epoch]
+        recorded = [r for r in read_jsonl(self.records) if r.get("type") == "eval" and r.get("epoch") == epoch]
         if recorded:
             metrics = {k: v for k, v in recorded[-1].items() if k not in ("type", "epoch")}
             t.state.metrics = metrics
@@ -412,16 +428,13 @@ class EvalHook(HookBase):
 
     def evaluate(self, epoch: int) -> None:
         t = self.trainer
-        metrics = t.evaluate()
+        metrics, features = t.evaluate()
         t.state.metrics = metrics
         t.history.append({"epoch": epoch, **metrics})
-        t.emit({"type": "eval", "epoch": epoch, **metrics})
-        t.state.test_features = None  # set by trainer.evaluate() for the hooks reading this record
+        t.emit({"type": "eval", "epoch": epoch, **metrics}, features)
 
 
 def diagnostic_hooks(cfg: Any, seed: int) -> List[HookBase]:
     """The diagnostic hooks the config switches on (``diagnostics.<name>: true`` for a name in :data:`HOOKS`), each
     built as ``hook(cfg, seed)``."""
-    for module in DIAGNOSTIC_MODULES:
-        importlib.import_module(module)
     return [HOOKS.get(name)(cfg, seed) for name in HOOKS.names() if getattr(cfg.diagnostics, name, False)]

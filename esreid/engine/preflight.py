@@ -17,9 +17,11 @@ from esreid.data.transforms import decode_resize
 def check_files(cfg: Any) -> None:
     """The ImageNet weights of a fresh run can be loaded: a local ``model.pretrained`` file exists and
     ``torchvision:`` weights fit ``model.backbone`` (a URL is fetched when the model is built)."""
+    from esreid.models.backbones import imagenet_of
     from esreid.models.backbones.weights import problem_before_training
 
-    problem = problem_before_training(cfg.model.pretrained, cfg.model.backbone)
+    backbone = cfg.model.backbone
+    problem = problem_before_training(cfg.model.pretrained, backbone, imagenet_of(backbone))
     if problem:
         raise invalid(cfg, "model.pretrained", problem)
 

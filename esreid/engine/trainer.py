@@ -13,11 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import shlex
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from esreid.config import Config, dump_yaml, to_dict
@@ -34,37 +32,17 @@ from esreid.engine.checkpoint import (
 )
 from esreid.engine.compile import place_model
 from esreid.engine.distributed import all_gather, barrier, init_distributed
-from esreid.engine.evaluator import autocast, evaluate_features, extract_test_features
+from esreid.engine.evaluator import EvalFeatures, autocast, evaluate_features, extract_test_features
 from esreid.engine.guard import DivergenceGuard
 from esreid.engine.preflight import check_files, check_test_data, check_training_data
 from esreid.engine.resume import check_resume_config, describe, restore_solver
 from esreid.engine.schedule import build_optimizer, build_scheduler
+from esreid.engine.session import resolve_device, seed_everything
 from esreid.engine.threads import apply_threads
 from esreid.errors import ConfigError
-from esreid.files import atomic_write_text, check_writable, remove_orphans
+from esreid.evaluation.metric_keys import declared
+from esreid.files import atomic_write, check_writable, remove_orphans
 from esreid.models import build_model
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"key 'device': {name!r} requested but CUDA is not available here; use device=cpu or auto")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ConfigError(f"key 'device': {name!r} requested but this machine has {torch.cuda.device_count()} CUDA "
-                          f"device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
-    mps = getattr(torch.backends, "mps", None)
-    if device.type == "mps" and not (mps is not None and mps.is_available()):
-        raise ConfigError(f"key 'device': {name!r} requested but MPS (Apple GPUs) is not available here; use "
-                          "device=cpu or auto")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class Trainer:
@@ -87,19 +65,41 @@ class Trainer:
     def __init__(self, cfg: Config, resume: Optional[str] = None, progress: bool = True,
                  log: Callable[[str], None] = print, hooks: Optional[List[H.HookBase]] = None,
                  allow_changes: Sequence[str] = (), command: Optional[str] = None):
-        from esreid.data.loader import build_train_loader
-        from esreid.data.transforms import TrainAugment
+        self.cfg = cfg
+        self.build_runtime(progress, log, command)
+        checkpoint = self.check_start(resume, allow_changes)  # before any data is read
+        self.open_output(resume)
+        self.build_dataset(fresh=resume is None)
+        self.build_model(pretrained=resume is None)
+        self.build_loader()
+        self.build_optimizer()
+        self.log_setup()
+        self.build_hooks(hooks)
+        if checkpoint is not None:
+            self.resume(*checkpoint)
+        self.build_train_module()
+        if self.dist.is_main:
+            os.makedirs(self.out, exist_ok=True)
+            atomic_write(os.path.join(self.out, "config.yaml"), dump_yaml(cfg))
 
+    # ------------------------------------------------------------------------------------------------------------
+    def build_runtime(self, progress: bool, log: Callable[[str], None], command: Optional[str]) -> None:
+        """Threads, device, processes (DDP under torchrun), the console, the command that started the run."""
+        cfg = self.cfg
         apply_threads(cfg)
         self.device = resolve_device(cfg.device)
         self.dist = init_distributed(self.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        main = self.dist.is_main
-        self.cfg, self.progress = cfg, progress and main
-        self.log = log if main else (lambda line: None)
+        self.progress = progress and self.dist.is_main
+        self.log = log if self.dist.is_main else (lambda line: None)
         self.out = cfg.output_dir
         self.command = command or f"esreid train --config {shlex.quote(os.path.join(self.out, 'config.yaml'))}"
+
+    def check_start(self, resume: Optional[str],
+                    allow_changes: Sequence[str]) -> Optional[Tuple[str, Dict[str, Any], List[Any]]]:
+        """Refuse to overwrite a run, or ``--allow-changes`` without ``--resume``; read the checkpoint to resume and
+        check its config (:meth:`_read_checkpoint`). Returns it, or None for a fresh run."""
         last = os.path.join(self.out, "last.pth")
         if resume is None and os.path.exists(last):
             raise FileExistsError(
@@ -109,49 +109,79 @@ class Trainer:
         if resume is None and allow_changes:
             raise ConfigError("--allow-changes names what a resumed run may change; add --resume auto (or a "
                               "checkpoint path)")
-        # the checkpoint and its config are checked before any data is read
-        checkpoint = self._read_checkpoint(last if resume == "auto" else resume, allow_changes) if resume else None
-        if main:
-            check_writable(self.out, "output_dir")
-            from esreid import __version__
+        return self._read_checkpoint(last if resume == "auto" else resume, allow_changes) if resume else None
 
-            self.log = RunLog(self.log, os.path.join(self.out, "log.txt"))
-            self.log.start(f"esreid {__version__} train: output_dir {self.out}" + (f", resuming {resume}" if resume
-                                                                                    else ""))
-            for orphan in remove_orphans(self.out):
-                self.log(f"removed {orphan} (a temporary file left by an interrupted write)")
-        if resume is None:
+    def open_output(self, resume: Optional[str]) -> None:
+        """On the main process: ``output_dir`` writable, ``log.txt`` opened, temporary files of interrupted writes
+        removed."""
+        if not self.dist.is_main:
+            return
+        from esreid import __version__
+
+        check_writable(self.out, "output_dir")
+        self.log = RunLog(self.log, os.path.join(self.out, "log.txt"))
+        self.log.start(f"esreid {__version__} train: output_dir {self.out}" + (f", resuming {resume}" if resume
+                                                                                else ""))
+        for orphan in remove_orphans(self.out):
+            self.log(f"removed {orphan} (a temporary file left by an interrupted write)")
+
+    def build_dataset(self, fresh: bool) -> None:
+        """Scan the dataset and check it can train (and, on the main process, be evaluated); a ``fresh`` run first
+        checks the files the config names."""
+        cfg = self.cfg
+        if fresh:
             check_files(cfg)
         self.dataset = build_dataset(cfg.data.name, cfg.data.root, verbose=False, **cfg.data.args)
         self.log(self.dataset.summary())
         check_training_data(cfg, self.dataset)
-        if main:
+        if self.dist.is_main:
             check_test_data(cfg, self.dataset)
+
+    def build_model(self, pretrained: bool) -> None:
+        """The model, placed on the device (amp / compile / channels_last); without the ImageNet weights when not
+        ``pretrained`` (resuming replaces every weight: a moved file or offline URL must not stop it)."""
+        cfg = self.cfg
         seed_everything(cfg.seed)  # the same on every rank while the model is built (see below)
-        # resuming replaces every weight: skip the ImageNet weights (a moved file or offline URL must not stop it)
-        model_cfg = cfg.model if resume is None else dataclasses.replace(cfg.model, pretrained="")
+        model_cfg = cfg.model if pretrained else dataclasses.replace(cfg.model, pretrained="")
         model = build_model(model_cfg, self.dataset.num_train_pids, cfg.test)
         model.set_input_normalization(cfg.data.mean, cfg.data.std)
         self.model = place_model(model, cfg.solver, self.device)
-        # Under DDP the model's own generators (BDB's DropBlock region, BESM coin flips) start alike on every rank,
-        # so a DropBlock region is drawn once per step for the whole global batch (docs/methods.md §2.2);
-        # augmentation and the global RNGs differ per rank. The PK plan uses cfg.seed on every rank.
+
+    def build_loader(self) -> None:
+        """The PK loader and the batched augmentation. Under DDP the model's own generators (BDB's DropBlock region,
+        BESM coin flips) start alike on every rank, so a DropBlock region is drawn once per step for the whole global
+        batch (docs/methods.md §2.2); augmentation and the global RNGs differ per rank. The PK plan uses cfg.seed on
+        every rank."""
+        from esreid.data.loader import build_train_loader
+        from esreid.data.transforms import TrainAugment
+
+        cfg = self.cfg
         self.seed = cfg.seed + self.dist.rank
         seed_everything(self.seed)
         self.train_loader = build_train_loader(cfg.data, self.dataset.train, seed=cfg.seed, rank=self.dist.rank,
                                                world_size=self.dist.world_size)
         self.augment = TrainAugment(cfg.data, seed=self.seed)
+
+    def build_optimizer(self) -> None:
+        """Optimiser, per-iteration lr schedule and the fp16 loss scaler."""
+        cfg = self.cfg
         self.optimizer = build_optimizer(self.model, cfg.solver)
         self.iters_per_epoch = len(self.train_loader)
         self.global_batch_size = cfg.data.ids_per_batch * cfg.data.instances * self.dist.world_size
         self.scheduler = build_scheduler(self.optimizer, cfg.solver, self.iters_per_epoch)
         # fp16 gradients underflow without loss scaling, on the CPU as on CUDA (bf16 has fp32's range: no scaling)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.solver.amp == "fp16")
+
+    def log_setup(self) -> None:
+        cfg = self.cfg
         params, threads = sum(p.numel() for p in self.model.parameters()), torch.get_num_threads()
         self.log(f"model {cfg.model.name} ({cfg.model.backbone}, {params / 1e6:.2f} M parameters) on {self.device}, "
                  f"{threads} intra-op thread{'s' * (threads != 1)} (threads: {cfg.threads}), "
                  f"{self.dist.world_size} process(es); "
                  f"{cfg.solver.epochs} epochs x {self.iters_per_epoch} iterations of {self.global_batch_size} images")
+
+    def build_hooks(self, extra: Optional[List[H.HookBase]]) -> None:
+        """The run's state and its hooks: the default ones, then ``extra``."""
         self.state = H.TrainState()
         self.start_epoch = 0
         self.resumed_epochs: Optional[int] = None  # solver.epochs of the run a resumed checkpoint comes from
@@ -159,19 +189,17 @@ class Trainer:
         self.rank_states: List[Dict[str, Any]] = []  # under DDP: every rank's RNGs at the end of the epoch
         self.history: List[Dict[str, Any]] = []
         self.hooks: List[H.HookBase] = []
-        self.register_hooks(self.default_hooks() + list(hooks or []))
-        if checkpoint is not None:
-            self._resume(*checkpoint)
-        # the module trained: DDP-wrapped under torchrun (self.model stays the plain module for eval and checkpoints)
+        self.register_hooks(self.default_hooks() + list(extra or []))
+
+    def build_train_module(self) -> None:
+        """The module trained: DDP-wrapped under torchrun (``self.model`` stays the plain module for eval and
+        checkpoints)."""
         self.net = self.model
         if self.dist.enabled:
-            if cfg.solver.sync_bn and self.device.type == "cuda":
+            if self.cfg.solver.sync_bn and self.device.type == "cuda":
                 self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if main:
-            os.makedirs(self.out, exist_ok=True)
-            atomic_write_text(os.path.join(self.out, "config.yaml"), dump_yaml(cfg))
 
     # ------------------------------------------------------------------------------------------------------------
     def default_hooks(self) -> List[H.HookBase]:
@@ -184,10 +212,13 @@ class Trainer:
         hooks: List[H.HookBase] = [*H.diagnostic_hooks(cfg, self.seed), H.TrainLog(cfg.log_period),
                                    DivergenceGuard(cfg.guard)]
         if self.dist.is_main:
-            hooks += [H.JSONLWriter(records), H.CheckpointHook(self.out, cfg.checkpoint)]
-            if cfg.checkpoint.best:  # before the evaluation: a resume checks model_best.pth before a catch-up one
-                hooks.append(H.BestCheckpointHook(self.out, cfg.checkpoint.best, cfg.checkpoint.full, records))
-            hooks += [H.EvalHook(cfg.test.eval_period, records), H.ConsoleWriter()]
+            hooks += [H.JSONLWriter(records), H.CheckpointHook(self.out, cfg.checkpoint),
+                      H.EvalHook(cfg.test.eval_period, records)]
+            if cfg.checkpoint.best:
+                best = declared(self.dataset.protocol).expand(cfg.test.ranks)
+                metric = next(m for m in best if m.key == cfg.checkpoint.best)  # the config check saw it declared
+                hooks.append(H.BestCheckpointHook(self.out, metric, cfg.checkpoint.full, records))
+            hooks.append(H.ConsoleWriter())
             if cfg.report:
                 from esreid.engine.reporting import ReportHook
 
@@ -201,10 +232,13 @@ class Trainer:
             hook.trainer = self
         self.hooks.extend(hooks)
 
-    def emit(self, record: Dict[str, Any]) -> None:
-        """Send a record (``{"type": ..., "epoch": ..., ...}``) to every hook's ``on_record``."""
+    def emit(self, record: Dict[str, Any], features: Optional[EvalFeatures] = None) -> None:
+        """Send a record (``{"type": ..., "epoch": ..., ...}``) to every hook's ``on_record``; an evaluation's record
+        with the ``features`` it ranked also to its ``on_eval``, hook by hook."""
         for hook in self.hooks:
             hook.on_record(record)
+            if features is not None:
+                hook.on_eval(record, features)
 
     def _call(self, event: str) -> None:
         for hook in self.hooks:
@@ -234,13 +268,24 @@ class Trainer:
         the epoch, config, metrics and class count only (what eval / extract / export read)."""
         resume = {}
         if full:
-            hook_states = {type(h).__name__: h.state_dict() for h in self.hooks}
             resume = dict(optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-                          generators=self.generators(), hooks={k: v for k, v in hook_states.items() if v},
+                          generators=self.generators(), hooks=self.hook_states(),
                           ranks=self.rank_states if self.dist.enabled else [])
         epoch = self.state.epoch + 1 if epoch is None else epoch
         save_checkpoint(path, model=self.model, epoch=epoch, config=to_dict(self.cfg),
                         metrics=self.state.metrics, num_classes=self.model.num_classes, **resume)
+
+    def hook_states(self) -> Dict[str, Dict[str, Any]]:
+        """``{hook.name: hook.state_dict()}`` of the hooks with state; a hook with state needs a name of its own."""
+        states: Dict[str, Dict[str, Any]] = {}
+        for hook in self.hooks:
+            state = hook.state_dict()
+            if state:
+                if not hook.name or hook.name in states:
+                    raise ValueError(f"{type(hook).__name__} has state to checkpoint but no name of its own "
+                                     f"({hook.name!r}): set its class attribute 'name'")
+                states[hook.name] = state
+        return states
 
     def _read_checkpoint(self, path: str, allow_changes: Sequence[str]) -> Tuple[str, Dict[str, Any], List[Any]]:
         """Load the checkpoint to resume and check its config against this one (:mod:`esreid.engine.resume`)."""
@@ -254,7 +299,9 @@ class Trainer:
         changes = check_resume_config(path, state.get("config"), self.cfg, allow_changes)
         return path, state, changes
 
-    def _resume(self, path: str, state: Dict[str, Any], changes: List[Any]) -> None:
+    def resume(self, path: str, state: Dict[str, Any], changes: List[Any]) -> None:
+        """Continue from a checkpoint read by :meth:`check_start`: weights, optimiser, schedule, scaler, every RNG
+        (under DDP this rank's), the hooks' state, the metrics and the epoch; then the hooks' ``after_resume``."""
         load_model_weights(self.model, state, path)
         self.start_epoch = int(state["epoch"])
         saved_solver = (state.get("config") or {}).get("solver", {})
@@ -272,15 +319,18 @@ class Trainer:
         for name, gen in self.generators().items():
             if name in own.get("generators", {}):
                 gen.set_state(own["generators"][name])
-        for hook in self.hooks:
-            if type(hook).__name__ in state.get("hooks", {}):
-                hook.load_state_dict(state["hooks"][type(hook).__name__])
+        saved = state.get("hooks", {})
+        for hook in self.hooks:  # checkpoints before hooks had names keyed the state by class name
+            key = next((k for k in (hook.name, type(hook).__name__) if k and k in saved), None)
+            if key is not None:
+                hook.load_state_dict(saved[key])
         self.state.metrics = dict(state.get("metrics") or {})
         self.resumed_epochs = saved_solver.get("epochs")
         self.last_checkpoint = (path, self.start_epoch)
         self.log(f"=> resumed from {path} at epoch {self.start_epoch}")
         if changes:
             self.log(f"=> with changes (allowed): {describe(changes)}")
+        self._call("after_resume")  # e.g. model_best.pth checked against metrics.jsonl, before anything trains
 
     def _own_rank_state(self, state: Dict[str, Any]) -> Dict[str, Any]:
         """The RNG states this process resumes with: its rank's under DDP (a checkpoint of as many processes), else
@@ -354,11 +404,10 @@ class Trainer:
         if not self.dist.is_main:  # rank 0 has written it: the Ctrl-C hint of every rank names it
             self.last_checkpoint = (os.path.join(self.out, "last.pth"), epoch + 1)
 
-    def evaluate(self) -> Dict[str, Any]:
-        """The protocol's metrics of the current model; its features stay in ``state.test_features`` for the hooks
-        that read the ``eval`` record (the evaluation hook drops them after)."""
-        self.state.test_features = extract_test_features(self.model, self.dataset, self.cfg, self.device)
-        return evaluate_features(self.state.test_features, self.dataset, self.cfg, self.model.retrieval.metric)
+    def evaluate(self) -> Tuple[Dict[str, Any], EvalFeatures]:
+        """The protocol's metrics of the current model and the test features it ranked."""
+        features = extract_test_features(self.model, self.dataset, self.cfg, self.device)
+        return evaluate_features(features, self.dataset, self.cfg, self.model.retrieval.metric), features
 
     def train(self) -> Dict[str, Any]:
         """Run the remaining epochs; returns the last evaluation's metrics (a finished run's, when resumed).
@@ -380,6 +429,6 @@ class Trainer:
             raise self._interrupted() from e
         metrics = self.state.metrics
         if metrics and self.dist.is_main:
-            atomic_write_text(os.path.join(self.out, "results.json"), json.dumps(metrics, indent=2))
+            atomic_write(os.path.join(self.out, "results.json"), json.dumps(metrics, indent=2))
         return metrics
 

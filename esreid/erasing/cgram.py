@@ -161,15 +161,12 @@ def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
 
 def _forward_captured(model: nn.Module, layer: Union[str, nn.Module], images: Tensor, flip: bool,
                       feature_fn: Callable[[List[Tensor]], Tensor]) -> Tuple[List[Tensor], Tensor]:
-    """Eval-mode ``model.features`` of ``images`` (B, 3, H, W) -- and of their mirror images when ``flip``, summed per
-    branch -- with ``layer`` captured. Returns the captured maps ``[A]`` (``[A, A_mirrored]`` with flip), each
-    (B, C, h, w), and ``feature_fn(branches)`` (B, D)."""
+    """Eval-mode ``model.branch_features`` of ``images`` (B, 3, H, W) -- summed with their mirror images' when
+    ``flip``, as the evaluator ranks -- with ``layer`` captured. Returns the captured maps ``[A]`` (``[A, A_mirrored]``
+    with flip), each (B, C, h, w), and ``feature_fn(branches)`` (B, D)."""
     module = resolve_layer(model, layer)
     with eval_mode(model), torch.enable_grad(), capture_layer(module) as captured:
-        branches = model.features(images)
-        if flip:
-            branches = [b + m for b, m in zip(branches, model.features(torch.flip(images, dims=[3])))]
-        f = feature_fn(branches)
+        f = feature_fn(model.branch_features(images, flip))
     runs = 2 if flip else 1
     if len(captured) != runs:
         raise LayerError(f"CG-RAM layer ran {len(captured)} times for {runs} forward pass(es); it must run once per "

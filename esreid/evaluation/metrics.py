@@ -80,8 +80,14 @@ class QueryStats:
     last: np.ndarray
     ap: np.ndarray
 
+    def valid(self) -> QueryStats:
+        """The statistics of the queries with at least one positive (those every average is over)."""
+        ok = self.num_pos > 0
+        return QueryStats(self.num_pos[ok], self.first[ok], self.last[ok], self.ap[ok])
 
-def labels(x: ArrayLike, name: str, n: Optional[int] = None) -> np.ndarray:
+
+def as_ids(x: ArrayLike, name: str, n: Optional[int] = None) -> np.ndarray:
+    """``x`` (pids or camera ids: numpy, torch or a list) as an int64 array ``(n,)``; ValueError naming ``name``."""
     a = np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x)
     if a.ndim != 1 or (n is not None and len(a) != n):
         want = f"({n},)" if n is not None else "1-D"
@@ -374,10 +380,10 @@ def rank_chunk(dist: torch.Tensor, q_cams: torch.Tensor, g_cams: torch.Tensor, s
 def query_stats(q_pids, g_pids, q_camids, g_camids, chunks: DistanceChunks, ap_mode: str = "anchor",
                 on_chunk: Optional[Callable[[int, int, torch.Tensor], None]] = None) -> QueryStats:
     """Per-query Market statistics over all chunks of ``chunks``; ``on_chunk(start, end, dist)`` sees every chunk."""
-    q_pids = labels(q_pids, "q_pids", chunks.num_q)
-    q_camids = labels(q_camids, "q_camids", chunks.num_q)
-    g_pids = labels(g_pids, "g_pids", chunks.num_g)
-    g_camids = labels(g_camids, "g_camids", chunks.num_g)
+    q_pids = as_ids(q_pids, "q_pids", chunks.num_q)
+    q_camids = as_ids(q_camids, "q_camids", chunks.num_q)
+    g_pids = as_ids(g_pids, "g_pids", chunks.num_g)
+    g_camids = as_ids(g_camids, "g_camids", chunks.num_g)
     ap_term = AP_MODES.get(ap_mode)
     same = SamePid(g_pids)
     width = same.width(q_pids)

@@ -4,7 +4,9 @@ Every entry is ``fn(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric, ap_mo
 -> dict`` with JSON-serialisable values (floats in [0, 1] for the metrics), among them ``"cmc"``: the CMC curve at
 ranks 1..50 (a list of 50 floats; VehicleID: the mean over trials), for plots. Features may be numpy arrays or torch
 tensors of any strides (see :func:`~esreid.evaluation.metrics.evaluate_rank` for the dtypes). ``options`` come from
-``cfg.test.protocol_args``; every protocol accepts ``memory_budget_mb``, ``chunk_size`` and ``device``.
+``cfg.test.protocol_args``; every protocol accepts ``memory_budget_mb``, ``chunk_size`` and ``device``. Each is
+registered with ``options`` (:class:`Options`) and ``metrics`` (the :class:`~esreid.evaluation.metric_keys.MetricKeys`
+it reports, which every reader of results takes the metric names from).
 
 * ``market``: docs/methods.md §0 (evaluation protocol) (see :mod:`esreid.evaluation.metrics`); pid-0 gallery distractors
 are ordinary negatives.
@@ -25,11 +27,21 @@ import numpy as np
 import torch
 
 from esreid.evaluation.distance import as_features
-from esreid.evaluation.metrics import CMC_RANKS, DistanceChunks, labels, query_stats, same_pid_index, summarize
+from esreid.evaluation.metric_keys import MetricKey, MetricKeys
+from esreid.evaluation.metrics import CMC_RANKS, DistanceChunks, as_ids, query_stats, same_pid_index, summarize
 from esreid.evaluation.rerank import re_ranking
 from esreid.registry import Registry
 
 PROTOCOLS = Registry("protocol")
+
+# What the ranking protocols report (docs/methods.md §0, evaluation protocol): mAP, mINP, CMC at each of test.ranks,
+# and the mean reciprocal rank of the first true match (1 / k_1 per query, averaged like AP).
+RANKING_METRICS = MetricKeys((
+    MetricKey("mAP", "mAP", curve=True),
+    MetricKey("mINP", "mINP"),
+    MetricKey("R{k}", "R{k}", curve=True),
+    MetricKey("mRR", "mRR", per_query=lambda s: 1.0 / s.first),
+))
 
 
 @dataclass(frozen=True)
@@ -68,12 +80,14 @@ def distance_chunks(qf, gf, *, metric: str, rerank: bool, memory_budget_mb: floa
                           device=device)
 
 
-@PROTOCOLS.register("market", options=Options({}))
+@PROTOCOLS.register("market", options=Options({}), metrics=RANKING_METRICS)
 def market(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric: str = "cosine", ap_mode: str = "anchor",
            rerank: bool = False, ranks: Sequence[int] = (1, 5, 10, 20), **options: Any) -> Dict[str, Any]:
     chunks = distance_chunks(qf, gf, metric=metric, rerank=rerank, **options)
-    result = summarize(query_stats(q_pids, g_pids, q_camids, g_camids, chunks, ap_mode), max(CMC_RANKS, *ranks))
-    return {**result.as_dict(ranks), "cmc": result.cmc[:CMC_RANKS].tolist(), "num_valid_q": result.num_valid_q,
+    stats = query_stats(q_pids, g_pids, q_camids, g_camids, chunks, ap_mode)
+    result = summarize(stats, max(CMC_RANKS, *ranks))
+    return {**result.as_dict(ranks), **RANKING_METRICS.per_query_means(stats.valid()),
+            "cmc": result.cmc[:CMC_RANKS].tolist(), "num_valid_q": result.num_valid_q,
             "num_skipped_q": result.num_skipped_q}
 
 
@@ -99,13 +113,13 @@ def _sgs_first_hits(dist, q_pids, q_cams, g_pids, g_cams, same_pid, u, drawn) ->
     return torch.where(pos.any(1), before.sum(1) + 1, 0)
 
 
-@PROTOCOLS.register("cuhk03_sgs", options=Options({"num_repeats": (int, 1), "seed": (int, 0)}))
+@PROTOCOLS.register("cuhk03_sgs", options=Options({"num_repeats": (int, 1), "seed": (int, 0)}), metrics=RANKING_METRICS)
 def cuhk03_sgs(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric: str = "cosine", ap_mode: str = "anchor",
                rerank: bool = False, ranks: Sequence[int] = (1, 5, 10, 20), num_repeats: int = 10, seed: int = 0,
                **options: Any) -> Dict[str, Any]:
     chunks = distance_chunks(qf, gf, metric=metric, rerank=rerank, **options)
-    q_pids, q_camids = labels(q_pids, "q_pids", chunks.num_q), labels(q_camids, "q_camids", chunks.num_q)
-    g_pids, g_camids = labels(g_pids, "g_pids", chunks.num_g), labels(g_camids, "g_camids", chunks.num_g)
+    q_pids, q_camids = as_ids(q_pids, "q_pids", chunks.num_q), as_ids(q_camids, "q_camids", chunks.num_q)
+    g_pids, g_camids = as_ids(g_pids, "g_pids", chunks.num_g), as_ids(g_camids, "g_camids", chunks.num_g)
     dev = chunks.device
     qp, qc, gp, gc = (torch.from_numpy(a).to(dev) for a in (q_pids, q_camids, g_pids, g_camids))
     same_pid = torch.from_numpy(same_pid_index(g_pids, q_pids)).to(dev)
@@ -118,26 +132,28 @@ def cuhk03_sgs(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric: str = "cos
         for r in range(num_repeats):
             first[r, s:e] = _sgs_first_hits(d, qp[s:e], qc[s:e], gp, gc, same_pid[s:e], draws[r], drawn[r])
 
-    full = summarize(query_stats(q_pids, g_pids, q_camids, g_camids, chunks, ap_mode, single_shot), max(ranks))
+    stats = query_stats(q_pids, g_pids, q_camids, g_camids, chunks, ap_mode, single_shot)
+    full = summarize(stats, max(ranks))
     ok = first[0] > 0
     top = max(CMC_RANKS, *ranks)
     hist = torch.stack([torch.bincount(f[ok].clamp_max(top + 1), minlength=top + 2) for f in first])
     cmc = (torch.cumsum(hist, 1)[:, 1 : top + 1].double() / int(ok.sum())).mean(0)  # mean over the draws
-    out = {"mAP": full.mAP, "mINP": full.mINP, **{f"R{r}": float(cmc[r - 1]) for r in ranks}}
+    out = {"mAP": full.mAP, "mINP": full.mINP, **{f"R{r}": float(cmc[r - 1]) for r in ranks},
+           **RANKING_METRICS.per_query_means(stats.valid())}
     return {**out, "cmc": cmc[:CMC_RANKS].tolist(), "num_valid_q": full.num_valid_q,
             "num_skipped_q": full.num_skipped_q, "num_repeats": num_repeats}
 
 
-@PROTOCOLS.register("vehicleid", options=Options({"trials": (int, 1), "base_seed": (int, 0)}))
+@PROTOCOLS.register("vehicleid", options=Options({"trials": (int, 1), "base_seed": (int, 0)}), metrics=RANKING_METRICS)
 def vehicleid(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric: str = "cosine", ap_mode: str = "anchor",
               rerank: bool = False, ranks: Sequence[int] = (1, 5, 10), trials: int = 10, base_seed: int = 0,
               **options: Any) -> Dict[str, Any]:
     del q_camids, g_camids  # camera ids play no role: nothing is junk (fast-reid sets camid = image id)
     feats = as_features(qf, "qf")
-    pids = labels(q_pids, "q_pids", len(feats))
+    pids = as_ids(q_pids, "q_pids", len(feats))
     if len(gf):  # the VehicleID loader leaves the gallery empty; anything given is pooled with the queries
         feats = torch.cat([feats, as_features(gf, "gf")])
-        pids = np.concatenate([pids, labels(g_pids, "g_pids", len(gf))])
+        pids = np.concatenate([pids, as_ids(g_pids, "g_pids", len(gf))])
     seeds = [base_seed + t for t in range(trials)]
     rows = []
     for seed in seeds:
@@ -148,9 +164,8 @@ def vehicleid(qf, q_pids, q_camids, gf, g_pids, g_camids, *, metric: str = "cosi
         r = market(feats[qry], pids[qry], np.zeros(len(qry), np.int64), feats[gal], pids[gal],
                    np.ones(len(gal), np.int64), metric=metric, ap_mode=ap_mode, rerank=rerank, ranks=ranks, **options)
         rows.append(r)
-    keys = ["mAP", "mINP", *[f"R{r}" for r in ranks]]
     out: Dict[str, Any] = {}
-    for key in keys:
+    for key in (m.key for m in RANKING_METRICS.expand(ranks)):
         vals = np.array([r[key] for r in rows])
         out[key], out[f"{key}_std"] = float(vals.mean()), float(vals.std())
     out["cmc"] = np.mean([r["cmc"] for r in rows], 0).tolist()

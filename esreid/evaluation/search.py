@@ -12,9 +12,9 @@ euclidean = squared L2. Ranking: nearest first, ties by gallery position (the ev
 ``flat`` (also across the k-th place); ``k`` is capped at the gallery size. :func:`evaluate_topk` evaluates with a
 top-k search when the gallery is too large for distance matrices.
 
-Files (:func:`search_files`, the ``esreid search`` command :func:`search_main`): features ``.npz`` as ``esreid
-extract`` writes them: ``feats`` (N, D) float, and optionally ``ids`` (N,) int (pids), ``camids`` (N,) int, ``paths``
-(N,) str. :func:`search_files` returns :class:`SearchResults`, a sequence of one dict per query::
+Files (:func:`search_files`, what ``esreid search`` runs: :mod:`esreid.commands.search`): features ``.npz`` as
+``esreid extract`` writes them: ``feats`` (N, D) float, and optionally ``ids`` (N,) int (pids), ``camids`` (N,)
+int, ``paths`` (N,) str. :func:`search_files` returns :class:`SearchResults`, a sequence of one dict per query::
 
     {"query": 0, "path": "q/0001_c1.jpg", "pid": 1, "camid": 0,          # None where the query file lacks the column
      "matches": [{"rank": 1, "row": 18, "path": "g/0001_c2.jpg", "pid": 1, "camid": 1, "distance": 0.099}, ...]}
@@ -28,12 +28,12 @@ extract`` writes them: ``feats`` (N, D) float, and optionally ``ids`` (N,) int (
   ``query_ids`` / ``query_camids`` (M,) when the query file has them. Where an approximate index found fewer than k
   matches: row -1, dist inf, id / camid -1, path "".
 
-``--html FILE`` / ``--grid DIR`` show each query and its top-k images (:mod:`esreid.viz.matches`).
+``--html FILE`` / ``--grid DIR`` show each query and its top-k images (:mod:`esreid.viz.matches`, which sits above
+this module: nothing here draws).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -49,7 +49,7 @@ import torch
 
 from esreid.errors import EsreidError
 from esreid.evaluation.distance import ArrayLike
-from esreid.evaluation.metrics import AP_MODES, labels, same_pid_index
+from esreid.evaluation.metrics import AP_MODES, as_ids, same_pid_index
 from esreid.files import atomic_writer
 from esreid.registry import Registry
 
@@ -155,7 +155,7 @@ class GalleryIndex:
         ``(N,)`` (default: running positions 0, 1, ...) and per-item ``info`` columns ``(N,)`` (e.g. ``paths=``;
         the same names at every call)."""
         x = self._prepare(feats, "gallery features")
-        ids = np.arange(len(self.ids), len(self.ids) + len(x)) if ids is None else labels(ids, "ids", len(x))
+        ids = np.arange(len(self.ids), len(self.ids) + len(x)) if ids is None else as_ids(ids, "ids", len(x))
         cols = {name: np.asarray(col) for name, col in info.items()}
         for name, col in cols.items():
             if col.shape != (len(x),):
@@ -256,8 +256,8 @@ def evaluate_topk(q_pids, g_pids, q_camids, g_camids, qf: ArrayLike, index: Gall
       of positives R: a lower bound of the full AP, equal to it when all R positives rank within k;
     * mINP needs the rank of the last positive and is not reported.
     """
-    q_pids, q_camids = labels(q_pids, "q_pids"), labels(q_camids, "q_camids", len(q_pids))
-    g_pids, g_camids = labels(g_pids, "g_pids", len(index)), labels(g_camids, "g_camids", len(index))
+    q_pids, q_camids = as_ids(q_pids, "q_pids"), as_ids(q_camids, "q_camids", len(q_pids))
+    g_pids, g_camids = as_ids(g_pids, "g_pids", len(index)), as_ids(g_camids, "g_camids", len(index))
     if max(ranks) > k:
         raise ValueError(f"ranks {list(ranks)} go beyond k={k}")
     same = same_pid_index(g_pids, q_pids)
@@ -471,32 +471,3 @@ def check_drawable(query: str, gallery: Optional[str], load_index: Optional[str]
         if keys and key not in keys:
             raise SearchError(f"{path}: --html/--grid show images, but this {side} file has no image paths "
                               f"(keys {sorted(keys)}); write it with esreid extract, which stores them")
-
-
-def search_main(args: argparse.Namespace) -> int:
-    """``esreid search ARGS`` (arguments: ``esreid search --help``): top-k matches printed or written to --output,
-    drawn with ``--html`` (a page linking the images) and ``--grid`` (a PNG per query), :mod:`esreid.viz.matches`."""
-    if args.output:
-        output_format(args.output)  # a wrong extension stops before any work
-    if args.html and not args.html.lower().endswith((".html", ".htm")):
-        raise SearchError(f"--html {args.html}: expected a file name ending in .html")
-    if args.html or args.grid:
-        check_drawable(args.query, args.gallery, args.load_index)
-    results = search_files(args.query, args.k, gallery=args.gallery, load_index=args.load_index, kind=args.index,
-                           metric=args.metric, save_index=args.save_index)
-    if args.save_index:
-        print(f"wrote the {results.kind} index of {results.gallery_size} gallery items to {args.save_index}")
-    if args.output:
-        write_results(results, args.output)
-        print(f"wrote the top-{results.k} matches of {len(results)} queries to {args.output}")
-    if args.html or args.grid:
-        from esreid.viz.matches import write_match_grids, write_match_html  # the viz layer sits above this one
-
-        if args.html:
-            print(f"wrote {write_match_html(results, args.html)}: the top-{results.k} images of {len(results)} "
-                  "queries (it links the image files by paths relative to the page)")
-        if args.grid:
-            print(f"wrote {len(results)} rank grids to {args.grid} (open {write_match_grids(results, args.grid)})")
-    if not (args.output or args.html or args.grid):
-        print("\n".join(format_results(results)))
-    return 0

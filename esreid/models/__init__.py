@@ -9,7 +9,7 @@ Every registered model is a :class:`~esreid.models.base.ReIDModel` (see base.py 
 
 from esreid.registry import Registry
 
-MODELS = Registry("model")
+MODELS = Registry("model", locations=(__name__,))  # every module of esreid.models, on first lookup
 
 
 def build_model(cfg, num_classes: int, test=None):
@@ -24,14 +24,3 @@ def build_model(cfg, num_classes: int, test=None):
         rule = rule.replace(flip=test.flip, normalize=test.normalize, metric=test.metric)
     return cls(cfg, num_classes, rule)
 
-
-def _register_all() -> None:
-    import importlib
-    import pkgutil
-
-    for mod in pkgutil.iter_modules(__path__):
-        if not mod.name.startswith("_") and not mod.ispkg and mod.name not in ("base", "heads", "pooling"):
-            importlib.import_module(f"{__name__}.{mod.name}")
-
-
-_register_all()

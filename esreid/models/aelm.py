@@ -12,9 +12,10 @@ as a side module to the trunk's output map F (B, C_p, h, w):
                                 ├─ F'' ⊙ (1 - E) ─ head B: Conv1x1(C_p→N) ─ S^B ─ spatial mean ─ z^B  CE
                                 └─ GAP ─ f_t (B, C_p) ─ BN ─ f_i (test feature)                      triplet on f_t
 
-Reading chosen for the mid-level point (the brief asks to say it): the trunk is never modified. ``layer4`` consumes
-the raw ``layer3`` output, neither the CoAM-attended nor the erased map, so erasing only acts on the AELM heads of
-its own insertion point and the ImageNet-pretrained ``layer4`` sees the input it was trained on. The abstract's
+Reading chosen for the mid-level point (docs/methods.md §4, an ambiguity the abstract leaves): the trunk is never
+modified. ``layer4`` consumes the raw ``layer3`` output, neither the CoAM-attended nor the erased map, so erasing only
+acts on the AELM heads of its own insertion point and the ImageNet-pretrained ``layer4`` sees the input it was
+trained on. The abstract's
 "cascaded into one module which is applied to the outputs of different convolutional layers" reads as side modules.
 
 Train: ``forward_train(images (B, 3, H, W), pids (B,))`` -> per insertion point p ``{p_ce, p_triplet, p_erased_ce}``
@@ -32,15 +33,15 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from esreid.config import STAGE_NAMES, Invalid, ModelConfig, param
+from esreid.config import Invalid, ModelConfig, param
 from esreid.losses import branch_losses
 from esreid.models import MODELS
-from esreid.models.backbones import build_backbone
+from esreid.models.backbones import STAGES, build_backbone
 from esreid.models.base import ReIDModel, RetrievalRule
 from esreid.models.heads import Head, HeadOutput
 from esreid.models.pooling import GAP
 
-POINTS = STAGE_NAMES[1:]  # layer1 .. layer4
+POINTS = STAGES[1:]  # layer1 .. layer4
 
 
 @dataclass

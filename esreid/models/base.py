@@ -12,6 +12,7 @@ member                                     meaning
 ``forward_train(images, pids) -> dict``    scalar loss terms ``{name: Tensor}``; the trainer back-propagates the sum
 ``features(images) -> list[Tensor]``       per-branch retrieval features ``[(B, D_i)]`` (eval mode, no flip)
 ``retrieval`` (:class:`RetrievalRule`)     flip, per-branch L2, metric: how features become the ranked distance
+``branch_features(images, flip)``          per-branch features, flip-summed (in >= float32) by the rule
 ``retrieval_features(images) -> Tensor``   the vector ``(B, ΣD_i)`` the evaluator ranks, by the retrieval rule
 ``saliency_layer``                         module name of the default CG-RAM layer (explanations, Fig. 3 probe)
 ``generators() -> dict``                   the model's own RNGs (saved in checkpoints, seeded alike under DDP)
@@ -110,14 +111,20 @@ class ReIDModel(nn.Module):
         """
         return [out.feature for out in self.forward_head(self.forward_features(images))]
 
-    def retrieval_features(self, images: Tensor) -> Tensor:
-        """The vector the evaluator ranks, ``(B, ΣD_i)`` float32: :meth:`features`, summed with the features of the
-        mirrored images when ``retrieval.flip``, combined by the retrieval rule."""
+    def branch_features(self, images: Tensor, flip: Optional[bool] = None) -> List[Tensor]:
+        """:meth:`features` of images ``(B, 3, H, W)``, each branch summed with that of the mirrored images when
+        ``flip`` (default ``retrieval.flip``; the sum in at least float32: half-precision autocast outputs are promoted
+        first). What the evaluator ranks and test-time CG-RAM explains."""
         branches = self.features(images)
-        if self.retrieval.flip:
+        if self.retrieval.flip if flip is None else flip:
             mirrored = self.features(torch.flip(images, dims=[3]))
             branches = [at_least_float32(b) + at_least_float32(m) for b, m in zip(branches, mirrored)]
-        return self.retrieval.combine(branches)
+        return branches
+
+    def retrieval_features(self, images: Tensor) -> Tensor:
+        """The vector the evaluator ranks, ``(B, ΣD_i)`` float32: :meth:`branch_features` combined by the retrieval
+        rule."""
+        return self.retrieval.combine(self.branch_features(images))
 
     def forward(self, images: Tensor, pids: Optional[Tensor] = None):
         if not self.training:

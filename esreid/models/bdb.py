@@ -28,7 +28,7 @@ from esreid.config import Invalid, ModelConfig, param
 from esreid.erasing.dropblock import BatchDropBlock
 from esreid.losses import branch_losses
 from esreid.models import MODELS
-from esreid.models.backbones import build_backbone
+from esreid.models.backbones import build_backbone, feature_size, require_channels_multiple_of
 from esreid.models.backbones.resnet import Bottleneck
 from esreid.models.base import ReIDModel, RetrievalRule
 from esreid.models.heads import BNNeckHead, Head, HeadOutput, ReductionHead
@@ -47,8 +47,8 @@ class BDBConfig(ModelConfig):
 
     def check(self, cfg) -> None:
         super().check(cfg)
-        self.require_channels_multiple_of(Bottleneck.expansion, "the drop branch's new Bottleneck(C, C/4)")
-        h, w = self.feature_size(cfg)
+        require_channels_multiple_of(self, Bottleneck.expansion, "the drop branch's new Bottleneck(C, C/4)")
+        h, w = feature_size(cfg.data.height, cfg.data.width, "layer4", self.last_stride)
         rows, cols = round(self.drop_height_ratio * h), round(self.drop_width_ratio * w)
         if rows < 1 or cols < 1:
             raise Invalid("model.drop_height_ratio" if rows < 1 else "model.drop_width_ratio",

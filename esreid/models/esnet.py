@@ -62,7 +62,7 @@ SALIENCY = {"cgram": cgram_saliency, "gradcam": gradcam_saliency}  # model.salie
 class ESNetConfig(ModelConfig):
     name: str = "esnet"
     # last shared stage: layer2 = "before res_conv4" read literally (docs/methods.md §7 #1)
-    shared_until: str = param("layer2", choices=("layer2", "layer3", "layer4"))
+    shared_until: str = param("layer2", choices=STAGES[2:])
     aib: bool = True  # build the All Information Branch
     esb: bool = True  # build the Erasing Salient Branch
     aib_pooling: str = param("gap", choices=POOLING_NAMES)  # §III-A; "ppool" = Table VI

@@ -20,20 +20,16 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor
 
-from esreid.config import POOLING_NAMES, Invalid, ModelConfig, param
+from esreid.config import Invalid, param
 from esreid.losses import branch_losses
 from esreid.models import MODELS
-from esreid.models.backbones import build_backbone
-from esreid.models.base import ReIDModel, RetrievalRule
-from esreid.models.heads import BNNeckHead, Head, HeadOutput
-from esreid.models.pooling import build_pooling
+from esreid.models.base import RetrievalRule
+from esreid.models.baseline import Baseline, BaselineConfig
 
 
 @dataclass
-class FeatureErasingConfig(ModelConfig):
+class FeatureErasingConfig(BaselineConfig):
     name: str = "feature_erasing"
-    pooling: str = param("gap", choices=POOLING_NAMES)
-    ppool_init: float = param(3.0, gt=1)  # initial exponent of a learnable pooling (gem / ppool)
     erase_prob: float = param(0.5, ge=0, le=1)  # P: Zhong et al.'s default
     area: List[float] = param(factory=lambda: [0.02, 0.4], length=2, gt=0, le=1)  # erased fraction of the map
     # height / width of the rectangle; beyond 1e-3..1e3 a side is clamped to the map anyway (and sqrt(a / r) overflows)
@@ -48,13 +44,12 @@ class FeatureErasingConfig(ModelConfig):
 
 
 @MODELS.register("feature_erasing", config=FeatureErasingConfig)
-class FeatureErasing(ReIDModel):
-    """BoT with random erasing of the layer4 map in training (module docstring). One branch, ``global``."""
+class FeatureErasing(Baseline):
+    """BoT (:class:`~esreid.models.baseline.Baseline`: backbone, pooling + BNNeck head, branch ``global``) with random
+    erasing of the layer4 map in training (module docstring)."""
 
     def __init__(self, cfg: FeatureErasingConfig, num_classes: int, retrieval: Optional[RetrievalRule] = None):
         super().__init__(cfg, num_classes, retrieval)
-        self.backbone = build_backbone(cfg.backbone, cfg.last_stride, cfg.pretrained)
-        self.head = BNNeckHead(build_pooling(cfg.pooling, cfg.ppool_init), self.backbone.out_channels, num_classes)
         self.generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))  # the rectangles
         self._erased = torch.zeros(())
 
@@ -74,20 +69,11 @@ class FeatureErasing(ReIDModel):
             mask[i, top : top + rh, left : left + rw] = True
         return mask
 
-    def forward_features(self, images: Tensor) -> Tensor:
-        return self.backbone(images)  # (B, C, h, w)
-
-    def forward_head(self, x: Tensor) -> List[HeadOutput]:
-        return [self.head(x)]
-
     def forward_train(self, images: Tensor, pids: Tensor) -> Dict[str, Tensor]:
         x = self.forward_features(images)
         mask = self.rectangles(x.shape[0], x.shape[2], x.shape[3]).to(x.device)
         self._erased = mask.float().mean()
         return branch_losses(self.head(x.masked_fill(mask[:, None], 0.0)), pids, self.cfg.loss)
-
-    def heads(self) -> Dict[str, Head]:
-        return {"global": self.head}
 
     def generators(self) -> Dict[str, torch.Generator]:
         return {"erasing": self.generator}

@@ -24,7 +24,7 @@ from esreid.erasing.gradcam import grad_cam, true_class_score
 from esreid.erasing.hardmix import AttentiveHardMix
 from esreid.losses import branch_losses
 from esreid.models import MODELS
-from esreid.models.backbones import build_backbone
+from esreid.models.backbones import build_backbone, feature_size, require_channels_multiple_of
 from esreid.models.backbones.resnet import Bottleneck
 from esreid.models.base import ReIDModel, RetrievalRule
 from esreid.models.heads import Head, HeadOutput, ReductionHead
@@ -42,8 +42,8 @@ class PMMConfig(ModelConfig):
 
     def check(self, cfg) -> None:
         super().check(cfg)
-        self.require_channels_multiple_of(Bottleneck.expansion, "PMM's new part Bottleneck(C, C/4)")
-        (h, w), (bh, bw) = self.feature_size(cfg), self.block_size
+        require_channels_multiple_of(self, Bottleneck.expansion, "PMM's new part Bottleneck(C, C/4)")
+        (h, w), (bh, bw) = feature_size(cfg.data.height, cfg.data.width, "layer4", self.last_stride), self.block_size
         if h % bh or w % bw:
             raise Invalid("model.block_size", f"the {h}x{w} layer4 map of {cfg.data.height}x{cfg.data.width} images "
                                               f"is not a multiple of the {bh}x{bw} block (e.g. 3x2 for 24x8 at "

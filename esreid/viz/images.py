@@ -14,8 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from esreid.files import atomic_write_bytes
-
 # an image: uint8 (3, H, W) RGB tensor or array, (H, W, 3) array, or an image file path
 ImageLike = Union[torch.Tensor, np.ndarray, str, "os.PathLike[str]"]
 MapLike = Union[torch.Tensor, np.ndarray]
@@ -72,10 +70,3 @@ def figure_png(fig, dpi: int = 100) -> bytes:
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()
 
-
-def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str]) -> str:
-    """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically (:func:`esreid.files.atomic_write_bytes`: a
-    reader never sees a half-written file, an interrupted write leaves the old one). Returns ``path`` as a string."""
-    path = os.fspath(path)
-    atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
-    return path

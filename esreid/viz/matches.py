@@ -21,7 +21,7 @@ import urllib.parse
 from typing import Any, Dict, List, Sequence
 
 from esreid.evaluation.search import SearchError, SearchResults
-from esreid.viz.images import atomic_write
+from esreid.files import atomic_write
 from esreid.viz.ranklist import COLOURS, JUNK_DIM, LEGEND, Match, RankRow, match_labels, write_rank_pages
 
 SCORE_NAMES = {"cosine": "cosine distance", "euclidean": "squared Euclidean distance"}

@@ -16,11 +16,11 @@ Every key is optional: panels are made only for the values present.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from esreid.evaluation.metric_keys import reported
 from esreid.viz.images import figure_png
 
 Record = Mapping[str, Any]
@@ -32,7 +32,6 @@ BESM_STATS = {"erased_fraction": ("BESM: fraction of the batch erased", "fractio
               "saliency_mean": ("BESM: mean CG-RAM value", "mean map value"),
               "empty_map_fraction": ("BESM: fraction drawn with an all-zero map (not erased)", "fraction")}
 EXPONENT_SYMBOLS = ("l", "p")  # model.stats() names a pooling exponent <where>_<symbol>: esb_l (P-pooling), pool_p
-EVAL_CURVES = ("mAP", "R1")
 CMC_MARKS = (1, 5, 10, 20)  # ranks marked on CMC curves
 
 
@@ -59,20 +58,6 @@ class Panel:
     mark_x: Tuple[float, ...] = ()  # x values to put markers at (every point when ``marker`` is set and this is empty)
     ylim: Optional[Tuple[float, float]] = None
     smooth: bool = False  # long noisy series (single-batch losses) drawn faintly under their moving average
-
-
-def read_metrics(path: str) -> List[Dict[str, Any]]:
-    """The records of a ``metrics.jsonl``, in file order; a line cut short by a crash (not JSON) is skipped."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
 
 
 def _number(v: Any) -> bool:
@@ -158,7 +143,9 @@ def training_panels(records: Sequence[Record]) -> List[Panel]:
         series = _series(epochs, "epoch", key)
         if series:
             panels.append(Panel(key, title, "epoch", ylabel, series))
-    evals = [s for k in EVAL_CURVES for s in _series(_by_type(records, "eval"), "epoch", k, scale=100.0)]
+    eval_records = _by_type(records, "eval")
+    curves = [m for m in reported(eval_records[-1]) if m.curve] if eval_records else []  # as the protocol declares
+    evals = [s for m in curves for s in _series(eval_records, "epoch", m.key, m.label, 100.0 if m.percent else 1.0)]
     if evals:
         panels.append(Panel("eval", "evaluation", "epoch", "%", evals, marker="o"))
     per_step("erased_loss", "Fig. 3: loss on erased vs original images", "loss",

@@ -23,7 +23,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from esreid.viz.images import ImageLike, MapLike, as_rgb, atomic_write, overlay
+from esreid.files import atomic_write
+from esreid.viz.images import ImageLike, MapLike, as_rgb, overlay
 
 COLOURS: Dict[str, Tuple[int, int, int]] = {
     "query": (37, 99, 235),

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from esreid.console import format_seconds
-from esreid.viz.images import atomic_write
+from esreid.evaluation.metric_keys import is_number, reported
+from esreid.files import atomic_write
 
-METRIC_KEYS = ("mAP", "R1", "R5", "R10", "R20", "mINP")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 CSS = """
@@ -50,10 +50,6 @@ def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(bytes(png)).decode("ascii")
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # not NaN
-
-
 @dataclass
 class RunSummary:
     """One run on the comparison page: its metrics (with ``cmc``, the CMC at ranks 1..50, when available) and the
@@ -66,16 +62,19 @@ class RunSummary:
 
 def metrics_table(runs: Sequence[RunSummary]) -> str:
     """An HTML table with one row per run (metrics as fractions, with ``<key>_std`` where the protocol reports one)
-    and the columns of :data:`METRIC_KEYS` in %; the name links to the run's report when it has one."""
-    head = "".join(f"<th>{k} (%)</th>" for k in METRIC_KEYS)
+    and a column per metric their protocols declare (:mod:`esreid.evaluation.metric_keys`; percentages in %); the
+    name links to the run's report when it has one."""
+    columns = list({m.key: m for run in runs for m in reported(run.metrics)}.values())
+    head = "".join(f"<th>{_e(m.label)}{' (%)' * m.percent}</th>" for m in columns)
     body = []
     for i, run in enumerate(runs):
         label = f'<a href="{_e(run.report)}">{_e(run.name)}</a>' if run.report else _e(run.name)
         cells = [f'<td class="name">{label}</td>']
-        for key in METRIC_KEYS:
+        for m in columns:
+            key = m.key
             v, std = run.metrics.get(key), run.metrics.get(f"{key}_std")
-            ok, has_std = _number(v), _number(std)
-            text = (f"{100 * v:.1f}" + (f" ± {100 * std:.1f}" if has_std else "")) if ok else "–"
+            ok, has_std = is_number(v), is_number(std)
+            text = (m.show(v) + (f" ± {m.show(std)}" if has_std else "")) if ok else "–"
             value, spread = repr(float(v)) if ok else "", repr(float(std)) if has_std else ""
             cells.append(f'<td id="metric-{i}-{key}" data-run="{_e(run.name)}" data-metric="{key}" '
                          f'data-value="{value}" data-std="{spread}">{text}</td>')

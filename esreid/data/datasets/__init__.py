@@ -1,12 +1,2 @@
-"""Dataset loaders; importing this package registers every one of them in ``esreid.data.base.DATASETS``."""
-
-from esreid.data.datasets import (  # noqa: F401
-    cuhk03,
-    custom,
-    dukemtmc,
-    market1501,
-    msmt17,
-    synthetic,
-    vehicleid,
-    veri776,
-)
+"""Dataset loaders, one module per dataset, each registering itself in ``esreid.data.base.DATASETS`` (which imports
+them on its first lookup)."""

@@ -8,8 +8,8 @@ Layout under ``root`` (torchreid / fast-reid names; ``cuhk03/`` or root itself):
 
 The split is read from the config ``.mat`` on every load (it is small), so no split file with stored paths is
 written; the only thing generated is the image folder, named ``<campair>_<pid:03d>_<view>_<img:02d>.png`` exactly as
-the config's ``filelist`` names them. camid = view - 1 (0/1), not the camera pair (the torchreid / fast-reid loaders). Train pids are
-relabelled; query / gallery keep the config's ``labels``.
+the config's ``filelist`` names them. camid = view - 1 (0/1), not the camera pair (the torchreid / fast-reid
+loaders). Train pids are relabelled; query / gallery keep the config's ``labels``.
 
 The real ``cuhk-03.mat`` is MATLAB v7.3 (HDF5), which scipy cannot read: it is read with h5py when that is
 installed (an optional dependency; this path follows torchreid's reading of the file and is not exercised by the
@@ -142,7 +142,9 @@ class CUHK03(ReIDDataset):
     name = "cuhk03"
     title = "CUHK03"
     candidates = ("cuhk03", "")
-    # the torchreid / fast-reid loaders; the detected counts are [verify]
+    # CUHK03-NP (Zhong et al., CVPR 2017, the split torchreid and fast-reid load from the same .mat files): 767 / 700
+    # ids; labeled 7,368 / 1,400 / 5,328 images, detected 7,365 / 1,400 / 5,332. Settled: these are the published
+    # counts; `esreid datasets check` reports any release that differs instead of trusting it.
     published_by_kind = {
         "labeled": {"train": (767, 7368), "query": (700, 1400), "gallery": (700, 5328)},
         "detected": {"train": (767, 7365), "query": (700, 1400), "gallery": (700, 5332)},

@@ -21,7 +21,8 @@ class DukeMTMCreID(PidCamFolderDataset):
     num_cams = 8
     max_pid = 9999  # Duke pids are 4-digit; no tighter bound is documented
     example = "0001_c2_f0046182.jpg"
-    published = {"train": (702, 16522), "query": (702, 2228), "gallery": (1110, 17661)}  # the torchreid / fast-reid loaders
+    # the torchreid / fast-reid loaders
+    published = {"train": (702, 16522), "query": (702, 2228), "gallery": (1110, 17661)}
 
     def __init__(self, root: str, verbose: bool = True):
         super().__init__(root, verbose=verbose)

@@ -6,8 +6,9 @@ Layout (torchreid, with fast-reid / BoT fallbacks), tried in this order under ``
     market1501/{...}   Market-1501-v15.09.15/{...}   {...} directly under root
 
 File names ``0002_c1s1_000451_03.jpg``: pid 0002, camera 1 (1..6 -> camid 0..5). pid -1 (junk) is dropped at load,
-pid 0 (false detections) stays in the gallery as distractors (the torchreid / fast-reid loaders). With ``distractors_500k=True`` the
-images of ``<dataset>/images`` (torchreid's ``market1501_500k`` folder name) are added to the gallery.
+pid 0 (false detections) stays in the gallery as distractors (the torchreid / fast-reid loaders). With
+``distractors_500k=True`` the images of ``<dataset>/images`` (torchreid's ``market1501_500k`` folder name) are
+added to the gallery.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ class Market1501(PidCamFolderDataset):
     published = {"train": (751, 12936), "query": (750, 3368), "gallery": (751, 15913)}
 
     def __init__(self, root: str, distractors_500k: bool = False, verbose: bool = True):
-        # The 500k distractor images are parsed with the same regex as torchreid does; their pids are then
-        # whatever their names say (pid -1 names would be dropped like Market junk) [verify against the release].
+        # The 500k distractors (``images/``) join the gallery as in torchreid's market1501_500k (``gallery +=
+        # process_dir(extra_gallery_dir)``: the same regex and the same pid -1 drop). Settled: their pids are whatever
+        # their names say, as there; the gallery count is then not checked (no loader publishes it).
         super().__init__(root, verbose=verbose, extra_gallery="images" if distractors_500k else "")
         if distractors_500k:
             self.published = {k: v for k, v in self.published.items() if k != "gallery"}

@@ -29,7 +29,9 @@ class MSMT17(ReIDDataset):
     title = "MSMT17"
     protocol = "market"
     candidates = ("msmt17/MSMT17_V1", "msmt17/MSMT17_V2", "MSMT17_V1", "MSMT17_V2", "msmt17", "")
-    # the torchreid / fast-reid loaders: list_train 30,248 images [verify]; 32,621 with list_val (paper / docstrings)
+    # The paper's and the torchreid / fast-reid docstrings' 32,621 train images are list_train + list_val; both
+    # loaders train on list_train alone by default (list_val only with combineall), i.e. 32,621 - 2,373 = 30,248.
+    # Settled: 30,248 by default, 32,621 with combine_val; `esreid datasets check` reports a release that differs.
     published = {"train": (1041, 30248), "query": (3060, 11659), "gallery": (3060, 82161)}
     published_with_val = {"train": (1041, 32621), "query": (3060, 11659), "gallery": (3060, 82161)}
 

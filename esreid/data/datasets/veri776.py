@@ -21,7 +21,9 @@ class VeRi776(PidCamFolderDataset):
     num_cams = 20
     max_pid = 776
     example = "0002_c002_00030600_0.jpg"
-    # the torchreid / fast-reid loaders: the paper says 576 train ids; loaders may print 575 [verify]. Query shows 19 cameras.
+    # VeRi-776 (Liu et al., ICME 2016; torchreid / fast-reid docstrings): 776 ids = 576 train + 200 test, 37,778 /
+    # 1,678 / 11,579 images, 20 cameras (the query split covers 19 of them). Settled: 576, the paper's count; a
+    # release whose loader finds 575 is reported by `esreid datasets check` as a mismatch, not hidden.
     published = {"train": (576, 37778), "query": (200, 1678), "gallery": (200, 11579)}
 
     def __init__(self, root: str, verbose: bool = True):

@@ -18,14 +18,31 @@ from typing import Dict, Mapping, Tuple
 import torch
 from torch import nn
 
+from esreid.config import Invalid
 from esreid.errors import CheckpointError
+from esreid.models.backbones.weights import resolve
 from esreid.registry import Registry
 
-BACKBONES = Registry("backbone")
+BACKBONES = Registry("backbone", locations=(__name__,))  # resnet.py, resnet_nl.py, ... on first lookup
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 # stride-2 operations ending each stage: stem = conv1 + maxpool, layer2 / layer3 = their first block, layer4 = the last
 # stride (1 in re-ID, docs/methods.md §0)
 _HALVINGS = {"stem": 2, "layer1": 0, "layer2": 1, "layer3": 1}
+
+
+def imagenet_of(backbone: str) -> str:
+    """The torchvision network whose ImageNet weights ``backbone`` loads: its registration's ``imagenet`` (a ResNet
+    with added modules, e.g. ``resnet50_nl`` -> ``resnet50``), else its own name."""
+    return BACKBONES.meta(backbone).get("imagenet", backbone) if backbone in BACKBONES else backbone
+
+
+def require_channels_multiple_of(cfg, multiple: int, why: str) -> None:
+    """Raise :class:`~esreid.config.Invalid` on ``model.backbone`` unless the ``layer4`` width of ``cfg.backbone`` (a
+    model config; from its registration, without building it) is a multiple of ``multiple``."""
+    c = BACKBONES.meta(cfg.backbone)["channels"]["layer4"]
+    if c % multiple:
+        raise Invalid("model.backbone", f"{cfg.backbone!r} gives {c} channels but {why} needs a multiple of "
+                                        f"{multiple} (e.g. resnet50, resnet101, resnet_tiny_bottleneck)")
 
 
 def feature_size(height: int, width: int, stage: str = "layer4", last_stride: int = 1) -> Tuple[int, int]:
@@ -36,8 +53,6 @@ def feature_size(height: int, width: int, stage: str = "layer4", last_stride: in
         height, width = -(-height // 2), -(-width // 2)
     return height, width
 
-from esreid.models.backbones import resnet, resnet_nl  # noqa: E402,F401  (register the ResNets; need BACKBONES above)
-from esreid.models.backbones.weights import resolve  # noqa: E402
 
 
 def _read_state_dict(source: str) -> Dict[str, torch.Tensor]:

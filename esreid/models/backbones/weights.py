@@ -4,8 +4,8 @@ torch hub cache that lets a machine without internet train (``esreid weights fet
 ``model.pretrained`` takes:
 
 * ``""``: random initialisation;
-* ``torchvision:resnet50`` (any name of :data:`TORCHVISION`): torchvision's ImageNet checkpoint of that ResNet (the
-  "V1" weights, the ones re-ID papers start from), i.e. its URL below;
+* ``torchvision:resnet50`` (any name of :data:`esreid.config.pretrained.TORCHVISION`): torchvision's ImageNet
+  checkpoint of that ResNet (the "V1" weights, the ones re-ID papers start from), i.e. its URL;
 * a URL (``https://...``): read from the torch hub cache, ``$TORCH_HOME/hub/checkpoints/<file name of the URL>``
   (torch's default ``~/.cache/torch/hub/checkpoints``), when the file is there; otherwise downloaded into it once.
   A file name with a hash part (``resnet50-0676ba61.pth``) is checked against the SHA-256 of the download, as
@@ -21,7 +21,6 @@ model is built.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import re
@@ -30,42 +29,12 @@ import urllib.parse
 import urllib.request
 from typing import Optional, Tuple
 
-from esreid.errors import CheckpointError
+from esreid.config.pretrained import PREFIX, TORCHVISION, PretrainedError, is_url, url_of  # the spec's grammar
 from esreid.files import atomic_writer
 
-PREFIX = "torchvision:"
-TORCHVISION = {  # torchvision.models.ResNet*_Weights.IMAGENET1K_V1
-    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
-    "resnet34": "https://download.pytorch.org/models/resnet34-b627a593.pth",
-    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
-    "resnet101": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
-}
 HASH_PART = re.compile(r"-([a-f0-9]*)\.")  # torch.hub's convention: <name>-<first hex digits of the SHA-256>.<ext>
 TIMEOUT = 60  # seconds without data before a download is given up
 CHUNK = 1 << 20
-
-
-class PretrainedError(CheckpointError):
-    """ImageNet weights named by ``model.pretrained`` cannot be had; the message names the ways to fix it."""
-
-
-def is_url(spec: str) -> bool:
-    return spec.startswith(("http://", "https://"))
-
-
-def url_of(spec: str) -> Optional[str]:
-    """The URL ``spec`` stands for (``torchvision:NAME`` or a URL), None for a local path or ``""``.
-
-    Raises:
-        PretrainedError: an unknown ``torchvision:`` name.
-    """
-    if spec.startswith(PREFIX):
-        name = spec[len(PREFIX):]
-        if name not in TORCHVISION:
-            raise PretrainedError(f"unknown weights {spec!r}: expected one of "
-                                  f"{', '.join(PREFIX + n for n in TORCHVISION)}, a URL or a local file")
-        return TORCHVISION[name]
-    return spec if is_url(spec) else None
 
 
 def cache_dir() -> str:
@@ -145,31 +114,15 @@ def _stderr(line: str) -> None:
     print(f"esreid: {line}", file=sys.stderr)
 
 
-def config_problem(spec: str) -> Optional[str]:
-    """What is wrong with ``model.pretrained`` as written (no file or network access), or None."""
-    try:
-        url_of(spec)
-    except PretrainedError as e:
-        return str(e)
-    return None
-
-
-def imagenet_of(backbone: str) -> str:
-    """The torchvision network whose ImageNet weights ``backbone`` loads: its registration's ``imagenet`` (a ResNet
-    with added modules, e.g. ``resnet50_nl`` -> ``resnet50``), else its own name."""
-    from esreid.models.backbones import BACKBONES  # late import: the registry's module imports this one
-
-    return BACKBONES.meta(backbone).get("imagenet", backbone) if backbone in BACKBONES else backbone
-
-
-def problem_before_training(spec: str, backbone: str) -> Optional[str]:
-    """What would stop loading ``spec`` into ``backbone``, found without the network: a missing local file, or
+def problem_before_training(spec: str, backbone: str, imagenet: str) -> Optional[str]:
+    """What would stop loading ``spec`` into ``backbone`` (which loads the ImageNet weights of the torchvision network
+    ``imagenet``: :func:`esreid.models.backbones.imagenet_of`), found without the network: a missing local file, or
     torchvision weights of another architecture. None when nothing (a URL is fetched when the model is built)."""
     if not spec:
         return None
     if spec.startswith(PREFIX):
         name = spec[len(PREFIX):]
-        if name != imagenet_of(backbone):
+        if name != imagenet:
             return (f"{spec} are the weights of {name}, but model.backbone is {backbone}; use "
                     + (f"{PREFIX}{backbone}" if backbone in TORCHVISION else "model.pretrained=''")
                     + " or set model.backbone to " + name)
@@ -190,13 +143,3 @@ def fetch(spec: str, log=None) -> Tuple[str, bool]:
     if os.path.isfile(path):
         return path, False
     return resolve(spec, log), True
-
-
-def fetch_main(args: argparse.Namespace) -> int:
-    """``esreid weights fetch [NAME|URL]``: download ImageNet weights once into the torch hub cache."""
-    path, downloaded = fetch(args.name, log=print)
-    size = os.path.getsize(path) / 1e6
-    print(f"{'saved' if downloaded else 'already cached:'} {path} ({size:.1f} MB); configs with model.pretrained: "
-          f"{args.name} now train without the network here (copy the file to the same place, or set TORCH_HOME, on "
-          "other machines)")
-    return 0
