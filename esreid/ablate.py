@@ -209,6 +209,7 @@ def cell_config(cell: Cell) -> Config:
 
 def run_cell(cell: Cell, progress: bool = False, log: Log = print) -> Dict[str, Any]:
     """Train and evaluate one cell (or read its ``results.json``; resume from its ``last.pth``); its metrics."""
+    from esreid.engine.runlock import run_lock
     from esreid.engine.trainer import Trainer
 
     results = os.path.join(cell.folder, "results.json")
@@ -216,13 +217,14 @@ def run_cell(cell: Cell, progress: bool = False, log: Log = print) -> Dict[str, 
         with open(results, encoding="utf-8") as f:
             return json.load(f)
     cfg = cell_config(cell)
-    resume = "auto" if os.path.isfile(os.path.join(cell.folder, "last.pth")) else None
-    trainer = Trainer(cfg, resume=resume, progress=progress, log=log)
-    if trainer.start_epoch >= cfg.solver.epochs:  # interrupted during the final evaluation: evaluate again
-        metrics, _ = trainer.evaluate()
-        atomic_write(results, json.dumps(metrics, indent=2))
-        return metrics
-    return trainer.train()
+    with run_lock(cell.folder):  # one training process per cell (esreid.engine.runlock)
+        resume = "auto" if os.path.isfile(os.path.join(cell.folder, "last.pth")) else None
+        trainer = Trainer(cfg, resume=resume, progress=progress, log=log)
+        if trainer.start_epoch >= cfg.solver.epochs:  # interrupted during the final evaluation: evaluate again
+            metrics, _ = trainer.evaluate()
+            atomic_write(results, json.dumps(metrics, indent=2))
+            return metrics
+        return trainer.train()
 
 
 def run_all(plan: Plan, progress: bool = False, verbose: bool = False, log: Log = print) -> Dict[str, Dict]:

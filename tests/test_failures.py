@@ -206,6 +206,27 @@ def tiny_free_space(ctx):
     ctx.monkeypatch.setattr(files.shutil, "disk_usage", lambda path: usage)
 
 
+def running(ctx):
+    """A training process holds {run} (here this process, through another open lock file: flock tells them apart)."""
+    from esreid.engine.runlock import RunLock
+
+    ctx.lock = RunLock(ctx.run).acquire()  # released when ctx goes
+
+
+def corrupt_model_best(ctx):
+    trained(ctx)
+    path = os.path.join(ctx.run, "model_best.pth")
+    raw = bytearray(open(path, "rb").read())
+    raw[len(raw) // 2] ^= 1
+    with open(path, "wb") as f:
+        f.write(raw)
+
+
+def trained_and_running(ctx):
+    trained(ctx)
+    running(ctx)
+
+
 def ctrl_c(ctx):
     from esreid.engine.trainer import Trainer
 
@@ -359,6 +380,15 @@ ROWS = [
     Row("training again into the folder of a run", TRAIN, "esreid: error: output_dir '{run}' already holds a run "
         "({run}/last.pth); pass --resume auto to continue it or choose another output_dir (nothing was overwritten)",
         setup=trained),
+    Row("a second `esreid train` into the folder of a run being trained", TRAIN, "esreid: error: output_dir {run} is "
+        "in use by another training process (pid {…} on host {…}, since {…}; lock file {run}/.esreid.lock); wait "
+        "until it ends or stop it, or choose another output_dir", setup=running),
+    Row("`--resume auto` while the run still trains", RESUME, "esreid: error: output_dir {run} is in use by another "
+        "training process (pid {…} on host {…}, since {…}; lock file {run}/.esreid.lock); wait until it ends or stop "
+        "it, or choose another output_dir", setup=trained_and_running),
+    Row("resuming with a corrupt model_best.pth (exit 0, the run goes on)", RESUME + ["solver.epochs=2"],
+        "re-created {run}/model_best.pth (epoch 1, mAP {…}) from {run}/last.pth: it was corrupt", code=0,
+        setup=corrupt_model_best),
     Row("`--resume auto` where no run is", RESUME, "esreid: error: --resume auto: output_dir {run} holds no run to "
         "continue ({run}/last.pth not found); start without --resume, or pass the path of a checkpoint"),
     Row("resuming a checkpoint with a flipped byte", RESUME, "esreid: error: checkpoint {run}/last.pth is corrupt "

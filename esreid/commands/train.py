@@ -29,13 +29,16 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from esreid.config import load_config
+    from esreid.engine.distributed import launched_rank
+    from esreid.engine.runlock import run_lock
     from esreid.engine.trainer import Trainer
     from esreid.evaluation.metric_keys import format_metrics
 
     cfg = load_config(args.config, args.overrides)
-    trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress, allow_changes=args.allow_changes,
-                      command=train_command(args))
-    metrics = trainer.train()
+    with run_lock(cfg.output_dir, launched_rank()):  # one training process per output_dir, before anything is written
+        trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress, allow_changes=args.allow_changes,
+                          command=train_command(args))
+        metrics = trainer.train()
     trainer.log(format_metrics(metrics, "final"))
     return 0
 
