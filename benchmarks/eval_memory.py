@@ -2,6 +2,7 @@
 
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eval_memory.py           # the cases below, 256 / 512 MB
     PYTHONPATH=. .venv/bin/python benchmarks/eval_memory.py --quick                     # tiny sizes, a smoke run
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eval_memory.py --rerank --cases market  # re-ranking
 
 Cases (features built inside the measured process, float32):
 
@@ -17,6 +18,9 @@ that lazily loaded libraries are not counted), then resets the kernel's peak-RSS
 (VmHWM). Peak extra memory = VmHWM - baseline: everything the evaluation touched on top of its inputs (prepared
 features, distance chunks, masks, candidate lists, label tables, allocator slack, MKL's packing buffers), at page
 granularity. Where clear_refs cannot be written the baseline is the peak before the evaluation (a lower bound).
+
+``--rerank`` measures k-reciprocal re-ranking (:func:`~esreid.evaluation.rerank.re_ranking`, its dense output
+included) against the same budget instead; a budget it refuses is printed as such.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from common import hardware
 from eval_speed import synthetic
 
 from esreid.evaluation.metrics import evaluate_rank
+from esreid.evaluation.rerank import re_ranking
 
 
 def _status_mb(key: str) -> float:
@@ -55,11 +60,13 @@ CASES = {  # name: (full-size builder, quick builder)
 }
 
 
-def _child(case, budget, quick, queue):
+def _child(case, budget, quick, rerank, queue):
     torch.set_num_threads(1)
     qf, gf, q_pids, g_pids, q_cams, g_cams = CASES[case][quick]()
     warm = np.arange(64)
     evaluate_rank(warm[:8], warm % 8, np.zeros(8, np.int64), np.ones(64, np.int64), qf=qf[:8], gf=gf[:64])
+    if rerank:
+        re_ranking(qf[:8], gf[:64])
     gc.collect()
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -68,15 +75,24 @@ def _child(case, budget, quick, queue):
     except OSError:
         base, exact = _status_mb("VmHWM"), False
     t = time.perf_counter()
-    r = evaluate_rank(q_pids, g_pids, q_cams, g_cams, qf=qf, gf=gf, memory_budget_mb=budget)
+    if rerank:
+        try:
+            re_ranking(qf, gf, memory_budget_mb=budget)
+        except ValueError as e:  # RerankMemoryError: refused before any work
+            queue.put((len(qf), len(gf), qf.shape[1], float("nan"), exact, time.perf_counter() - t, str(e), None))
+            return
+        m_ap = m_inp = float("nan")
+    else:
+        r = evaluate_rank(q_pids, g_pids, q_cams, g_cams, qf=qf, gf=gf, memory_budget_mb=budget)
+        m_ap, m_inp = r.mAP, r.mINP
     elapsed = time.perf_counter() - t
-    queue.put((len(qf), len(gf), qf.shape[1], _status_mb("VmHWM") - base, exact, elapsed, r.mAP, r.mINP))
+    queue.put((len(qf), len(gf), qf.shape[1], _status_mb("VmHWM") - base, exact, elapsed, m_ap, m_inp))
 
 
-def measure(case, budget, quick):
+def measure(case, budget, quick, rerank=False):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    p = ctx.Process(target=_child, args=(case, budget, quick, queue))
+    p = ctx.Process(target=_child, args=(case, budget, quick, rerank, queue))
     p.start()
     p.join()
     if p.exitcode != 0:
@@ -89,6 +105,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run; the ratios mean little)")
     ap.add_argument("--budgets", type=float, nargs="+", help="MB (default: 256 512; --quick: 16 32)")
     ap.add_argument("--cases", nargs="+", choices=sorted(CASES), default=sorted(CASES))
+    ap.add_argument("--rerank", action="store_true", help="measure k-reciprocal re-ranking instead")
     args = ap.parse_args()
     budgets = args.budgets or ([16, 32] if args.quick else [256, 512])
     print("hardware:", hardware())
@@ -97,7 +114,10 @@ def main():
     worst = 0.0
     for case in args.cases:
         for budget in budgets:
-            nq, ng, dim, peak, exact, elapsed, m_ap, m_inp = measure(case, budget, args.quick)
+            nq, ng, dim, peak, exact, elapsed, m_ap, m_inp = measure(case, budget, args.quick, args.rerank)
+            if isinstance(m_ap, str):
+                print(f"{case:8s} {f'{nq} x {ng}, {dim}':>22s} {budget:10.0f}  refused: {m_ap}")
+                continue
             worst = max(worst, peak / budget)
             print(f"{case:8s} {f'{nq} x {ng}, {dim}':>22s} {budget:10.0f} {peak:14.1f} {peak / budget:14.2f} "
                   f"{elapsed:7.2f} {m_ap:7.4f} {m_inp:7.4f}" + ("" if exact else "  (baseline: earlier peak)"))

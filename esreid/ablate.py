@@ -34,9 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import yaml
-
-from esreid.config import Config, ConfigError, load_config, to_dict
+from esreid.config import Config, ConfigError, load_config, read_yaml_file, to_dict
 from esreid.engine.hooks import case_value, format_cases
 from esreid.engine.resume import flatten, under
 from esreid.errors import EsreidError
@@ -89,11 +87,7 @@ def load_sweep(name: str, config_root: str) -> Sweep:
             if os.path.isdir(os.path.join(config_root, "sweeps")) else []
         raise ConfigError(f"sweep spec not found: {path} (known sweeps: {', '.join(known) or 'none'}; give a name "
                           "under <config-root>/sweeps or a .yaml path)")
-    with open(path, encoding="utf-8") as f:
-        try:
-            spec = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    spec = read_yaml_file(path)
 
     def need(cond: bool, key: str, what: str) -> None:
         if not cond:
@@ -200,8 +194,7 @@ class Plan:
             saved = os.path.join(cell.folder, "config.yaml")
             if not os.path.isfile(saved):
                 continue
-            with open(saved, encoding="utf-8") as f:
-                old = _comparable(yaml.safe_load(f) or {})
+            old = _comparable(read_yaml_file(saved) or {})
             new = _comparable(to_dict(load_config(cell.config, list(cell.overrides))))
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if diff:
@@ -216,6 +209,7 @@ def cell_config(cell: Cell) -> Config:
 
 def run_cell(cell: Cell, progress: bool = False, log: Log = print) -> Dict[str, Any]:
     """Train and evaluate one cell (or read its ``results.json``; resume from its ``last.pth``); its metrics."""
+    from esreid.engine.runlock import run_lock
     from esreid.engine.trainer import Trainer
 
     results = os.path.join(cell.folder, "results.json")
@@ -223,13 +217,14 @@ def run_cell(cell: Cell, progress: bool = False, log: Log = print) -> Dict[str, 
         with open(results, encoding="utf-8") as f:
             return json.load(f)
     cfg = cell_config(cell)
-    resume = "auto" if os.path.isfile(os.path.join(cell.folder, "last.pth")) else None
-    trainer = Trainer(cfg, resume=resume, progress=progress, log=log)
-    if trainer.start_epoch >= cfg.solver.epochs:  # interrupted during the final evaluation: evaluate again
-        metrics, _ = trainer.evaluate()
-        atomic_write(results, json.dumps(metrics, indent=2))
-        return metrics
-    return trainer.train()
+    with run_lock(cell.folder):  # one training process per cell (esreid.engine.runlock)
+        resume = "auto" if os.path.isfile(os.path.join(cell.folder, "last.pth")) else None
+        trainer = Trainer(cfg, resume=resume, progress=progress, log=log)
+        if trainer.start_epoch >= cfg.solver.epochs:  # interrupted during the final evaluation: evaluate again
+            metrics, _ = trainer.evaluate()
+            atomic_write(results, json.dumps(metrics, indent=2))
+            return metrics
+        return trainer.train()
 
 
 def run_all(plan: Plan, progress: bool = False, verbose: bool = False, log: Log = print) -> Dict[str, Dict]:

@@ -148,14 +148,14 @@ def load_image(x: ImageInput, height: int, width: int) -> torch.Tensor:
     """One checked input (:func:`check_inputs`) as the uint8 ``(3, height, width)`` RGB a test loader yields."""
     from PIL import Image
 
-    from esreid.data.transforms import decode_resize, resize_rgb
+    from esreid.data.transforms import decode_resize, resize_rgb, to_rgb
 
     if isinstance(x, (str, os.PathLike)):
         return decode_resize(os.fspath(x), height, width)
     if isinstance(x, np.ndarray):
         return resize_rgb(Image.fromarray(x, "RGB"), height, width)
     try:
-        return resize_rgb(x.convert("RGB"), height, width)
+        return resize_rgb(to_rgb(x), height, width)
     except (OSError, ValueError) as e:  # a lazily opened file that turns out truncated or corrupt
         raise ImageInputError(f"PIL image {getattr(x, 'filename', '') or ''}: cannot be read ({e})") from None
 

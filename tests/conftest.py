@@ -4,13 +4,15 @@ One intra-op thread (tiny tensors run fastest that way and results are reproduci
 commands (``threads: auto`` reads ``OMP_NUM_THREADS``). Shared helpers are fixtures here, never imported from another
 test module: ``tiny_config`` (a factory of tiny synthetic-data training configs), ``layouts``
 (writers of the real dataset layouts with their quirks), ``people`` (the custom layout with images of people),
-``storage`` (disk-full / read-only faults), ``synthetic_files``, ``randomise_bn`` (non-trivial BatchNorm statistics)
+``storage`` (disk-full / read-only faults), ``synthetic_files``, ``runs`` (comparing two runs' checkpoints and
+records), ``randomise_bn`` (non-trivial BatchNorm statistics)
 and ``chromium``: a headless browser driven over the DevTools pipe (tests/chromium.py); a test using it is skipped,
 with the reason, where no Chromium is installed (``bash scripts/setup.sh`` installs Debian's as root).
 """
 
 import errno
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -56,6 +58,41 @@ def tiny_config(tmp_path):
         return make_tiny_config(root if root is not None else tmp_path, name, epochs, out, extra)
 
     return make
+
+
+# Comparing two runs (an interrupted and resumed one against the uninterrupted one)
+RUN_TIMING = {"seconds", "images_per_second", "eval_seconds", "data_seconds", "eta_seconds", "peak_memory_mb"}
+
+
+def run_records(run):
+    """The records of ``run/metrics.jsonl`` without their timings."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in RUN_TIMING} for line in lines]
+
+
+def assert_same_state(a, b, where=""):
+    """Equal checkpoint contents (nested dicts, lists, tensors): tensors bit for bit; timings and the output folder
+    left out."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        keys = set(a) - RUN_TIMING - {"output_dir"}
+        assert keys == set(b) - RUN_TIMING - {"output_dir"}, where
+        for k in keys:
+            assert_same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+@pytest.fixture
+def runs():
+    """``runs.assert_same(a, b, where)`` (checkpoint contents equal bit for bit, timings aside) and
+    ``runs.records(run)`` (metrics.jsonl without timings)."""
+    return SimpleNamespace(assert_same=assert_same_state, records=run_records)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ CASES = {
     "eval_memory.py": (["--quick"], ["peak / budget", "largest peak / budget"]),
     "data_pipeline.py": (["--batches", "2", "--backbone", "resnet_tiny", "--height", "64", "--width", "32",
                           "--model-steps", "1", "--workers", "0"], ["ratio cache / JPEG"]),
+    "image_check.py": (["--test-ids", "4", "--images-per-id", "6", "--runs", "1", "--root", "{tmp}/ic"],
+                       ["ratio header check / full decode"]),
     "checkpoint_io.py": (["--backbone", "resnet_tiny", "--runs", "1"], ["load: esreid"]),
     "feature_extractor.py": (["--images", "8", "--height", "64", "--width", "32", "--batch", "4", "--workers", "0",
                               "--runs", "1"], ["max |feature - reference| 0.0e+00"]),

@@ -180,3 +180,29 @@ def test_orphans_of_killed_builds_are_removed(tmp_path, storage):
         (folder / name).write_bytes(b"\0" * 100)
     cache.build_cache_source(items, 8, 4, str(folder))
     assert sorted(os.listdir(folder)) == sorted([f"{key}.u8", f"{key}.json", live])
+
+
+def test_flipped_byte_in_the_array_is_found_and_rebuilt(tmp_path, count_decodes, caplog):
+    """Today a flipped byte in <key>.u8 is served as pixels without a word; every slot's CRC-32 is checked when the
+    cache is opened and a cache whose bytes changed is rebuilt, with a warning naming it."""
+    items = make_items(str(tmp_path / "img"))
+    cache.build_cache_source(items, 8, 4, str(tmp_path / "c"))
+    array_path = os.path.join(tmp_path, "c", cache.cache_key([it.path for it in items], 8, 4) + ".u8")
+    raw = bytearray(open(array_path, "rb").read())
+    raw[2 * 3 * 8 * 4 + 5] ^= 0x40  # slot 2
+    open(array_path, "wb").write(raw)
+    with caplog.at_level("WARNING", logger="esreid.data.cache"):
+        src = cache.build_cache_source(items, 8, 4, str(tmp_path / "c"))
+    assert len(count_decodes) == 8  # rebuilt
+    assert all(torch.equal(src[i], decode_resize(it.path, 8, 4)) for i, it in enumerate(items))
+    assert f"image cache {array_path}: 1 of 4 slots fail their checksum (first: slot 2, {items[2].path})" in caplog.text
+    assert cache.build_cache_source(items, 8, 4, str(tmp_path / "c")) and len(count_decodes) == 8  # fresh again
+    open(array_path, "r+b").write(b"\x01")  # slot 0 now
+    assert cache.corrupt_slots(array_path, (4, 3, 8, 4), json_crc(array_path)) == [0]
+
+
+def json_crc(array_path):
+    import json
+
+    with open(array_path[: -len(".u8")] + ".json", encoding="utf-8") as f:
+        return json.load(f)["crc"]

@@ -151,11 +151,26 @@ class Payload:
     """Not a tensor/container: ``weights_only`` loading must refuse to unpickle it."""
 
 
-def test_loading_stays_weights_only(tmp_path):
-    atomic_save({"format": "esreid-checkpoint-v1", "x": Payload()}, str(tmp_path / "p.pth"))
-    assert verify_checkpoint(str(tmp_path / "p.pth")) is True
-    with pytest.raises(CheckpointError, match="p.pth: not a readable checkpoint"):
-        load_checkpoint(str(tmp_path / "p.pth"))
+class Malicious:
+    """Unpickling it would run a shell command."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+@pytest.mark.parametrize("payload, named", [(Payload, "test_checkpoint.Payload"), (Malicious, "posix.system")])
+def test_loading_stays_weights_only(tmp_path, payload, named):
+    """One line naming the file and the refused object, without torch's "re-run with weights_only=False" advice (the
+    unsafe step) that today's message repeats; nothing is executed."""
+    path = str(tmp_path / "p.pth")
+    atomic_save({"format": "esreid-checkpoint-v1", "x": payload()}, path)
+    assert verify_checkpoint(path) is True
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert str(e.value) == (f"{path}: holds Python objects ({named}) that a weights-only load refuses to create: "
+                            "esreid reads tensors and plain values only and never runs code from a file; use a "
+                            "checkpoint written by esreid, or have whoever made it save plain tensors (a state dict)")
+    assert "weights_only" not in str(e.value) and not os.path.exists(tmp_path / "pwned")
 
 
 def test_tensor_bytes_counts_shared_storage_once():

@@ -116,3 +116,46 @@ def test_unknown_dataset_option_is_named(tmp_path):
 def test_negative_periods_are_rejected(key):
     with pytest.raises(ConfigError, match=rf"command line: key '{key}': expected a value >= 0, got -1"):
         load_config(None, [f"{key}=-1"])
+
+
+# --- inputs that would exhaust memory or the stack (issue 21) ---------------------------------------------------------
+def laughs(levels, width=4):
+    """A mapping "billion laughs": anchor i holds ``width`` aliases of anchor i-1, so the last one expands into
+    ``width ** levels`` copies of the first while the file stays a few hundred bytes."""
+    lines = ["  a0: &a0 {x: 1, y: 2}"]
+    lines += [f"  a{i}: &a{i} {{" + ", ".join(f"k{j}: *a{i - 1}" for j in range(width)) + "}" for i in range(1, levels)]
+    return "test:\n  protocol_args:\n" + "\n".join("  " + line for line in lines) + "\n"
+
+
+def test_alias_expansion_is_bounded(tmp_path):
+    """4**9 = 262,144 copies (the 7.7 GB bomb is the same document with more levels): refused from the node graph,
+    before anything is merged; today's loader expands it in the merge and fails later on an unrelated key."""
+    path = write(tmp_path, "bomb.yaml", laughs(10))
+    with pytest.raises(ConfigError, match=r"bomb.yaml: YAML document refused: expands into more than 100,000 nodes "
+                                          r"once its aliases are replaced \(line \d+\)"):
+        load_config(path)
+    assert "refused" not in str(pytest.raises(ConfigError, load_config, write(tmp_path, "ok.yaml", laughs(3))).value)
+
+
+def test_self_referring_alias_is_refused(tmp_path):
+    path = write(tmp_path, "loop.yaml", "data:\n  args: &a {x: *a}\n")
+    with pytest.raises(ConfigError, match=r"loop.yaml: YAML document refused: an alias refers to a node that "
+                                          r"contains it"):
+        load_config(path)
+
+
+def test_deep_yaml_is_refused_not_a_recursion_error(tmp_path):
+    path = write(tmp_path, "deep.yaml", "data:\n  args:\n    x: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"deep.yaml: YAML document refused: nested deeper than 50 levels "
+                                          r"\(at line 3, column \d+\)"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"command line: override 'data.args': YAML value refused: nested deeper"):
+        load_config(None, ["data.args={x: " + "[" * 5000 + "]" * 5000 + "}"])
+
+
+def test_latin1_config_names_the_byte_and_line(tmp_path):
+    path = tmp_path / "latin.yaml"
+    path.write_bytes("solver:\n  lr: 0.1  # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin.yaml: not UTF-8 text \(byte 0xe9 on line 2, e.g. a Latin-1 "
+                                          r"accent\): save the file as UTF-8"):
+        load_config(str(path))

@@ -72,3 +72,25 @@ def test_custom_errors(tmp_path, layouts):
     layouts.write_files(os.path.join(root, "gallery", "1"), ["notes.txt"])
     with pytest.raises(DatasetError, match="gallery split is empty"):
         build_dataset("custom", root)
+
+
+@pytest.mark.parametrize("where", ["identity", "camera"])
+def test_a_fifo_named_jpg_is_refused_by_the_scan(tmp_path, layouts, where):
+    """Today's scan accepts it by its name and the first epoch then waits forever in open(); the scan names it."""
+    root = str(tmp_path)
+    for split in ("train", "query", "gallery"):
+        layouts.write_files(os.path.join(root, split, "7"), ["a.jpg"])
+    folder = os.path.join(root, "gallery", "7") if where == "identity" else os.path.join(root, "gallery", "7", "c1")
+    os.makedirs(folder, exist_ok=True)
+    os.mkfifo(os.path.join(folder, "pipe.jpg"))
+    with pytest.raises(DatasetError, match=rf"^{folder}/pipe.jpg: not a regular file \(a FIFO / named pipe\)"):
+        build_dataset("custom", root, verbose=False)
+
+
+def test_a_fifo_in_a_market_folder_is_named(tmp_path, layouts):
+    """list_images (Market, Duke, VeRi, synthetic) skipped it silently; a special file under an image name is named."""
+    layouts.make_market(str(tmp_path))
+    query = os.path.join(str(tmp_path), "market1501", "Market-1501-v15.09.15", "query")
+    os.mkfifo(os.path.join(query, "0001_c1s1_000001_00.jpg"))
+    with pytest.raises(DatasetError, match=r"0001_c1s1_000001_00.jpg: not a regular file \(a FIFO / named pipe\)"):
+        build_dataset("market1501", str(tmp_path), verbose=False)

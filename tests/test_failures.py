@@ -80,6 +80,95 @@ def corrupt_query_image(ctx):
         f.write(b"\xff\xd8\xff\xe0 not a jpeg")
 
 
+# --- setups of the untrusted-input rows (issue 21) ---
+def laughs(ctx):
+    """A mapping billion laughs: 10 anchors of 4 aliases of the one before (4**9 copies of the first)."""
+    lines = ["a0: &a0 {x: 1}"] + [f"a{i}: &a{i} {{" + ", ".join(f"k{j}: *a{i - 1}" for j in range(4)) + "}"
+                                  for i in range(1, 10)]
+    config_file("bomb.yaml", "test:\n  protocol_args:\n" + "".join(f"    {line}\n" for line in lines))(ctx)
+
+
+def latin1(ctx):
+    with open(os.path.join(ctx.dir, "latin.yaml"), "wb") as f:
+        f.write("solver:\n  lr: 0.001  # d\xe9faut\n".encode("latin-1"))
+
+
+def last_image(ctx, split):
+    folder = os.path.join(ctx.data, "synthetic", split)
+    return os.path.join(folder, sorted(os.listdir(folder))[-1])
+
+
+def fifo_gallery_image(ctx):
+    own_data(ctx)
+    path = last_image(ctx, "bounding_box_test")
+    os.remove(path)
+    os.mkfifo(path)
+
+
+def huge_query_image(ctx):
+    from PIL import Image
+
+    own_data(ctx)
+    Image.new("RGB", (4096, 4096)).save(last_image(ctx, "query"))
+
+
+def corrupt_last_gallery_image(ctx):
+    """Found before the first step: training must not start."""
+    from esreid.engine.trainer import Trainer
+
+    own_data(ctx)
+    with open(last_image(ctx, "bounding_box_test"), "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 not a jpeg")
+    ctx.monkeypatch.setattr(Trainer, "train_step", lambda self, batch: pytest.fail("training started"))
+
+
+def npz_bomb(ctx):
+    import numpy as np
+
+    import esreid.evaluation.search as search
+
+    np.savez_compressed(os.path.join(ctx.dir, "bomb.npz"), feats=np.zeros((2_000_000, 8), np.float32))
+    ctx.monkeypatch.setattr(search, "available_memory", lambda: 10_000_000, raising=False)
+
+
+def object_npz(ctx):
+    import numpy as np
+
+    np.savez(os.path.join(ctx.dir, "objects.npz"), feats=np.ones((3, 4), np.float32),
+             paths=np.array([{"a": 1}] * 3, dtype=object))
+
+
+def saved_index(damage):
+    def setup(ctx):
+        import numpy as np
+
+        from esreid.evaluation.search import GalleryIndex
+
+        feats = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+        np.savez(os.path.join(ctx.dir, "q.npz"), feats=feats[:3])
+        path = os.path.join(ctx.dir, "index.npz")
+        GalleryIndex("flat").add(feats).save(path)
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+        if damage == "truncate":
+            arrays["index"] = arrays["index"][: len(arrays["index"]) // 2]
+        else:
+            arrays["ids"] = np.arange(40)
+        np.savez(path, **arrays)
+    return setup
+
+
+class Malicious:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def malicious_checkpoint(ctx):
+    import esreid.engine.checkpoint as checkpoint
+
+    checkpoint.atomic_save({"format": checkpoint.FORMAT, "model": Malicious()}, os.path.join(ctx.dir, "evil.pth"))
+
+
 def damaged_checkpoint(how):
     def setup(ctx):
         trained(ctx)
@@ -115,6 +204,27 @@ def disk_full(ctx):
 def tiny_free_space(ctx):
     usage = type(shutil.disk_usage(ctx.dir))(total=10**12, used=10**12 - 100_000, free=100_000)
     ctx.monkeypatch.setattr(files.shutil, "disk_usage", lambda path: usage)
+
+
+def running(ctx):
+    """A training process holds {run} (here this process, through another open lock file: flock tells them apart)."""
+    from esreid.engine.runlock import RunLock
+
+    ctx.lock = RunLock(ctx.run).acquire()  # released when ctx goes
+
+
+def corrupt_model_best(ctx):
+    trained(ctx)
+    path = os.path.join(ctx.run, "model_best.pth")
+    raw = bytearray(open(path, "rb").read())
+    raw[len(raw) // 2] ^= 1
+    with open(path, "wb") as f:
+        f.write(raw)
+
+
+def trained_and_running(ctx):
+    trained(ctx)
+    running(ctx)
 
 
 def ctrl_c(ctx):
@@ -220,10 +330,69 @@ ROWS = [
         "esreid: error: command line: key 'model.pretrained': weights file not found: {dir}/resnet.pth (no such "
         "file); fix the path, use torchvision:<backbone> (e.g. torchvision:resnet50), or model.pretrained='' for "
         "random weights"),
+    # --- untrusted inputs (issue 21) ---
+    Row("a YAML \"billion laughs\" config (aliases of aliases)", ["train", "--config", "{dir}/bomb.yaml"],
+        "esreid: error: {dir}/bomb.yaml: YAML document refused: expands into more than 100,000 nodes once its aliases "
+        "are replaced (line 11); a config needs a few hundred: write the values out, or use _base_ files to share "
+        "them", setup=laughs),
+    Row("a config nested 100 levels deep", ["train", "--config", "{dir}/deep.yaml"], "esreid: error: "
+        "{dir}/deep.yaml: YAML document refused: nested deeper than 50 levels (at line 3, column 55)",
+        setup=config_file("deep.yaml", "data:\n  args:\n    x: " + "[" * 100 + "]" * 100 + "\n")),
+    Row("a config saved in Latin-1", ["train", "--config", "{dir}/latin.yaml"], "esreid: error: {dir}/latin.yaml: "
+        "not UTF-8 text (byte 0xe9 on line 2, e.g. a Latin-1 accent): save the file as UTF-8", setup=latin1),
+    Row("a FIFO named like a gallery image", TRAIN + ["data.root={data}"], "esreid: error: {data}/synthetic/"
+        "bounding_box_test/1190_c2s1_000491_01.jpg: not a regular file (a FIFO / named pipe): an image must be a "
+        "plain file; replace or remove it", setup=fifo_gallery_image),
+    Row("a 4096x4096 query image", TRAIN + ["data.root={data}"], "esreid: error: {data}/synthetic/query/"
+        "1190_c2s1_000483_01.jpg: a 4096x4096 image (16.8 megapixels) is larger than the 16 megapixels esreid "
+        "decodes (re-ID crops are well under 1): crop or downscale it, or remove it from the data",
+        setup=huge_query_image),
+    Row("a corrupt gallery image (found before training)", TRAIN + ["data.root={data}"], "esreid: error: {data}/"
+        "synthetic/bounding_box_test/1190_c2s1_000491_01.jpg: corrupt or unsupported image ({…})",
+        setup=corrupt_last_gallery_image),
+    Row("synthetic data of 10^8 images per identity", TRAIN + ["data.args={images_per_id: 100000000}"], "esreid: "
+        "error: command line: key 'data.args': dataset 'synthetic': synthetic: these options generate up to "
+        "30,800,000,080 images, more than the 200,000 allowed (MSMT17, the largest person set, has 126,441): lower "
+        "images_per_id (now 100,000,000), the numbers of ids or num_junk / num_distractors"),
+    Row("re-ranking that does not fit its memory budget", TRAIN + ["test.rerank=true",
+                                                                    "test.protocol_args={memory_budget_mb: 1}"],
+        "esreid: error: command line: key 'test.rerank': re-ranking {…} queries against {…} gallery images needs "
+        "about {…} MB (the {…} re-ranked distance matrix alone is 0 MB), more than memory_budget_mb=1: raise "
+        "test.protocol_args.memory_budget_mb or set test.rerank=false"),
+    Row("an .npz zip bomb (more than the memory available)", ["search", "--gallery", "{dir}/bomb.npz", "--query",
+                                                              "{dir}/bomb.npz"],
+        "esreid: error: {dir}/bomb.npz: its arrays inflate to 64.0 MB (64000128 bytes), more than the 10.0 MB "
+        "(10000000 bytes) of memory available here (a zip bomb, or features too large for this machine): check where "
+        "the file comes from, or search on a machine with more memory", setup=npz_bomb),
+    Row("an .npz holding Python objects", ["search", "--gallery", "{dir}/objects.npz", "--query", "{dir}/objects.npz"],
+        "esreid: error: {dir}/objects.npz: array 'paths' holds Python objects (dtype object), which only pickle can "
+        "load and esreid never unpickles a features file: write it with esreid extract (numbers and strings only)",
+        setup=object_npz),
+    Row("a damaged faiss index", ["search", "--load-index", "{dir}/index.npz", "--query", "{dir}/q.npz"],
+        "esreid: error: {dir}/index.npz: the faiss index in it is damaged ({…}); build it again with esreid search "
+        "--gallery FEATS.npz --save-index", setup=saved_index("truncate")),
+    Row("a faiss index with more ids than vectors", ["search", "--load-index", "{dir}/index.npz", "--query",
+                                                     "{dir}/q.npz"],
+        "esreid: error: {dir}/index.npz: inconsistent saved index: its faiss index holds 20 vectors but the file has "
+        "40 ids; build it again with esreid search --gallery FEATS.npz --save-index", setup=saved_index("ids")),
+    Row("a checkpoint that would run code when unpickled", ["eval", "--config", "{config}", "--weights",
+                                                            "{dir}/evil.pth"],
+        "esreid: error: {dir}/evil.pth: holds Python objects (posix.system) that a weights-only load refuses to "
+        "create: esreid reads tensors and plain values only and never runs code from a file; use a weights file "
+        "written by esreid, or have whoever made it save plain tensors (a state dict)", setup=malicious_checkpoint),
     # --- runs and checkpoints ---
     Row("training again into the folder of a run", TRAIN, "esreid: error: output_dir '{run}' already holds a run "
         "({run}/last.pth); pass --resume auto to continue it or choose another output_dir (nothing was overwritten)",
         setup=trained),
+    Row("a second `esreid train` into the folder of a run being trained", TRAIN, "esreid: error: output_dir {run} is "
+        "in use by another training process (pid {…} on host {…}, since {…}; lock file {run}/.esreid.lock); wait "
+        "until it ends or stop it, or choose another output_dir", setup=running),
+    Row("`--resume auto` while the run still trains", RESUME, "esreid: error: output_dir {run} is in use by another "
+        "training process (pid {…} on host {…}, since {…}; lock file {run}/.esreid.lock); wait until it ends or stop "
+        "it, or choose another output_dir", setup=trained_and_running),
+    Row("resuming with a corrupt model_best.pth (exit 0, the run goes on)", RESUME + ["solver.epochs=2"],
+        "re-created {run}/model_best.pth (epoch 1, mAP {…}) from {run}/last.pth: it was corrupt", code=0,
+        setup=corrupt_model_best),
     Row("`--resume auto` where no run is", RESUME, "esreid: error: --resume auto: output_dir {run} holds no run to "
         "continue ({run}/last.pth not found); start without --resume, or pass the path of a checkpoint"),
     Row("resuming a checkpoint with a flipped byte", RESUME, "esreid: error: checkpoint {run}/last.pth is corrupt "

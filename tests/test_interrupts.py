@@ -11,7 +11,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from esreid.cli import main
 from esreid.config import dump_yaml
@@ -21,8 +20,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
 
 # Test-only hook, run as the training process: the real CLI, SIGKILLed at the point named by $KILL_AT:
-#   write:NAME  after the first bytes of the atomic write of NAME (a checkpoint or results.json)
-#   eval:N      during the evaluation of epoch N
+#   write:NAME[:K]  after the first bytes of the K-th (default: first) atomic write of NAME (a checkpoint or
+#                   results.json)
+#   eval:N          during the evaluation of epoch N
 KILLER = """
 import contextlib, os, signal, sys
 import esreid.engine.checkpoint as checkpoint
@@ -31,6 +31,8 @@ from esreid.cli import main
 from esreid.engine.trainer import Trainer
 
 kind, _, where = os.environ["KILL_AT"].partition(":")
+where, _, nth = where.partition(":")
+writes = []
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
@@ -47,8 +49,9 @@ if kind == "write":
     real = files.atomic_writer
     @contextlib.contextmanager
     def writer(path):
+        writes.append(os.path.basename(path))
         with real(path) as f:
-            yield Dying(f) if os.path.basename(path) == where else f
+            yield Dying(f) if writes.count(where) == int(nth or 1) and writes[-1] == where else f
     files.atomic_writer = checkpoint.atomic_writer = writer
 else:
     evaluate = Trainer.evaluate
@@ -67,36 +70,14 @@ def write_config(tmp_path, tiny_config, epochs, out):
     return str(path)
 
 
-TIMING = {"seconds", "images_per_second", "eval_seconds", "data_seconds", "eta_seconds", "peak_memory_mb"}
-
-
-def records(run):
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
-
-
-def assert_same(a, b, where=""):
-    """Equal checkpoint contents: tensors bit for bit; timings and the output folder left out."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        keys = set(a) - TIMING - {"output_dir"}
-        assert keys == set(b) - TIMING - {"output_dir"}, where
-        for k in keys:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
-KILLS = {"write:epoch_002.pth": "epoch_002.pth", "eval:3": "results.json", "write:results.json": "results.json"}
+# kill point -> the file it leaves missing. write:last.pth:2 resumes from epoch 1 with its evaluation recorded (so
+# not redone): before, the global torch RNG in the later last.pth differed (the evaluation's loader drew from it)
+KILLS = {"write:epoch_002.pth": "epoch_002.pth", "write:last.pth:2": "epoch_002.pth", "eval:3": "results.json",
+         "write:results.json": "results.json"}
 
 
 @pytest.mark.slow
-def test_sigkill_loses_nothing(tmp_path, tiny_config):
+def test_sigkill_loses_nothing(tmp_path, tiny_config, runs):
     """For each kill point: the process dies with the file it was writing (or about to write) missing; resuming
     re-creates it, and every checkpoint, metrics.jsonl and results.json equal the uninterrupted run's."""
     straight = tmp_path / "straight"
@@ -113,11 +94,39 @@ def test_sigkill_loses_nothing(tmp_path, tiny_config):
         assert main(["train", "--config", config, "--resume", "auto", "--no-progress"]) == 0
         assert sorted(os.listdir(run)) == sorted(os.listdir(straight)), kill_at  # the temporary file is gone too
         for name in [n for n in sorted(os.listdir(run)) if n.endswith(".pth")]:
-            assert_same(load_checkpoint(str(straight / name)), load_checkpoint(str(run / name)), f"{kill_at} {name}")
-        assert records(run) == records(straight), kill_at
+            runs.assert_same(load_checkpoint(str(straight / name)), load_checkpoint(str(run / name)),
+                             f"{kill_at} {name}")
+        assert runs.records(run) == runs.records(straight), kill_at
         results = [json.loads((r / "results.json").read_text()) for r in (run, straight)]
         assert [{k: v for k, v in r.items() if k != "eval_seconds"} for r in results] == 2 * [
             {k: v for k, v in results[1].items() if k != "eval_seconds"}], kill_at
+
+
+@pytest.mark.slow
+def test_a_kill_while_model_best_is_written_leaves_no_stale_file(tmp_path, tiny_config, runs):
+    """SIGKILL during the last write of model_best.pth (its evaluation already in metrics.jsonl, the file still the
+    previous best or none): resuming re-creates it from that epoch's checkpoint, and every file equals the
+    uninterrupted run's. Before: model_best.pth kept the previous best's epoch (or stayed missing)."""
+    straight = tmp_path / "straight"
+    assert main(["train", "--config", write_config(tmp_path, tiny_config, 3, "straight"), "--no-progress"]) == 0
+    maps = [r["mAP"] for r in runs.records(straight) if r["type"] == "eval"]
+    writes = sum(value > max(maps[:i], default=-1.0) for i, value in enumerate(maps))  # improvements
+    best = maps.index(max(maps)) + 1
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
+    config = write_config(tmp_path, tiny_config, 3, "run")
+    proc = subprocess.run([sys.executable, str(killer), "train", "--config", config, "--no-progress"],
+                          env={**ENV, "KILL_AT": f"write:model_best.pth:{writes}"}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    run = tmp_path / "run"
+    assert not (run / "model_best.pth").exists() or load_checkpoint(str(run / "model_best.pth"))["epoch"] < best
+    assert main(["train", "--config", config, "--resume", "auto", "--no-progress"]) == 0
+    assert sorted(os.listdir(run)) == sorted(os.listdir(straight))
+    for name in [n for n in sorted(os.listdir(run)) if n.endswith(".pth")]:
+        runs.assert_same(load_checkpoint(str(straight / name)), load_checkpoint(str(run / name)), name)
+    assert runs.records(run) == runs.records(straight)
+    assert f"re-created {run / 'model_best.pth'} (epoch {best}, mAP " in (run / "log.txt").read_text()
 
 
 @pytest.mark.slow

@@ -56,14 +56,15 @@ def test_matches_brute_force(metric, k1, k2, lam, seed):
     x = (centres[ids] + 0.7 * rng.normal(size=(33, 8))).astype(np.float32)
     qf, gf = x[:9], x[9:]
     want = brute_force(qf, gf, k1, k2, lam, metric)
-    got = re_ranking(torch.from_numpy(qf), torch.from_numpy(gf), k1, k2, lam, metric=metric, memory_budget_mb=0.005)
+    got = re_ranking(torch.from_numpy(qf), torch.from_numpy(gf), k1, k2, lam, metric=metric, chunk_size=4,
+                     max_pairs=50)
     np.testing.assert_allclose(got.numpy(), want, atol=2e-6)
 
 
 def test_chunking_and_join_groups_do_not_change_the_result():
     rng = np.random.default_rng(4)
     qf, gf = rng.normal(size=(10, 6)).astype(np.float32), rng.normal(size=(40, 6)).astype(np.float32)
-    a = re_ranking(qf, gf, 6, 3, memory_budget_mb=1e-4)
+    a = re_ranking(qf, gf, 6, 3, chunk_size=1, max_pairs=1)
     b = re_ranking(qf, gf, 6, 3)
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
 
@@ -105,3 +106,23 @@ def test_test_rerank_uses_the_papers_defaults_k1_20_k2_6_lambda_0_3():
     np.testing.assert_allclose(np.asarray(got), brute_force(qf, gf, 20, 6, 0.3, "cosine"), atol=2e-6)
     for k1, k2, lam in [(20, 6, 0.5), (19, 6, 0.3), (20, 5, 0.3)]:
         assert np.abs(brute_force(qf, gf, k1, k2, lam, "cosine") - np.asarray(got)).max() > 1e-3
+
+
+def test_a_budget_that_cannot_hold_the_fixed_part_is_refused_before_any_work(monkeypatch):
+    """Today the chunks alone are sized to the budget and the dense output, the neighbour tables and the sparse V come
+    on top (5-10x the budget at small budgets, benchmarks/eval_memory.py --rerank); now what re-ranking holds
+    whatever its chunks is set aside first, and a budget that cannot hold it is one line before any distance."""
+    import esreid.evaluation.rerank as rerank
+
+    rng = np.random.default_rng(5)
+    qf, gf = rng.normal(size=(300, 8)).astype(np.float32), rng.normal(size=(1200, 8)).astype(np.float32)
+    monkeypatch.setattr(rerank, "_neighbours", lambda *a: pytest.fail("distances computed"))
+    with pytest.raises(ValueError) as e:
+        re_ranking(qf, gf, memory_budget_mb=4)
+    assert isinstance(e.value, rerank.RerankMemoryError)  # an EsreidError: one line, exit 2
+    fixed = rerank.fixed_bytes(300, 1200)
+    assert fixed["output"] == 300 * 1200 * 4
+    need = (sum(fixed.values()) + rerank.MIN_CHUNK * rerank.row_bytes(1500, 20)) / 2**20
+    assert str(e.value) == (f"re-ranking 300 queries against 1200 gallery images needs about {need:.0f} MB (the 300 "
+                            "x 1200 re-ranked distance matrix alone is 1 MB), more than memory_budget_mb=4")
+    assert rerank.working_bytes(300, 1200, need + 1) >= rerank.MIN_CHUNK * rerank.row_bytes(1500, 20)

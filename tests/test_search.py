@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
 import sys
 
 import numpy as np
@@ -334,3 +336,85 @@ def test_loaded_index_keeps_its_kind(files, capsys):
     assert code == 2 and "the saved index has index 'hnsw'; --index flat describes a new index" in err
     code, err = run(["search", "--gallery", str(saved), "--query", files["query"]], capsys)
     assert code == 2 and "a saved index goes to --load-index" in err
+
+
+# --- untrusted files (issue 21) ---------------------------------------------------------------------------------
+def forged_npz(path, name, header_shape, dtype="<f4", payload=b"\0" * 64):
+    """An .npz whose member ``name`` has a hand-written .npy header claiming ``header_shape``."""
+    import zipfile
+
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1, dtype))
+    header["shape"] = header_shape
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{name}.npy", buf.getvalue() + payload)
+    return str(path)
+
+
+def test_npz_zip_bomb_is_refused_from_the_zip_directory(files, capsys, monkeypatch):
+    """64 MB of zeros deflate to 64 kB; with less memory available than that, the file is refused before a byte is
+    inflated (the 7.7 GB bomb is the same file, larger)."""
+    import esreid.evaluation.search as search
+
+    bomb = files["tmp"] / "bomb.npz"
+    np.savez_compressed(bomb, feats=np.zeros((2_000_000, 8), np.float32))
+    assert bomb.stat().st_size < 1_000_000
+    monkeypatch.setattr(search, "available_memory", lambda: 10_000_000, raising=False)
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("np.load reached"))
+    code, err = run(["search", "--gallery", str(bomb), "--query", files["query"]], capsys)
+    assert code == 2 and err == (f"esreid: error: {bomb}: its arrays inflate to 64.0 MB (64000128 bytes), more "
+                                 "than the 10.0 MB (10000000 bytes) of memory available here (a zip bomb, or features "
+                                 "too large for this machine): check where the file comes from, or search on a "
+                                 "machine with more memory\n")
+
+
+def test_npz_forged_shape_is_refused_before_numpy_allocates_it(files, capsys):
+    """A header claiming 10^12 floats in a 64-byte member: numpy would allocate 4 TB before reading (today: exit 1)."""
+    forged = forged_npz(files["tmp"] / "forged.npz", "feats", (10**12,))
+    code, err = run(["search", "--gallery", forged, "--query", files["query"]], capsys)
+    assert code == 2 and err == (f"esreid: error: {forged}: array 'feats' claims shape (1000000000000,) (4.0 TB "
+                                 "(4000000000000 bytes)) but its member holds 192 bytes: the file is damaged or "
+                                 "forged; write it again with esreid extract\n")
+
+
+def test_object_array_npz_is_one_line(files, capsys):
+    objects = files["tmp"] / "objects.npz"
+    np.savez(objects, feats=files["qf"], paths=np.array([{"a": 1}] * len(files["qf"]), dtype=object))
+    code, err = run(["search", "--gallery", files["gallery"], "--query", str(objects)], capsys)
+    assert code == 2 and err == (f"esreid: error: {objects}: array 'paths' holds Python objects (dtype object), which "
+                                 "only pickle can load and esreid never unpickles a features file: write it with "
+                                 "esreid extract (numbers and strings only)\n")
+
+
+def saved_index(files, tmp_name="i.npz"):
+    saved = files["tmp"] / tmp_name
+    assert main(["search", "--gallery", files["gallery"], "--query", files["query"], "--save-index", str(saved)]) == 0
+    with np.load(saved) as f:
+        return saved, {k: f[k] for k in f.files}
+
+
+def test_damaged_faiss_index_is_one_line(files, capsys):
+    saved, arrays = saved_index(files)
+    arrays["index"] = arrays["index"][: len(arrays["index"]) // 2]  # a truncated serialised index
+    np.savez(saved, **arrays)
+    capsys.readouterr()
+    code, err = run(["search", "--load-index", str(saved), "--query", files["query"]], capsys)
+    assert code == 2 and re.fullmatch(rf"esreid: error: {re.escape(str(saved))}: the faiss index in it is damaged "
+                                      r"\(.+\); build it again with esreid search --gallery FEATS.npz --save-index\n",
+                                      err), err
+
+
+def test_index_inconsistent_with_its_gallery_is_refused_not_capped(files, capsys):
+    """More ids and paths than faiss vectors: today k is capped at the vectors silently (and rows past them are never
+    returned); the file is refused."""
+    saved, arrays = saved_index(files)
+    n = len(arrays["ids"])
+    arrays["ids"] = np.arange(2 * n)
+    arrays["info_path"] = np.concatenate([arrays["info_path"]] * 2)
+    np.savez(saved, **arrays)
+    capsys.readouterr()
+    code, err = run(["search", "--load-index", str(saved), "--query", files["query"], "-k", str(2 * n)], capsys)
+    assert code == 2 and err == (f"esreid: error: {saved}: inconsistent saved index: its faiss index holds {n} vectors "
+                                 f"but the file has {2 * n} ids, {2 * n} rows of info_path; build it again with esreid "
+                                 "search --gallery FEATS.npz --save-index\n")

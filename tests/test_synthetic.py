@@ -206,3 +206,31 @@ def test_pk_batches_from_synthetic_data(tmp_path):
     x = augment(batch["images"])
     assert x.shape == (12, 3, 32, 16) and x.dtype.is_floating_point
     assert sorted(batch["pids"].bincount().tolist())[-3:] == [4, 4, 4]
+
+
+def test_image_count_is_bounded_before_anything_is_written(tmp_path):
+    """images_per_id=1e8 would write 10^10 images (the disk fills long before); refused with the options, as the
+    config is loaded, and by the generator itself."""
+    problem = SyntheticMarket.check_options({"images_per_id": 10**8})
+    assert problem == ("synthetic: these options generate up to 30,800,000,080 images, more than the 200,000 allowed "
+                       "(MSMT17, the largest person set, has 126,441): lower images_per_id (now 100,000,000), the "
+                       "numbers of ids or num_junk / num_distractors")
+    with pytest.raises(DatasetError, match="up to 30,800,000,080 images"):
+        generate_synthetic_market(str(tmp_path / "s"), images_per_id=10**8)
+    assert SyntheticMarket.check_options({"num_distractors": 10**6}).startswith("synthetic: these options generate")
+    assert "at most 1024x1024" in SyntheticMarket.check_options({"height": 4096})
+    assert not os.path.exists(tmp_path / "s") and os.listdir(tmp_path) == []
+    assert SyntheticMarket.check_options({"images_per_id": 600}) is None  # 220 ids x 840 + 80: under the bound
+
+
+def test_free_space_is_checked_before_generating(tmp_path, monkeypatch):
+    import shutil
+
+    import esreid.files as files
+
+    usage = type(shutil.disk_usage(tmp_path))(total=10**9, used=10**9 - 100_000, free=100_000)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: usage)
+    with pytest.raises(DatasetError, match=r"^synthetic: not enough free space in .* for the synthetic dataset: "
+                                           r"needs .*, 100.0 kB \(100000 bytes\) free; .* \(or lower images_per_id"):
+        generate_synthetic_market(str(tmp_path / "s"), **SMALL)
+    assert os.listdir(tmp_path) == []

@@ -106,3 +106,28 @@ def test_a_hook_with_state_needs_a_name(tiny_config):
     trainer = Trainer(tiny_config(epochs=1), hooks=[Counter()], **QUIET)
     with pytest.raises(ValueError, match="Counter has state to checkpoint but no name of its own"):
         trainer.hook_states()
+
+
+def test_after_resume_comes_once_on_resume_with_the_restored_run(tiny_config):
+    """A resumed trainer calls ``after_resume`` once, with ``start_epoch`` and ``last_checkpoint`` of the checkpoint
+    already set and before any ``before_train`` (what BestCheckpointHook's reconcile relies on); a fresh one never."""
+
+    class Seen(H.HookBase):
+        def __init__(self):
+            self.calls = []
+
+        def after_resume(self):
+            self.calls.append(("after_resume", self.trainer.start_epoch, self.trainer.last_checkpoint))
+
+        def before_train(self):
+            self.calls.append(("before_train",))
+
+    fresh = Seen()
+    Trainer(tiny_config(epochs=1), hooks=[fresh], **QUIET).train()
+    assert fresh.calls == [("before_train",)]
+    resumed = Seen()
+    trainer = Trainer(tiny_config(epochs=2), resume="auto", hooks=[resumed], **QUIET)
+    last = os.path.join(trainer.out, "last.pth")
+    assert resumed.calls == [("after_resume", 1, (last, 1))]
+    trainer.train()
+    assert resumed.calls == [("after_resume", 1, (last, 1)), ("before_train",)]

@@ -1,13 +1,17 @@
 """decode_resize and the batched augmentations against their definitions."""
 
+import os
+import signal
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import esreid.data.transforms as T
 from esreid.config import DataConfig
 from esreid.data.base import DatasetError
-from esreid.data.transforms import TestTransform, TrainAugment, decode_resize
+from esreid.data.transforms import TestTransform, TrainAugment, check_image_header, decode_resize, to_rgb
 
 H, W = 16, 8
 
@@ -66,6 +70,76 @@ def test_decode_bad_file_names_path(tmp_path, kind):
         path.write_bytes(b"")
     with pytest.raises(DatasetError, match=str(path)):
         decode_resize(str(path), 16, 8)
+
+
+@pytest.fixture
+def no_hang():
+    """Fail (instead of hanging the suite) when a call blocks for 5 s: today's decoder waits forever on a FIFO."""
+    def alarm(signum, frame):
+        raise TimeoutError("blocked for 5 s")
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(5)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_sixteen_bit_grey_png_is_scaled_not_white(tmp_path):
+    """Hand-made 16-bit levels -> v / 257 rounded; Pillow's own convert("RGB") clips them at 255 (white)."""
+    levels = np.array([0, 257, 257 * 100, 1000, 40000, 65535], np.uint16)  # -> 0, 1, 100, 4, 156, 255
+    grey = np.resize(levels, (16, 8)).astype(np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(grey).save(path)
+    assert Image.open(path).mode.startswith("I")
+    out = decode_resize(str(path), 16, 8)
+    want = torch.from_numpy(np.rint(grey / 257).astype(np.uint8))
+    assert all(torch.equal(out[c], want) for c in range(3))
+    for mode, raw in (("I;16B", grey.astype(">u2").tobytes()), ("I;16", grey.astype("<u2").tobytes()),
+                      ("I", grey.astype(np.int32).tobytes())):
+        img = to_rgb(Image.frombytes(mode, (8, 16), raw))
+        assert np.array_equal(np.asarray(img)[..., 1], want.numpy()), mode
+
+
+def test_oversized_image_is_refused_from_its_header(tmp_path, monkeypatch):
+    path = tmp_path / "huge.png"
+    Image.new("L", (4096, 4096)).save(path)
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(1) or (_ for _ in ()).throw(AssertionError))
+    message = (f"{path}: a 4096x4096 image (16.8 megapixels) is larger than the 16 megapixels esreid decodes (re-ID "
+               "crops are well under 1): crop or downscale it, or remove it from the data")
+    for read in (lambda: decode_resize(str(path), 16, 8), lambda: check_image_header(str(path))):
+        with pytest.raises(DatasetError) as e:
+            read()
+        assert str(e.value) == message and not decoded
+
+
+def test_pillow_bomb_warning_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.png"
+    Image.new("RGB", (15, 10)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 150 pixels: above Pillow's warning limit, below its error
+    for read in (lambda: decode_resize(str(path), 16, 8), lambda: check_image_header(str(path))):
+        with pytest.raises(DatasetError, match=rf"{path}: corrupt or unsupported image \(DecompressionBombWarning"):
+            read()
+
+
+def test_a_fifo_named_jpg_is_refused_not_read(tmp_path, no_hang):
+    path = tmp_path / "pipe.jpg"
+    os.mkfifo(path)
+    for read in (lambda: decode_resize(str(path), 16, 8), lambda: check_image_header(str(path))):
+        with pytest.raises(DatasetError, match=rf"^{path}: not a regular file \(a FIFO / named pipe\): an image must "
+                                               "be a plain file; replace or remove it$"):
+            read()
+
+
+def test_header_check_finds_garbage_without_decoding(tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (8, 16), (1, 2, 3)).save(good)
+    assert check_image_header(str(good)) == (8, 16)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    with pytest.raises(DatasetError, match=rf"^{bad}: corrupt or unsupported image \(\w+: "):
+        check_image_header(str(bad))
+    assert T.MAX_IMAGE_PIXELS >= 1024 * 1024  # far above re-ID crops (a vehicle image is under 1 MP)
 
 
 # --- normalisation ------------------------------------------------------------------------------------------

@@ -29,15 +29,18 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from esreid.config import load_config
+    from esreid.engine.distributed import launched_rank
     from esreid.engine.hooks import format_cases
+    from esreid.engine.runlock import run_lock
     from esreid.engine.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
-    trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress, allow_changes=args.allow_changes,
-                      command=train_command(args))
-    metrics = trainer.train()
-    for line in format_cases(metrics, "final"):
-        trainer.log(line)
+    with run_lock(cfg.output_dir, launched_rank()):  # one training process per output_dir, before anything is written
+        trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress, allow_changes=args.allow_changes,
+                          command=train_command(args))
+        metrics = trainer.train()
+        for line in format_cases(metrics, "final"):
+            trainer.log(line)
     return 0
 
 

@@ -36,6 +36,8 @@ from esreid.config.typed import (
     load_raw,
     param,
     parse_override,
+    read_yaml_file,
+    safe_yaml,
     to_dict,
 )
 from esreid.errors import ConfigError
@@ -45,5 +47,6 @@ __all__ = [
     "DatasetEntry", "DiagnosticsConfig", "GuardConfig", "LossConfig", "ModelConfig", "SolverConfig", "TestConfig",
     "build_config", "case_name", "case_names", "dataset_class", "dataset_entries", "invalid", "load_config",
     "model_config_class", "training_sets_without_cue_masks", "FLOAT_LIMIT", "Check", "Invalid", "Section",
-    "apply_overrides", "dump_yaml", "load_raw", "param", "parse_override", "to_dict", "ConfigError",
+    "apply_overrides", "dump_yaml", "load_raw", "param", "parse_override", "read_yaml_file", "safe_yaml", "to_dict",
+    "ConfigError",
 ]

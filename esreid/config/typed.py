@@ -11,6 +11,7 @@ methods, which raise :class:`Invalid`.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
 import re
@@ -107,14 +108,109 @@ _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 Origins = Dict[str, str]  # dotted key -> file (or "command line") that set it
 
 
+# Bounds of a YAML document (configs, sweep specs, override values): a config is a few hundred nodes a few levels
+# deep. Aliases are counted where they are used, so a "billion laughs" document (nine anchors of nine aliases of the
+# one before) is refused while it is still a few hundred parsed nodes, instead of expanding into gigabytes when the
+# merge walks it; the depth bound keeps the recursive composer far from Python's recursion limit.
+MAX_YAML_NODES = 100_000
+MAX_YAML_DEPTH = 50
+
+
+class YAMLTooLarge(yaml.YAMLError):
+    """A YAML document past :data:`MAX_YAML_NODES` (aliases expanded) or :data:`MAX_YAML_DEPTH`, or one that refers
+    to itself."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses documents nested deeper than :data:`MAX_YAML_DEPTH`, and, before anything is
+    constructed, documents whose node graph expands (every alias replaced by what it names) into more than
+    :data:`MAX_YAML_NODES` nodes or refers to itself."""
+
+    def __init__(self, stream: Any):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise YAMLTooLarge(f"nested deeper than {MAX_YAML_DEPTH} levels (at line {mark.line + 1}, column "
+                                   f"{mark.column + 1})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        _expanded_size(node)
+        return node
+
+
+def _expanded_size(root: Any) -> int:
+    """Nodes of ``root`` with every alias expanded (memoised per node, so the count itself stays cheap); raises
+    :class:`YAMLTooLarge` past :data:`MAX_YAML_NODES` or on a node that contains itself."""
+    sizes: Dict[int, int] = {}
+    active: set = set()
+
+    def size(node: Any) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in active:
+            raise YAMLTooLarge(f"an alias refers to a node that contains it (line {node.start_mark.line + 1})")
+        active.add(id(node))
+        children = node.value if isinstance(node, yaml.SequenceNode) else [
+            n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+        total = 1 + sum(size(child) for child in children)
+        active.discard(id(node))
+        if total > MAX_YAML_NODES:
+            raise YAMLTooLarge(f"expands into more than {MAX_YAML_NODES:,} nodes once its aliases are replaced "
+                               f"(line {node.start_mark.line + 1}); a config needs a few hundred: write the values "
+                               "out, or use _base_ files to share them")
+        sizes[id(node)] = total
+        return total
+
+    return size(root)
+
+
+def safe_yaml(text: Any) -> Any:
+    """``yaml.safe_load`` of ``text`` (a string or a text file) within the bounds above; raises ``yaml.YAMLError``
+    (:class:`YAMLTooLarge` for the bounds)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def read_yaml_file(path: str) -> Any:
+    """The YAML document in ``path`` (:func:`safe_yaml`); every problem with its text is a :class:`ConfigError`
+    naming the file: not UTF-8, not valid YAML, past the bounds."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the file ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}, e.g. a Latin-1 "
+                          "accent): save the file as UTF-8") from None
+    stream = io.StringIO(text)
+    stream.name = path  # marks name the file (and quote no snippet), as when reading the file itself
+    try:
+        return safe_yaml(stream)
+    except YAMLTooLarge as e:
+        raise ConfigError(f"{path}: YAML document refused: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+
+
 def _read_yaml(path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    data = read_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -175,7 +271,9 @@ def parse_override(item: str) -> Tuple[str, Any]:
     if not key:
         raise ConfigError(f"command line: override {item!r} has an empty key")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = safe_yaml(value) if value.strip() else ""
+    except YAMLTooLarge as e:
+        raise ConfigError(f"command line: override {key!r}: YAML value refused: {e}") from None
     except yaml.YAMLError:
         parsed = value
     return key, parsed

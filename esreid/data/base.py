@@ -8,6 +8,8 @@ to ``0..N-1`` (sorted by raw pid); query and gallery keep the raw pids, as in to
 from __future__ import annotations
 
 import inspect
+import os
+import stat
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 from esreid.errors import DatasetError  # noqa: F401  (re-exported for the loaders)
@@ -136,3 +138,21 @@ def build_dataset(name: str, root: str, verbose: bool = True, **options: Any) ->
     if problem:
         raise DatasetError(f"dataset {name!r}: data.args: {problem}")
     return cls(root, verbose=verbose, **options)
+
+
+def check_regular_file(path: str) -> None:
+    """A :class:`DatasetError` naming ``path`` unless it is a regular file (after symlinks): opening a FIFO named
+    ``.jpg`` waits forever for a writer, a device never ends."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read image file: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DatasetError(f"{path}: not a regular file (a {_file_kind(st.st_mode)}): an image must be a plain file; "
+                           "replace or remove it")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [(stat.S_ISFIFO, "FIFO / named pipe"), (stat.S_ISDIR, "folder"), (stat.S_ISSOCK, "socket"),
+             (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")]
+    return next((name for test, name in kinds if test(mode)), "special file")

@@ -4,13 +4,15 @@ Files in ``cache_dir`` for a list of items at a size (``key`` = hash of the item
 version)::
 
     <key>.u8     raw uint8 array (N, 3, H, W), C order, memory-mapped read-only
-    <key>.json   index: version, H, W, and per image its path, mtime (ns) and size (bytes)
+    <key>.json   index: version, H, W, and per image its path, mtime (ns), size (bytes) and the CRC-32 of its slot
 
 The cache is rebuilt when any source file's mtime or size differs from the index (or a file vanished), when the
-size changes (a different key), or when the array file is missing or has the wrong length. The array is built under
-a temporary name (:func:`esreid.files.temp_path`) and renamed; the index is removed first and written last
-(atomically), so an interrupted build never leaves an index that vouches for a half-written array. Temporary files of
-killed builds are removed (:func:`esreid.files.remove_orphans`) before a cache is looked up.
+size changes (a different key), when the array file is missing or has the wrong length, or when a slot's bytes no
+longer match their CRC-32 (a disk or copy error after the build: every slot is checked when the cache is opened, at
+about 1 GB/s, e.g. 1.1 s for Market-1501's 12,936 training images at 256x128; README "When things go wrong"). The
+array is built under a temporary name (:func:`esreid.files.temp_path`) and renamed; the index is removed first and
+written last (atomically), so an interrupted build never leaves an index that vouches for a half-written array.
+Temporary files of killed builds are removed (:func:`esreid.files.remove_orphans`) before a cache is looked up.
 
 Disk space: before decoding, the folder must be writable and hold the whole array (``N * 3 * H * W`` bytes), and the
 array file's blocks are reserved at once (:func:`esreid.files.allocate_file`). Writing through a memory map
@@ -28,8 +30,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
-from typing import Dict, List, Optional, Sequence
+import zlib
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -49,7 +53,9 @@ from esreid.files import (
     temp_path,
 )
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: per-slot CRC-32 in the index
+CHECK_CHUNK = 256  # slots read per step when the checksums are verified
+logger = logging.getLogger(__name__)
 
 
 def cache_key(paths: Sequence[str], height: int, width: int) -> str:
@@ -95,17 +101,32 @@ class CacheSource:
         return {**self.__dict__, "_array": None}
 
 
-def _fresh_bad(index_path: str, array_path: str, expected: dict) -> Optional[Dict[int, str]]:
-    """The undecodable images ``{index: error}`` recorded by a fresh cache; None when the cache must be (re)built."""
+def _fresh_index(index_path: str, array_path: str, expected: dict) -> Optional[Tuple[Dict[int, str], List[int]]]:
+    """``(undecodable images {index: error}, slot CRC-32s)`` of a fresh cache; None when it must be (re)built."""
     try:
         with open(index_path, encoding="utf-8") as f:
             index = json.load(f)
         bad = {int(i): str(msg) for i, msg in index.pop("bad").items()}
+        crc = [int(c) for c in index.pop("crc")]
     except (OSError, ValueError, KeyError, AttributeError, TypeError):
         return None
     n, h, w = len(expected["paths"]), expected["height"], expected["width"]
-    fresh = index == expected and os.path.isfile(array_path) and os.path.getsize(array_path) == n * 3 * h * w
-    return bad if fresh else None
+    fresh = index == expected and len(crc) == n and os.path.isfile(array_path) and \
+        os.path.getsize(array_path) == n * 3 * h * w
+    return (bad, crc) if fresh else None
+
+
+def corrupt_slots(array_path: str, shape: Tuple[int, int, int, int], crc: Sequence[int]) -> List[int]:
+    """Slots of the array whose bytes differ from their CRC-32 (read :data:`CHECK_CHUNK` slots at a time)."""
+    array = np.memmap(array_path, dtype=np.uint8, mode="r", shape=shape)
+    try:
+        wrong = []
+        for s in range(0, shape[0], CHECK_CHUNK):
+            block = np.asarray(array[s: s + CHECK_CHUNK])
+            wrong += [s + i for i, slot in enumerate(block) if zlib.crc32(slot) != crc[s + i]]
+        return wrong
+    finally:
+        del array
 
 
 def build_cache_source(items: Sequence[ImageItem], height: int, width: int, cache_dir: str) -> CacheSource:
@@ -123,7 +144,16 @@ def build_cache_source(items: Sequence[ImageItem], height: int, width: int, cach
     array_path, index_path = os.path.join(cache_dir, f"{key}.u8"), os.path.join(cache_dir, f"{key}.json")
     expected = {"version": CACHE_VERSION, "height": height, "width": width, "paths": paths, "stamps": _stamps(paths)}
     remove_orphans(cache_dir)
-    bad = _fresh_bad(index_path, array_path, expected)
+    fresh = _fresh_index(index_path, array_path, expected)
+    bad = None
+    if fresh is not None:
+        bad, crc = fresh
+        wrong = corrupt_slots(array_path, (len(paths), 3, height, width), crc)
+        if wrong:
+            logger.warning("image cache %s: %d of %d slots fail their checksum (first: slot %d, %s): its bytes changed "
+                           "after it was built (a disk or copy error); rebuilding it", array_path, len(wrong),
+                           len(paths), wrong[0], paths[wrong[0]])
+            bad = None
     if bad is None:
         try:
             bad = _build(paths, height, width, array_path, index_path, expected)
@@ -149,6 +179,7 @@ def _build(paths: Sequence[str], height: int, width: int, array_path: str, index
     ensure_free_space(cache_dir, nbytes, "the image cache")
     tmp_array = temp_path(array_path)
     bad: Dict[int, str] = {}
+    crc: List[int] = []
     try:
         allocate_file(tmp_array, nbytes)
         with reported(array_path):
@@ -158,12 +189,13 @@ def _build(paths: Sequence[str], height: int, width: int, array_path: str, index
                     array[i] = decode_resize(path, height, width).numpy()
                 except DatasetError as e:
                     bad[i] = str(e)
+                crc.append(zlib.crc32(np.asarray(array[i])))
             array.flush()
             del array
             with contextlib.suppress(FileNotFoundError):  # another process (DDP rank) may be replacing it too
                 os.remove(index_path)
             os.replace(tmp_array, array_path)
-        atomic_write(index_path, json.dumps({**index, "bad": {str(i): msg for i, msg in bad.items()}}))
+        atomic_write(index_path, json.dumps({**index, "bad": {str(i): msg for i, msg in bad.items()}, "crc": crc}))
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp_array)

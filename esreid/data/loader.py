@@ -214,4 +214,8 @@ def ordered_loader(cfg: DataConfig, dataset: Dataset) -> DataLoader:
         shuffle=False,
         num_workers=cfg.workers,
         pin_memory=torch.cuda.is_available(),
+        # each iterator draws its workers' base seed from this generator instead of the global torch RNG: an
+        # evaluation leaves the training's RNGs as they were, so a resumed run that takes an evaluation from
+        # metrics.jsonl instead of re-running it continues with the same global RNG state
+        generator=torch.Generator(),
     )

@@ -13,6 +13,7 @@ are drawn on the CPU and the pixel work runs on the images' device, so results d
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 from PIL import Image
 
 from esreid.config import DataConfig
-from esreid.data.base import DatasetError
+from esreid.data.base import DatasetError, check_regular_file
 
 try:
     import simplejpeg
@@ -31,41 +32,114 @@ except ImportError:  # pragma: no cover - optional speed-up
 # --------------------------------------------------------------------------------------------------------------
 # Per image: decode + resize
 # --------------------------------------------------------------------------------------------------------------
-def _decode_pillow(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.load()  # raises on truncated / corrupt data (unless someone set ImageFile.LOAD_TRUNCATED_IMAGES)
+# Largest image decoded, in pixels (read from the header before decoding): re-ID crops are far smaller (Market-1501
+# 128x64 = 0.008 MP, VeRi-776 / VehicleID vehicles under 1 MP) and a 12 MP phone photo still passes as an
+# `esreid explain --query`, while a 4096x4096 image (16.8 MP, 50 MB decoded per loader worker) or a decompression
+# bomb of a few kB that claims gigapixels is refused with its name. Pillow's own bomb limit is far above this.
+MAX_IMAGE_PIXELS = 16_000_000
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow's modes for 16-bit (and 32-bit int) grey levels
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as an 8-bit RGB image. Grey levels of 16-bit modes (``I;16``, ``I;16B``, ``I;16L``, ``I``: PNG / TIFF
+    16-bit greyscale) are scaled from 0..65535 to 0..255 (v / 257, rounded; ``I`` clipped to that range):
+    Pillow's own conversion clips them at 255, which turns almost every pixel white."""
+    if img.mode in _SIXTEEN_BIT:
+        grey = np.asarray(img).astype(np.float64)
+        img = Image.fromarray(np.rint(np.clip(grey, 0, 65535) / 257).astype(np.uint8), "L")
     return img.convert("RGB")
 
 
-def decode_resize(path: str, height: int, width: int) -> torch.Tensor:
-    """Read an image file and resize it (bilinear, Pillow) to ``(height, width)``.
+def _check_pixels(path: str, size: Tuple[int, int]) -> None:
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DatasetError(f"{path}: a {width}x{height} image ({width * height / 1e6:.1f} megapixels) is larger than "
+                           f"the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels esreid decodes (re-ID crops are well under "
+                           "1): crop or downscale it, or remove it from the data")
+
+
+def _decode_pillow(data: bytes, path: str) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
+        _check_pixels(path, img.size)  # the header only: nothing is decoded yet
+        img.load()  # raises on truncated / corrupt data (unless someone set ImageFile.LOAD_TRUNCATED_IMAGES)
+    return to_rgb(img)
+
+
+def read_image_bytes(path: str) -> bytes:
+    """The bytes of the image file ``path``; a :class:`DatasetError` naming it when it is missing, unreadable or not a
+    regular file (:func:`check_regular_file`)."""
+    check_regular_file(path)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read image file: {e}") from None
+
+
+def decode_image(path: str) -> Image.Image:
+    """The image file ``path`` decoded to 8-bit RGB (:func:`to_rgb`).
 
     JPEGs are decoded with simplejpeg when it is installed (strict: a truncated file is an error); anything it
     cannot decode (PNG, CMYK JPEG, ...) goes to Pillow.
+
+    Raises:
+        DatasetError: the file is missing, not a regular file, larger than :data:`MAX_IMAGE_PIXELS`, truncated or
+            not an image (the message names the path).
+    """
+    data = read_image_bytes(path)
+    if simplejpeg is not None and simplejpeg.is_jpeg(data):
+        try:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        except ValueError:
+            pass  # Pillow reports what is wrong with it
+        else:
+            _check_pixels(path, (width, height))
+            try:
+                return Image.fromarray(simplejpeg.decode_jpeg(data, colorspace="RGB"))
+            except ValueError:
+                pass  # let Pillow try (it reads some JPEG flavours libjpeg-turbo's RGB path rejects)
+    try:
+        return _decode_pillow(data, path)
+    except DatasetError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DatasetError(f"{path}: corrupt or unsupported image ({type(e).__name__}: {e})") from None
+
+
+def check_image_header(path: str) -> Tuple[int, int]:
+    """``(width, height)`` of the image file ``path`` from its header, after Pillow's ``verify()`` (the structure of
+    the file; PNG chunk checksums), without decoding its pixels: the cheap check of every test image before training
+    (:func:`esreid.engine.preflight.check_test_data`). A truncated JPEG passes (only decoding finds it).
+
+    Raises:
+        DatasetError: as :func:`decode_image`, with the same messages.
+    """
+    check_regular_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _check_pixels(path, img.size)
+                img.verify()
+                return img.size
+    except DatasetError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DatasetError(f"{path}: corrupt or unsupported image ({type(e).__name__}: {e})") from None
+
+
+def decode_resize(path: str, height: int, width: int) -> torch.Tensor:
+    """Read an image file (:func:`decode_image`) and resize it (bilinear, Pillow) to ``(height, width)``.
 
     Returns:
         uint8 tensor ``(3, height, width)``, RGB.
 
     Raises:
-        DatasetError: the file is missing, truncated or not an image (the message names the path).
+        DatasetError: as :func:`decode_image` (the message names the path).
     """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read image file: {e}") from None
-    img = None
-    if simplejpeg is not None and simplejpeg.is_jpeg(data):
-        try:
-            img = Image.fromarray(simplejpeg.decode_jpeg(data, colorspace="RGB"))
-        except ValueError:
-            img = None  # let Pillow try (it reads some JPEG flavours libjpeg-turbo's RGB path rejects)
-    if img is None:
-        try:
-            img = _decode_pillow(data)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise DatasetError(f"{path}: corrupt or unsupported image ({type(e).__name__}: {e})") from None
-    return resize_rgb(img, height, width)
+    return resize_rgb(decode_image(path), height, width)
 
 
 def resize_rgb(img: Image.Image, height: int, width: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Checkpoints: everything needed to resume exactly, written atomically with a checksum, loaded with ``weights_only``.
 
 A checkpoint is a dict ``{format, model, optimizer, scheduler, scaler, epoch, num_classes, rng, generators, config,
-metrics, hooks}``. Files are written
+metrics, hooks, ranks}`` (``ranks``: every DDP rank's RNG states, :func:`save_checkpoint`). Files are written
 through :func:`esreid.files.atomic_writer` (a temporary name in the same folder moved into place with
 ``os.replace``), so an interrupted save never leaves a half-written file and never destroys the previous one; the free
 space is checked first, and a full disk or read-only folder raises a :class:`~esreid.files.StorageError`.
@@ -26,12 +26,12 @@ import os
 import random
 import re
 import shutil
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
-from esreid.errors import CheckpointError
+from esreid.errors import CheckpointError, unreadable_torch_file
 from esreid.files import atomic_writer, ensure_free_space
 
 FORMAT = "esreid-checkpoint-v1"
@@ -176,10 +176,13 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, config: Di
                     optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None, scaler: Any = None,
                     metrics: Optional[Dict[str, Any]] = None,
                     generators: Optional[Dict[str, torch.Generator]] = None, num_classes: Optional[int] = None,
-                    hooks: Optional[Dict[str, Dict[str, Any]]] = None) -> None:
+                    hooks: Optional[Dict[str, Dict[str, Any]]] = None,
+                    ranks: Optional[List[Dict[str, Any]]] = None) -> None:
     """Save a full training checkpoint; ``generators`` are extra named RNGs (augmentation, BESM coin flips),
     ``num_classes`` the size of the model's classifiers (what inference builds the model with), ``hooks`` the
-    trainer hooks' states by hook name (e.g. the divergence guard's reference loss)."""
+    trainer hooks' states by hook name (e.g. the divergence guard's reference loss), ``ranks`` every DDP rank's
+    ``{"rng": rng_state(), "generators": {name: state}}`` in rank order (empty for a single process: ``rng`` and
+    ``generators`` are its states)."""
     state = {
         "format": FORMAT,
         "model": unwrap(model).state_dict(),
@@ -193,6 +196,7 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, config: Di
         "config": config,
         "metrics": metrics or {},
         "hooks": hooks or {},
+        "ranks": ranks or [],
     }
     atomic_save(state, path)
 
@@ -202,15 +206,19 @@ def copy_checkpoint(src: str, dst: str, full: bool = True) -> None:
     ``full=False`` keeps what a weights-only checkpoint holds (no optimiser, schedule, scaler, generator or hook
     states: what ``Trainer.save_checkpoint(path, full=False)`` writes)."""
     if not full:
-        state = load_checkpoint(src)
-        state.update(optimizer=None, scheduler=None, scaler=None, generators={}, hooks={})
-        atomic_save(state, dst)
+        atomic_save(weights_only(load_checkpoint(src)), dst)
         return
     verify_checkpoint(src)
     folder = os.path.dirname(os.path.abspath(dst))
     ensure_free_space(folder, os.path.getsize(src), f"checkpoint {os.path.basename(dst)}")
     with open(src, "rb") as f, atomic_writer(dst) as out:
         shutil.copyfileobj(f, out, 1 << 20)
+
+
+def weights_only(state: Dict[str, Any]) -> Dict[str, Any]:
+    """A full checkpoint's ``state`` as a weights-only one (what ``Trainer.save_checkpoint(path, full=False)``
+    writes): no optimiser, schedule, scaler, generator, hook or per-rank states."""
+    return {**state, "optimizer": None, "scheduler": None, "scaler": None, "generators": {}, "hooks": {}, "ranks": []}
 
 
 def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
@@ -221,7 +229,7 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling/format problem becomes a named error
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        raise unreadable_torch_file(path, e) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(state).__name__}")
     if state.get("format") != FORMAT:

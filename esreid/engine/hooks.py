@@ -1,9 +1,10 @@
 """Trainer hooks: everything around the optimisation step (evaluation, checkpoints, logging, diagnostics).
 
 A hook subclasses :class:`HookBase` and overrides any of ``before_train``, ``before_epoch``, ``before_step``,
-``after_step``, ``after_epoch``, ``after_train`` (fast-reid's ``HookBase`` shape); ``self.trainer`` is the running
-trainer as a :class:`TrainerView`: exactly what hooks may read and call (its ``state``, a :class:`TrainState`,
-holds the epoch, the iteration, the current batch and the step's loss terms). Hooks run in list order. Records (dicts
+``after_step``, ``after_epoch``, ``after_train`` (fast-reid's ``HookBase`` shape) and ``after_resume`` (once, when
+the trainer has restored a checkpoint); ``self.trainer`` is the running trainer as a :class:`TrainerView`: exactly
+what hooks may read and call (its ``state``, a :class:`TrainState`, holds the epoch, the iteration, the current batch
+and the step's loss terms). Hooks run in list order. Records (dicts
 with a ``"type"``: ``train``, ``epoch``, ``eval``) go through ``trainer.emit(record)`` to every hook's ``on_record``,
 so writers (JSONL, TensorBoard, console) are independent of the hooks that produce records; an evaluation's record
 comes with the results of its test cases (each with the features it ranked, :class:`~esreid.engine.testsets.
@@ -26,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional,
 
 import torch
 
-from esreid.engine.checkpoint import copy_checkpoint, load_checkpoint
+from esreid.engine.checkpoint import atomic_save, copy_checkpoint, load_checkpoint, weights_only
+from esreid.errors import CheckpointError
 from esreid.evaluation.metric_keys import MetricKey, format_metrics
 from esreid.files import append_text, atomic_write, read_jsonl, reported
 from esreid.registry import Registry
@@ -101,6 +103,10 @@ class HookBase:
     def after_epoch(self) -> None: ...
 
     def after_train(self) -> None: ...
+
+    def after_resume(self) -> None:
+        """The trainer has restored a checkpoint (``start_epoch``, ``last_checkpoint`` and the hooks' states are set),
+        before anything trains or evaluates: make what this hook keeps in the run folder agree with it."""
 
     def on_record(self, record: Dict[str, Any]) -> None:
         """A record emitted by the trainer or another hook."""
@@ -288,7 +294,7 @@ class CheckpointHook(HookBase):
 
     def periodic(self, epoch: int) -> Optional[str]:
         period = self.cfg.period
-        return os.path.join(self.folder, f"epoch_{epoch:03d}.pth") if period and epoch % period == 0 else None
+        return periodic_path(self.folder, epoch) if period and epoch % period == 0 else None
 
     def before_train(self) -> None:
         t = self.trainer
@@ -315,6 +321,10 @@ class CheckpointHook(HookBase):
 PERIODIC = re.compile(r"epoch_(\d{3,})\.pth")
 
 
+def periodic_path(folder: str, epoch: int) -> str:
+    return os.path.join(folder, f"epoch_{epoch:03d}.pth")
+
+
 def periodic_checkpoints(folder: str) -> List[str]:
     """Paths of the ``epoch_XXX.pth`` files in ``folder``, oldest epoch first."""
     found = [(int(m.group(1)), name) for name in os.listdir(folder) if (m := PERIODIC.fullmatch(name))]
@@ -324,24 +334,88 @@ def periodic_checkpoints(folder: str) -> List[str]:
 class BestCheckpointHook(HookBase):
     """``model_best.pth`` (model weights, or everything with ``full``) whenever an evaluation's ``metric`` on test
     case ``case`` (``""``: the primary one, ``checkpoint.best_on``) beats every earlier one of the run (in the
-    direction its protocol declares). The file records the metrics it was written with: a resumed run reads the value
-    to beat from it, at its first evaluation (which may come from :class:`EvalHook`'s ``before_train``)."""
+    direction its protocol declares); the file records the metrics it was written with.
 
-    def __init__(self, folder: str, metric: MetricKey, full: bool = False, case: str = ""):
-        self.path, self.metric, self.full, self.case = os.path.join(folder, "model_best.pth"), metric, full, case
-        self.best: Optional[float] = None  # read when the first evaluation comes
+    On resume (:meth:`after_resume`, before any catch-up evaluation) the file is checked against the best evaluation
+    ``records`` (``metrics.jsonl``, written before the file) holds up to the epoch resumed from: a file that is
+    missing, corrupt, or of another epoch (a kill during its write left the previous one) is re-created from that
+    epoch's checkpoint when one is left (the checkpoint resumed from, or ``epoch_XXX.pth``), else removed with a
+    warning and written again at the next improvement. The value to beat is the recorded best, so a bad file never
+    stops a resume nor lets a worse evaluation in. Without records (a run forked into a new folder) the file's own
+    value is the one to beat."""
 
-    def value_to_beat(self) -> float:
-        if self.best is None:
-            saved = None
-            if self.trainer.start_epoch > 0 and os.path.exists(self.path):
-                saved = case_value(load_checkpoint(self.path).get("metrics", {}), self.case, self.metric.key)
-            self.best = self.metric.worst if saved is None else float(saved)
-        return self.best
+    def __init__(self, folder: str, metric: MetricKey, full: bool = False, case: str = "", records: str = ""):
+        self.folder, self.metric, self.full, self.case, self.records = folder, metric, full, case, records
+        self.path = os.path.join(folder, "model_best.pth")
+        self.best = metric.worst  # the value to beat: a resumed run's from after_resume
+
+    def after_resume(self) -> None:
+        self.best = self.reconcile()
+
+    def value(self, record: Dict[str, Any]) -> Any:
+        """The metric of the deciding case in an evaluation record (or a checkpoint's ``metrics``)."""
+        return case_value(record, self.case, self.metric.key)
+
+    def reconcile(self) -> float:
+        """Make ``model_best.pth`` agree with the recorded best evaluation (class docstring); its value."""
+        t, key = self.trainer, self.metric.key
+        best, value = None, self.metric.worst  # the first epoch reaching the best value: the one written
+        for r in read_jsonl(self.records):
+            if (r.get("type") == "eval" and isinstance(r.get("epoch"), int) and r["epoch"] <= t.start_epoch
+                    and isinstance(self.value(r), (int, float)) and self.metric.improves(self.value(r), value)):
+                best, value = r, float(self.value(r))
+        if best is None:
+            saved = self.saved_state()
+            found = None if saved is None else self.value(saved.get("metrics", {}))
+            return self.metric.worst if found is None else float(found)
+        epoch = best["epoch"]
+        saved = self.saved_state()
+        if saved is not None and saved.get("epoch") == epoch and self.value(saved.get("metrics", {})) == value:
+            return value
+        problem = "stale (it holds epoch {})".format(saved.get("epoch")) if saved is not None else \
+            "corrupt" if os.path.exists(self.path) else "missing"
+        what = f"epoch {epoch}, {key} {value:.4g}"
+        source = self.checkpoint_of(epoch)
+        if source is None:
+            if os.path.exists(self.path):
+                os.remove(self.path)
+                problem += ", removed"
+            t.log(f"warning: {self.path} was {problem}; no checkpoint of the best evaluation ({what}) is left to "
+                  f"re-create it from: it is written again when an evaluation beats {key} {value:.4g}")
+            return value
+        path, state = source
+        state.update(epoch=epoch, metrics={k: v for k, v in best.items() if k not in ("type", "epoch")})
+        atomic_save(state if self.full else weights_only(state), self.path)
+        t.log(f"re-created {self.path} ({what}) from {path}: it was {problem}")
+        return value
+
+    def saved_state(self) -> Optional[Dict[str, Any]]:
+        """The state ``model_best.pth`` holds; None when it is missing or corrupt."""
+        if not os.path.exists(self.path):
+            return None
+        try:
+            return load_checkpoint(self.path)
+        except CheckpointError:
+            return None
+
+    def checkpoint_of(self, epoch: int) -> Optional[Tuple[str, Dict[str, Any]]]:
+        """A readable checkpoint of ``epoch`` (full when ``full``): the one resumed from, or ``epoch_XXX.pth``."""
+        t = self.trainer
+        candidates = [periodic_path(self.folder, epoch)]
+        if t.last_checkpoint is not None and t.last_checkpoint[1] == epoch:
+            candidates.insert(0, t.last_checkpoint[0])
+        for path in candidates:
+            try:
+                state = load_checkpoint(path) if os.path.exists(path) else {}
+            except CheckpointError:
+                continue
+            if state.get("epoch") == epoch and (state.get("optimizer") is not None or not self.full):
+                return path, state
+        return None
 
     def on_record(self, record: Dict[str, Any]) -> None:
-        value = case_value(record, self.case, self.metric.key) if record["type"] == "eval" else None
-        if isinstance(value, (int, float)) and self.metric.improves(value, self.value_to_beat()):
+        value = self.value(record) if record["type"] == "eval" else None
+        if isinstance(value, (int, float)) and self.metric.improves(value, self.best):
             self.best = float(value)
             self.trainer.save_checkpoint(self.path, full=self.full, epoch=record["epoch"])  # also a resume's catch-up
 

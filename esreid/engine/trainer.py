@@ -25,11 +25,12 @@ from esreid.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_model_weights,
+    rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from esreid.engine.compile import place_model
-from esreid.engine.distributed import barrier, init_distributed
+from esreid.engine.distributed import all_gather, barrier, init_distributed
 from esreid.engine.evaluator import autocast
 from esreid.engine.guard import DivergenceGuard
 from esreid.engine.preflight import check_files, check_test_data, check_training_data
@@ -193,6 +194,7 @@ class Trainer:
         self.start_epoch = 0
         self.resumed_epochs: Optional[int] = None  # solver.epochs of the run a resumed checkpoint comes from
         self.last_checkpoint: Optional[Tuple[str, int]] = None  # (path, epoch) of the newest checkpoint of this run
+        self.rank_states: List[Dict[str, Any]] = []  # under DDP: every rank's RNGs at the end of the epoch
         self.history: List[Dict[str, Any]] = []
         self.hooks: List[H.HookBase] = []
         self.register_hooks(self.default_hooks() + list(extra or []))
@@ -225,7 +227,8 @@ class Trainer:
                 case = next(c for c in self.test_cases if c.name == best_on)
                 best = declared(case.test_set.dataset.protocol).expand(cfg.test.ranks)
                 metric = next(m for m in best if m.key == cfg.checkpoint.best)  # the config check saw it declared
-                hooks.append(H.BestCheckpointHook(self.out, metric, cfg.checkpoint.full, cfg.checkpoint.best_on))
+                hooks.append(H.BestCheckpointHook(self.out, metric, cfg.checkpoint.full, cfg.checkpoint.best_on,
+                                                  records))
             hooks.append(H.ConsoleWriter())
             if cfg.report:
                 from esreid.engine.reporting import ReportHook
@@ -266,14 +269,19 @@ class Trainer:
             gens.update({f"hook.{k}": g for k, g in hook.generators().items()})
         return gens
 
+    def rank_state(self) -> Dict[str, Any]:
+        """This process's RNG states: the global ones and :meth:`generators` (under DDP each rank has its own)."""
+        return {"rng": rng_state(), "generators": {k: g.get_state() for k, g in self.generators().items()}}
+
     def save_checkpoint(self, path: str, full: bool = True, epoch: Optional[int] = None) -> None:
         """Save the run at the end of ``epoch`` (1-based; default: the current epoch): everything needed to resume
-        (``full``), or the model weights with the epoch, config, metrics and class count only (what eval / extract /
-        export read)."""
+        (``full``; under DDP with every rank's RNG states, gathered at the end of the epoch), or the model weights with
+        the epoch, config, metrics and class count only (what eval / extract / export read)."""
         resume = {}
         if full:
             resume = dict(optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-                          generators=self.generators(), hooks=self.hook_states())
+                          generators=self.generators(), hooks=self.hook_states(),
+                          ranks=self.rank_states if self.dist.enabled else [])
         epoch = self.state.epoch + 1 if epoch is None else epoch
         save_checkpoint(path, model=self.model, epoch=epoch, config=to_dict(self.cfg),
                         metrics=self.state.metrics, num_classes=self.model.num_classes, **resume)
@@ -303,8 +311,8 @@ class Trainer:
         return path, state, changes
 
     def resume(self, path: str, state: Dict[str, Any], changes: List[Any]) -> None:
-        """Continue from a checkpoint read by :meth:`check_start`: weights, optimiser, schedule, scaler, every RNG,
-        the hooks' state, the metrics and the epoch."""
+        """Continue from a checkpoint read by :meth:`check_start`: weights, optimiser, schedule, scaler, every RNG
+        (under DDP this rank's), the hooks' state, the metrics and the epoch; then the hooks' ``after_resume``."""
         load_model_weights(self.model, state, path)
         self.start_epoch = int(state["epoch"])
         saved_solver = (state.get("config") or {}).get("solver", {})
@@ -317,10 +325,11 @@ class Trainer:
         restore_solver(self.optimizer, self.scheduler, fresh, self.start_epoch * self.iters_per_epoch)
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        own = self._own_rank_state(state)
+        set_rng_state(own["rng"])
         for name, gen in self.generators().items():
-            if name in state.get("generators", {}):
-                gen.set_state(state["generators"][name])
+            if name in own.get("generators", {}):
+                gen.set_state(own["generators"][name])
         saved = state.get("hooks", {})
         for hook in self.hooks:  # checkpoints before hooks had names keyed the state by class name
             key = next((k for k in (hook.name, type(hook).__name__) if k and k in saved), None)
@@ -332,6 +341,19 @@ class Trainer:
         self.log(f"=> resumed from {path} at epoch {self.start_epoch}")
         if changes:
             self.log(f"=> with changes (allowed): {describe(changes)}")
+        self._call("after_resume")  # e.g. model_best.pth checked against metrics.jsonl, before anything trains
+
+    def _own_rank_state(self, state: Dict[str, Any]) -> Dict[str, Any]:
+        """The RNG states this process resumes with: its rank's under DDP (a checkpoint of as many processes), else
+        those rank 0 (or the single process) saved."""
+        ranks = state.get("ranks") or []
+        if self.dist.enabled and len(ranks) == self.dist.world_size:
+            return ranks[self.dist.rank]
+        if self.dist.enabled:
+            self.log(f"=> the checkpoint holds the RNG states of {len(ranks) or 1} process(es), this run has "
+                     f"{self.dist.world_size}: each starts from rank 0's (the run goes on, not bit for bit as an "
+                     "uninterrupted one)")
+        return {"rng": state["rng"], "generators": state.get("generators", {})}
 
     def continue_command(self, extra: Sequence[str] = ()) -> str:
         """The command that continues this run from its newest checkpoint (``--resume auto`` when that is
@@ -344,7 +366,9 @@ class Trainer:
         """A KeyboardInterrupt whose ``hint`` (printed by the CLI) says where the run stopped and how to go on."""
         e = KeyboardInterrupt()
         where = f"interrupted at epoch {self.state.epoch + 1}, iteration {self.state.iter}"
-        e.hint = (f"{where}; continue with: {self.continue_command()}" if self.last_checkpoint is not None
+        # under DDP, a rank > 0 stopped while rank 0 writes the epoch's checkpoint learns of it from the file
+        written = self.last_checkpoint is not None or os.path.exists(os.path.join(self.out, "last.pth"))
+        e.hint = (f"{where}; continue with: {self.continue_command()}" if written
                   else f"{where}, before the first checkpoint; start again with: {self.command}")
         return e
 
@@ -391,8 +415,12 @@ class Trainer:
         for batch in bar:
             terms = self.train_step(batch)
             bar.set_postfix(loss=f"{terms['loss']:.3f}")
+        if self.dist.enabled:  # every rank's RNGs, for rank 0's checkpoint (each rank resumes with its own)
+            self.rank_states = all_gather(self.dist, self.rank_state())
         self._call("after_epoch")
         barrier(self.dist)  # the other processes wait for rank 0's evaluation and checkpoint
+        if not self.dist.is_main:  # rank 0 has written it: the Ctrl-C hint of every rank names it
+            self.last_checkpoint = (os.path.join(self.out, "last.pth"), epoch + 1)
 
     def evaluate(self) -> Tuple[Dict[str, Any], List[CaseResult]]:
         """The metrics of the current model on every test case (:mod:`esreid.engine.testsets`: the primary case's at

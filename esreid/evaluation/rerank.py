@@ -19,13 +19,60 @@ exp), so sum max = 2 - sum min; k/2 is ``round(k1 / 2)``; the 2/3 test is strict
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
+from esreid.errors import EsreidError
 from esreid.evaluation.distance import METRICS, ArrayLike, Prepared, prepare, smallest_k
 
-BYTES_PER_PAIR = 16  # a (chunk x N) distance block plus its masks / (chunk x Ng) output and temporaries
+BYTES_PER_PAIR = 24  # a (chunk x N) distance block plus its masks / (chunk x Ng) output and temporaries
+
+
+def row_bytes(n: int, k1: int) -> int:
+    """Working memory per row of a chunk: :data:`BYTES_PER_PAIR` per item, or the expanded-set test of eq. 6 (its
+    ``(k1+1, k1/2+1, k1+1)`` comparison, three bool copies, and the ``(k1+1) (k1/2+2)`` int64 candidates, sorted:
+    four copies) when that is larger."""
+    kh = int(round(k1 / 2))
+    return max(n * BYTES_PER_PAIR, 3 * (k1 + 1) ** 2 * (kh + 1) + 4 * 8 * (k1 + 1) * (kh + 2))
+BYTES_PER_ENTRY = 40  # a sparse entry: two int64 indices and a value, and the copy coalescing makes
+MIN_CHUNK = 64  # fewest rows per chunk the working memory must allow
+DEFAULT_BUDGET_MB = 512
+
+
+class RerankMemoryError(EsreidError, ValueError):
+    """The memory budget cannot hold what re-ranking keeps whatever its chunk size (:func:`fixed_bytes`)."""
+
+
+def fixed_bytes(num_q: int, num_g: int, k1: int = 20, k2: int = 6, itemsize: int = 4) -> Dict[str, int]:
+    """What re-ranking ``num_q`` queries against ``num_g`` gallery items holds whatever its chunk size, in bytes:
+
+    * ``output``: the dense re-ranked ``(Nq, Ng)`` matrix, the only dense one (eq. 10 and 12 are combined in place);
+    * ``neighbours``: the ``(N, k1+2)`` neighbour table and the largest gather of the reciprocal test (eq. 4),
+      ``(N, k1+1, k1+1)`` int64 and its comparison;
+    * ``sparse``: V (eq. 7-8) and V after query expansion (eq. 11), ``(k1+1) (1+k2)`` entries per item (measured: about
+      20 and 100 per item at k1=20, k2=6 on clustered features; 147 counted) of :data:`BYTES_PER_ENTRY` bytes.
+    """
+    n = num_q + num_g
+    return {"output": num_q * num_g * itemsize,
+            "neighbours": n * (k1 + 2) * 8 + n * (k1 + 1) ** 2 * 9,
+            "sparse": n * (k1 + 1) * (1 + k2) * BYTES_PER_ENTRY}
+
+
+def working_bytes(num_q: int, num_g: int, memory_budget_mb: float, k1: int = 20, k2: int = 6,
+                  itemsize: int = 4) -> int:
+    """The budget left for the chunks once :func:`fixed_bytes` is held; :class:`RerankMemoryError` (naming what is
+    needed) when that leaves less than :data:`MIN_CHUNK` rows (:func:`row_bytes`)."""
+    fixed = fixed_bytes(num_q, num_g, k1, k2, itemsize)
+    least = MIN_CHUNK * row_bytes(num_q + num_g, k1)
+    need = sum(fixed.values()) + least
+    work = int(memory_budget_mb * 2**20) - sum(fixed.values())
+    if work < least:
+        raise RerankMemoryError(
+            f"re-ranking {num_q} queries against {num_g} gallery images needs about {need / 2**20:.0f} MB (the "
+            f"{num_q} x {num_g} re-ranked distance matrix alone is {fixed['output'] / 2**20:.0f} MB), more than "
+            f"memory_budget_mb={memory_budget_mb:g}")
+    return work
 
 
 def _neighbours(x: Prepared, metric, k: int, chunk: int):
@@ -115,12 +162,16 @@ def _min_sums(vq: torch.Tensor, vg: torch.Tensor, max_pairs: int) -> torch.Tenso
 
 
 def re_ranking(qf: ArrayLike, gf: ArrayLike, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, *,
-               metric: str = "cosine", memory_budget_mb: float = 512, device: Optional[torch.device] = None
-               ) -> torch.Tensor:
+               metric: str = "cosine", memory_budget_mb: float = DEFAULT_BUDGET_MB,
+               device: Optional[torch.device] = None, chunk_size: Optional[int] = None,
+               max_pairs: Optional[int] = None) -> torch.Tensor:
     """k-reciprocal re-ranked ``(Nq, Ng)`` float distance matrix (see the module docstring for the definition).
 
-    ``memory_budget_mb`` sizes the row chunks of the N x N distance computations and the sparse joins; the output
-    ``(Nq, Ng)`` matrix itself is dense.
+    ``memory_budget_mb`` bounds the whole computation: what it holds whatever the chunk size (:func:`fixed_bytes`:
+    the dense ``(Nq, Ng)`` output, the neighbour tables, the sparse V) is set aside first, and the rest sizes the row
+    chunks of the N x N distance computations and the sparse joins. A budget that cannot hold the fixed part and
+    :data:`MIN_CHUNK` rows raises :class:`RerankMemoryError` before any distance is computed. ``chunk_size`` (rows)
+    and ``max_pairs`` (sparse pairs per join group) set the chunks directly instead, without the budget.
     """
     if k1 < 1 or not 1 <= k2 <= k1 + 1 or not 0.0 <= lambda_value <= 1.0:
         raise ValueError(f"need k1 >= 1, 1 <= k2 <= k1 + 1, 0 <= lambda_value <= 1; got {k1}, {k2}, {lambda_value}")
@@ -130,18 +181,23 @@ def re_ranking(qf: ArrayLike, gf: ArrayLike, k1: int = 20, k2: int = 6, lambda_v
     x = Prepared(torch.cat([q.feats, g.feats]), None if q.sqnorm is None else torch.cat([q.sqnorm, g.sqnorm]))
     if len(x) < k1 + 1:
         raise ValueError(f"re-ranking with k1={k1} needs at least {k1 + 1} images, got {len(x)}")
-    chunk = max(1, int(memory_budget_mb * 2**20 // (len(x) * BYTES_PER_PAIR)))
+    work = 0 if chunk_size and max_pairs else working_bytes(num_q, len(g), memory_budget_mb, k1, k2,
+                                                              x.feats.element_size())
+    chunk = chunk_size or max(1, int(work // row_bytes(len(x), k1)))
+    max_pairs = max_pairs or max(1, work // BYTES_PER_ENTRY)
     nn, row_max = _neighbours(x, m, k1 + 1, chunk)
     v = _weights(x, m, nn, row_max, k1, chunk)
     if k2 > 1:
         v = _query_expansion(v, nn, k2)
     vq = v.index_select(0, torch.arange(num_q, device=nn.device)).coalesce()
     vg = v.index_select(0, torch.arange(num_q, len(x), device=nn.device)).coalesce()
-    min_sum = _min_sums(vq, vg, max_pairs=max(1, int(memory_budget_mb * 2**20 // 40)))
-    jaccard = 1.0 - min_sum / (2.0 - min_sum)  # eq. 10 with sum max = 2 - sum min (rows of V sum to 1)
-    out = torch.empty(num_q, len(g), dtype=x.feats.dtype, device=nn.device)
-    for s in range(0, num_q, chunk):
+    del v
+    out = _min_sums(vq, vg, max_pairs).to(x.feats.dtype)  # sum_j min: (Nq, Ng)
+    del vq, vg
+    for s in range(0, num_q, chunk):  # in place, one chunk of rows at a time: the only dense matrix is the output
         e = min(s + chunk, num_q)
+        min_sum = out[s:e]
+        jaccard = 1.0 - min_sum / (2.0 - min_sum)  # eq. 10 with sum max = 2 - sum min (rows of V sum to 1)
         d = m.distance(q.rows(s, e), g) / row_max[s:e, None]
-        out[s:e] = (1 - lambda_value) * jaccard[s:e] + lambda_value * d  # eq. 12
+        out[s:e] = (1 - lambda_value) * jaccard + lambda_value * d  # eq. 12
     return out

@@ -50,7 +50,7 @@ import torch
 from esreid.errors import EsreidError
 from esreid.evaluation.distance import ArrayLike
 from esreid.evaluation.metrics import AP_MODES, as_ids, same_pid_index
-from esreid.files import atomic_writer
+from esreid.files import atomic_writer, format_size
 from esreid.registry import Registry
 
 INDEX_KINDS = Registry("index kind")
@@ -218,15 +218,111 @@ class GalleryIndex:
 
     @classmethod
     def load(cls, path: str) -> GalleryIndex:
-        try:
-            with np.load(path, allow_pickle=False) as f:
+        """The index :meth:`save` wrote to ``path``, checked (:meth:`check_saved`) before it is used."""
+        faiss = faiss_module()
+        with open_npz(path) as f:
+            try:
                 obj = cls(kind=str(f["kind"]), metric=str(f["metric"]))
-                obj.index, obj.ids = faiss_module().deserialize_index(f["index"]), f["ids"]
+                obj.ids = as_ids(f["ids"], "ids")
                 obj.info = {key[len("info_"):]: f[key] for key in f.files if key.startswith("info_")}
-        except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile) as e:
-            raise SearchError(f"{path}: not a saved gallery index (expected keys index, ids, kind, metric, as "
-                              f"--save-index writes them): {e}") from e
+                raw = f["index"]
+            except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile) as e:
+                raise SearchError(f"{path}: not a saved gallery index (expected keys index, ids, kind, metric, as "
+                                  f"--save-index writes them): {e}") from None
+        try:
+            obj.index = faiss.deserialize_index(np.ascontiguousarray(raw, dtype=np.uint8))
+        except (RuntimeError, ValueError, TypeError) as e:  # faiss reports a damaged index as a RuntimeError
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SearchError(f"{path}: the faiss index in it is damaged ({first}); build it again with "
+                              "esreid search --gallery FEATS.npz --save-index") from None
+        obj.check_saved(path)
         return obj
+
+    def check_saved(self, path: str) -> None:
+        """A loaded index agrees with itself: as many faiss vectors as ids and info rows, the metric it was built
+        with, a positive dimension; else faiss would cap k (or index past the ids) without a word."""
+        want, again = self.index.ntotal, "build it again with esreid search --gallery FEATS.npz --save-index"
+        counts = [f"{len(col)} rows of info_{name}" for name, col in self.info.items() if len(col) != want]
+        if len(self.ids) != want:
+            counts.insert(0, f"{len(self.ids)} ids")
+        if counts:
+            raise SearchError(f"{path}: inconsistent saved index: its faiss index holds {want} vectors but the file "
+                              f"has {', '.join(counts)}; {again}")
+        faiss = faiss_module()
+        metric = faiss.METRIC_INNER_PRODUCT if self.metric == "cosine" else faiss.METRIC_L2
+        if self.index.metric_type != metric or self.index.d < 1:
+            raise SearchError(f"{path}: inconsistent saved index: metric {self.metric!r} but its faiss index "
+                              f"(dimension {self.index.d}) has metric type {self.index.metric_type}, not {metric}; "
+                              f"{again}")
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can still give (``MemAvailable`` of ``/proc/meminfo``; the physical memory where
+    there is no ``/proc``)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def open_npz(path: str) -> Any:
+    """``np.load(path, allow_pickle=False)`` of an ``.npz`` after checking, from the zip directory and each array's
+    ``.npy`` header (nothing is decompressed beyond the headers), that it can be read safely:
+
+    * no object arrays (they would need pickle: code from the file);
+    * each array's shape x itemsize fits the bytes its member holds (a forged header would make numpy allocate what
+      it claims before reading);
+    * the members' uncompressed sizes together fit the memory available (a zip bomb: a few MB that inflate to more
+      than the machine has; Python's zip reader never inflates a member past its recorded size).
+
+    Raises :class:`SearchError` naming the file, the array and what to do; the caller closes the returned file.
+    """
+    if not os.path.exists(path):
+        raise SearchError(f"{path}: file not found")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            bare = f.read(6) == b"\x93NUMPY"
+        if bare:
+            raise SearchError(f"{path}: a bare array; expected an .npz with 'feats' (N, D) (+ ids, camids, paths)")
+        raise SearchError(f"{path}: not a readable .npz file (not a zip archive); esreid extract writes them")
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                total += info.file_size
+                if info.filename.endswith(".npy"):
+                    with zf.open(info) as member:
+                        _check_npy_member(path, info, member)
+    except SearchError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise SearchError(f"{path}: not a readable .npz file ({e}); esreid extract writes them") from None
+    free = available_memory()
+    if total > free:
+        raise SearchError(f"{path}: its arrays inflate to {format_size(total)}, more than the {format_size(free)} of "
+                          "memory available here (a zip bomb, or features too large for this machine): check where "
+                          "the file comes from, or search on a machine with more memory")
+    return np.load(path, allow_pickle=False)
+
+
+def _check_npy_member(path: str, info: zipfile.ZipInfo, member: IO) -> None:
+    name = info.filename[: -len(".npy")]
+    version = np.lib.format.read_magic(member)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(member)
+    if dtype.hasobject:
+        raise SearchError(f"{path}: array {name!r} holds Python objects (dtype {dtype}), which only pickle can load "
+                          "and esreid never unpickles a features file: write it with esreid extract (numbers and "
+                          "strings only)")
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > info.file_size:
+        raise SearchError(f"{path}: array {name!r} claims shape {tuple(shape)} ({format_size(claimed)}) but its member "
+                          f"holds {format_size(info.file_size)}: the file is damaged or forged; write it again with "
+                          "esreid extract")
 
 
 def write_atomically(path: str, write: Callable[[IO], None], mode: str = "wb") -> None:
@@ -287,14 +383,7 @@ def evaluate_topk(q_pids, g_pids, q_camids, g_camids, qf: ArrayLike, index: Gall
 def read_features(path: str) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
     """``feats`` (N, D) float32 and the columns of ``path`` present among ``paths``, ``ids``, ``camids`` (N,), keyed
     by their result field (path, pid, camid)."""
-    try:
-        data = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise SearchError(f"{path}: file not found") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise SearchError(f"{path}: not a readable .npz file ({e}); esreid extract writes them") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise SearchError(f"{path}: a bare array; expected an .npz with 'feats' (N, D) (+ ids, camids, paths)")
+    data = open_npz(path)
     with data:
         if "feats" not in data.files:
             hint = "; a saved index goes to --load-index" if "index" in data.files else ""

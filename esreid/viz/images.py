@@ -23,13 +23,13 @@ OVERLAY_CMAP = "jet"
 
 
 def as_rgb(image: ImageLike) -> np.ndarray:
-    """``image`` as a uint8 ``(H, W, 3)`` RGB array: a path is decoded with Pillow; a ``(3, H, W)`` tensor or array
-    (the loaders' layout) is transposed; a ``(H, W, 3)`` array is taken as is."""
+    """``image`` as a uint8 ``(H, W, 3)`` RGB array: a path is decoded as the loaders decode it
+    (:func:`esreid.data.transforms.decode_image`: 16-bit grey scaled, a special or oversized file refused); a
+    ``(3, H, W)`` tensor or array (the loaders' layout) is transposed; a ``(H, W, 3)`` array is taken as is."""
     if isinstance(image, (str, os.PathLike)):
-        from PIL import Image
+        from esreid.data.transforms import decode_image
 
-        with Image.open(image) as img:
-            return np.asarray(img.convert("RGB"))
+        return np.asarray(decode_image(os.fspath(image)))
     a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if a.ndim != 3 or 3 not in (a.shape[0], a.shape[-1]):
         raise ValueError(f"expected an RGB image (3, H, W) or (H, W, 3), got shape {a.shape}")

@@ -10,7 +10,7 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from esreid.data.base import DatasetError, ImageItem, ReIDDataset, relabel
+from esreid.data.base import DatasetError, ImageItem, ReIDDataset, check_regular_file, relabel
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 _TOO_DEEP_LEVELS = 3  # how far below root we search for a misplaced layout when reporting an error
@@ -23,19 +23,28 @@ def is_image(name: str) -> bool:
 def list_images(folder: str) -> Tuple[List[str], int]:
     """Sorted absolute paths of the images directly in ``folder`` and the number of other files skipped.
 
-    Non-image files (``Thumbs.db``, ``.DS_Store``, readme files) are skipped silently but counted.
+    Non-image files (``Thumbs.db``, ``.DS_Store``, readme files) are skipped silently but counted; an image name on
+    something that is not a regular file (a FIFO, a device, a socket: reading it would hang or never end) is a
+    :class:`DatasetError` naming it.
     """
     if not os.path.isdir(folder):
         raise DatasetError(f"expected a folder of images at {folder}, but it does not exist")
     paths, ignored = [], 0
     with os.scandir(folder) as it:
         for entry in it:
-            if entry.is_file():
-                if is_image(entry.name):
-                    paths.append(os.path.abspath(entry.path))
-                else:
-                    ignored += 1
+            if is_image(entry.name) and not entry.is_dir():
+                image_file(entry.path)
+                paths.append(os.path.abspath(entry.path))
+            elif entry.is_file():
+                ignored += 1
     return sorted(paths), ignored
+
+
+def image_file(path: str) -> str:
+    """``path`` when it is a regular file, else the :class:`DatasetError` of
+    :func:`~esreid.data.base.check_regular_file` (the scan accepts regular files only)."""
+    check_regular_file(path)
+    return path
 
 
 def _has_all(folder: str, required: Sequence[str]) -> bool:

@@ -20,7 +20,7 @@ import os
 from typing import Dict, List, Tuple
 
 from esreid.data.base import DATASETS, DatasetError, ImageItem, ReIDDataset, relabel
-from esreid.data.datasets._common import announce, is_image, require_nonempty
+from esreid.data.datasets._common import announce, image_file, is_image, require_nonempty
 
 SPLITS = ("train", "query", "gallery")
 _UNKNOWN_CAMERA = {"train": 0, "query": 0, "gallery": 1}
@@ -46,8 +46,9 @@ def read_csv_split(root: str, split: str) -> List[ImageItem]:
             path = os.path.abspath(os.path.join(root, path))
             if camid < 0:
                 raise DatasetError(f"{where}: camid must be >= 0, got {camid}")
-            if not os.path.isfile(path):
+            if not os.path.exists(path):
                 raise DatasetError(f"{where}: the image {path} does not exist")
+            image_file(path)
             items.append(ImageItem(path, pid, camid))
     return items
 
@@ -65,11 +66,11 @@ def _walk_folder_split(split_dir: str) -> Tuple[List[Tuple[str, str, str]], int]
             if os.path.isdir(path):
                 for name in sorted(os.listdir(path)):
                     if is_image(name):
-                        found.append((os.path.abspath(os.path.join(path, name)), identity, entry))
+                        found.append((os.path.abspath(image_file(os.path.join(path, name))), identity, entry))
                     else:
                         ignored += 1
             elif is_image(entry):
-                found.append((os.path.abspath(path), identity, ""))
+                found.append((os.path.abspath(image_file(path)), identity, ""))
             else:
                 ignored += 1
     return found, ignored

@@ -77,7 +77,13 @@ from esreid.data.synth.trap import (
     check_trap,
     patch_position,
 )
-from esreid.files import folder_sibling, move_folder_into_place, remove_stale_siblings
+from esreid.files import (
+    StorageError,
+    ensure_free_space,
+    folder_sibling,
+    move_folder_into_place,
+    remove_stale_siblings,
+)
 
 # 2: trap datasets add the cue-free test rendering and the cue masks (the palette option, a parameter in the marker,
 # recolours the images of any version and adds no folder)
@@ -115,7 +121,27 @@ def _split_cameras(rng: np.random.Generator, num_images: int, num_cams: int, min
     return [int(c) for c in assignment]
 
 
-def _check_params(num_train_ids: int, num_test_ids: int, images_per_id: int, height: int, width: int) -> None:
+# Bounds of a generated dataset, checked with the options before anything is written: MSMT17, the largest person set,
+# has 126,441 images; the renderer draws people of at most 1024 pixels a side.
+MAX_IMAGES = 200_000
+MAX_SIDE = 1024
+
+
+def max_images(num_train_ids: int, num_test_ids: int, images_per_id: int, num_junk: int, num_distractors: int) -> int:
+    """The most images the generator can write with these options (each id gets at most round(1.4 x images_per_id),
+    at least 2 per train and 4 per test id; see :func:`generate_synthetic_market`)."""
+    most = round(1.4 * images_per_id)
+    return num_train_ids * max(2, most) + num_test_ids * max(4, most) + num_junk + num_distractors
+
+
+def estimated_bytes(num_images: int, height: int, width: int) -> int:
+    """A generous bound of the disk space of ``num_images`` JPEGs (quality 90): measured at 0.10-0.29 bytes per
+    RGB byte (256x128 down to 64x32), bounded here by a third of it plus a 4 kB file-system block per file."""
+    return num_images * (height * width + 4096)
+
+
+def _check_params(num_train_ids: int, num_test_ids: int, images_per_id: int, height: int, width: int,
+                  num_junk: int = 0, num_distractors: int = 0) -> None:
     if num_train_ids < 1 or num_test_ids < 1:
         raise DatasetError(
             f"synthetic: num_train_ids and num_test_ids must be >= 1, got {num_train_ids}, {num_test_ids}"
@@ -127,6 +153,15 @@ def _check_params(num_train_ids: int, num_test_ids: int, images_per_id: int, hei
         raise DatasetError(f"synthetic: images_per_id must be >= 4 (query + match in 2 cameras), got {images_per_id}")
     if height < 32 or width < 16:
         raise DatasetError(f"synthetic: images must be at least 32x16, got {height}x{width}")
+    if height > MAX_SIDE or width > MAX_SIDE:
+        raise DatasetError(f"synthetic: images must be at most {MAX_SIDE}x{MAX_SIDE}, got {height}x{width}")
+    if num_junk < 0 or num_distractors < 0:
+        raise DatasetError(f"synthetic: num_junk and num_distractors must be >= 0, got {num_junk}, {num_distractors}")
+    most = max_images(num_train_ids, num_test_ids, images_per_id, num_junk, num_distractors)
+    if most > MAX_IMAGES:
+        raise DatasetError(f"synthetic: these options generate up to {most:,} images, more than the {MAX_IMAGES:,} "
+                           f"allowed (MSMT17, the largest person set, has 126,441): lower images_per_id (now "
+                           f"{images_per_id:,}), the numbers of ids or num_junk / num_distractors")
 
 
 def _render(folder: str, params: Dict[str, Any]) -> Dict[str, Any]:
@@ -322,7 +357,7 @@ def generate_synthetic_market(
     empty or such a dataset: anything else (a split folder without the marker: a real dataset?) raises a
     DatasetError and is not touched.
     """
-    _check_params(num_train_ids, num_test_ids, images_per_id, height, width)
+    _check_params(num_train_ids, num_test_ids, images_per_id, height, width, num_junk, num_distractors)
     params: Dict[str, Any] = {
         "version": FORMAT_VERSION,
         "num_train_ids": num_train_ids,
@@ -347,6 +382,12 @@ def generate_synthetic_market(
     if old is not None and old.get("params") == params:
         return old
     _check_replaceable(root, old is not None)
+    need = estimated_bytes(max_images(num_train_ids, num_test_ids, images_per_id, num_junk, num_distractors), height,
+                           width)
+    try:
+        ensure_free_space(os.path.dirname(root), need, "the synthetic dataset")
+    except StorageError as e:
+        raise DatasetError(f"synthetic: {e} (or lower images_per_id / the numbers of ids)") from None
     partial = folder_sibling(root, "partial")
     try:
         info = _render(partial, params)
@@ -400,7 +441,7 @@ class SyntheticMarket(Market1501):
                    "images have no cue to leave out"
         try:
             _check_params(bound["num_train_ids"], bound["num_test_ids"], bound["images_per_id"], bound["height"],
-                          bound["width"])
+                          bound["width"], bound["num_junk"], bound["num_distractors"])
             if bound["trap"] is not None:
                 check_trap(bound["trap"], bound["num_test_ids"])
             if bound["palette"] not in DOMAINS:

@@ -14,7 +14,6 @@ Each backbone is registered with ``channels=`` (per stage) so that configs can b
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from esreid.config import Invalid
-from esreid.errors import CheckpointError
+from esreid.errors import CheckpointError, unreadable_torch_file
 from esreid.models.backbones.weights import resolve
 from esreid.registry import Registry
 
@@ -101,18 +100,16 @@ def read_state_dict(source: str) -> Dict[str, torch.Tensor]:
     path = resolve(source)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))  # weights_only refuses a pickled class: a whole model saved
-        if not found:
-            raise CheckpointError(f"{path}: not a loadable torch checkpoint ({type(e).__name__}: {e})") from None
-        raise CheckpointError(
-            f"{path} holds pickled Python objects ({found.group(1)}), e.g. a whole "
-            "model saved with torch.save(model), which esreid does not unpickle (it loads weights_only=True); "
-            "re-save its state dict where the model's code is importable: python -c \"import torch; m = torch.load("
-            f"'{path}', weights_only=False); torch.save(getattr(m, 'state_dict', lambda: m)(), "
-            f"'{os.path.splitext(path)[0]}_state_dict.pth')\" and give that file") from None
     except Exception as e:  # re-raised with the file name
-        raise CheckpointError(f"{path}: not a loadable torch checkpoint ({type(e).__name__}: {e})") from None
+        whole = re.search(r"GLOBAL ((?:torch\.nn\.modules|fastreid|torchreid)\.[\w.]+)", str(e))  # torch.save(model)
+        if not whole:  # any other object (possibly code that would run): no advice to unpickle it
+            raise unreadable_torch_file(path, e, "weights file") from None
+        raise CheckpointError(
+            f"{path} holds pickled Python objects ({whole.group(1)}), a whole model saved with torch.save(model), "
+            "which esreid does not unpickle (it loads weights_only=True); only if you trust where the file comes "
+            "from, re-save its state dict where the model's code is importable: python -c \"import torch; m = "
+            f"torch.load('{path}', weights_only=False); torch.save(getattr(m, 'state_dict', lambda: m)(), "
+            f"'{os.path.splitext(path)[0]}_state_dict.pth')\" and give that file") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
