@@ -123,7 +123,7 @@ def test_bad_files_give_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not found: .*nope.pth"):
         build_backbone("resnet_tiny", pretrained=str(tmp_path / "nope.pth"))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="junk.pth: not a loadable"):
+    with pytest.raises(CheckpointError, match="junk.pth: not a readable weights file"):
         build_backbone("resnet_tiny", pretrained=str(tmp_path / "junk.pth"))
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match="list.pth: expected a state dict"):

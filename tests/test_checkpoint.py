@@ -204,6 +204,31 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypat
     assert load_checkpoint(path)["epoch"] == 3
 
 
+def test_ctrl_c_during_save_is_a_ctrl_c_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    # before: torch's zip writer turned the KeyboardInterrupt raised inside write() into "RuntimeError: unexpected
+    # pos", and `esreid train` ended as an internal error (exit 1) instead of stopping with its hint (exit 130)
+    from esreid.engine import checkpoint
+
+    path, raw, _ = checkpoint_file(tmp_path)
+    calls = []
+
+    class Interrupted:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            calls.append(len(data))
+            if len(calls) == 3:  # Ctrl-C in the middle of the file
+                raise KeyboardInterrupt
+            return self.f.write(data)
+
+    real = checkpoint._HashingWriter.__init__
+    monkeypatch.setattr(checkpoint._HashingWriter, "__init__", lambda self, f: real(self, Interrupted(f)))
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, model=small_model(), epoch=4, config={}, optimizer=None)
+    assert len(calls) == 3 and open(path, "rb").read() == raw and os.listdir(tmp_path) == ["last.pth"]
+
+
 def test_read_only_folder_during_save(tmp_path, monkeypatch, storage):
     storage.simulate_read_only(monkeypatch)
     with pytest.raises(StorageError, match="last.pth: Read-only file system; make .* writable"):

@@ -164,7 +164,11 @@ def extreme(overrides):
     """Whether an override holds a number of magnitude >= EXTREME (e.g. solver.lr=1e30: valid, so that the divergence
     guard, not the config, reports it)."""
     numbers = (float(m) for o in overrides for m in re.findall(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", o))
-    return any(abs(x) >= EXTREME for x in numbers if math.isfinite(x))
+    if any(abs(x) >= EXTREME for x in numbers if math.isfinite(x)):
+        return True
+    # a learning rate >= 1 is 3000x the shipped ones: one step can blow a model without BNNeck (ide) up to inf
+    return any(o.startswith("solver.lr=") and abs(float(o.split("=", 1)[1])) >= 1 for o in overrides
+               if re.fullmatch(r"solver\.lr=[-+]?[\d.]+(?:[eE][-+]?\d+)?", o))
 
 
 # What the fuzzer (and the cases tried next to it) found, each fixed where it belongs; kept as explicit examples.
@@ -184,6 +188,7 @@ FOUND_CASES = [
     ("baseline", ["solver.optimizer=sgd", "solver.momentum=0"]),  # ValueError: Nesterov needs momentum -> plain SGD
     ("feature_erasing", ["model.aspect=[5e-324, 5e-324]"]),  # OverflowError: round(inf) -> aspect in [1e-3, 1e3]
     ("bdb", ["solver.lr=3.2900924176591516e+38"]),  # below float32's max, but Adam's lr x 10 overflowed -> <= 1e30
+    ("ide", ["solver.lr=28.0"]),  # one step: inf features, named by the evaluator (NonFiniteFeatures), not a crash
 ]
 
 

@@ -71,17 +71,19 @@ _ZIP_START, _ZIP_END = b"PK\x03\x04", b"PK\x05\x06"  # local file header; end of
 
 
 class _HashingWriter:
-    """File-like ``write`` target for ``torch.save`` that hashes what it passes on and keeps the first ``OSError``
-    (torch's zip writer then fails again while closing and raises a ``RuntimeError`` instead)."""
+    """File-like ``write`` target for ``torch.save`` that hashes what it passes on and keeps the first ``OSError`` or
+    ``KeyboardInterrupt`` (torch's zip writer then fails again while closing and raises a ``RuntimeError`` instead: a
+    Ctrl-C during a checkpoint write would end the run as an internal error, not as a stop with its hint)."""
 
     def __init__(self, f: Any):
-        self.f, self.sha256, self.error = f, hashlib.sha256(), None
+        self.f, self.sha256 = f, hashlib.sha256()
+        self.error: Optional[BaseException] = None
 
     def write(self, data: bytes) -> int:
-        self.sha256.update(data)
         try:
+            self.sha256.update(data)
             return self.f.write(data)
-        except OSError as e:
+        except (OSError, KeyboardInterrupt) as e:
             self.error = self.error or e
             raise
 
@@ -107,7 +109,7 @@ def atomic_save(obj: Any, path: str) -> None:
         except RuntimeError:
             if writer.error is None:
                 raise
-            raise writer.error from None  # e.g. disk full, for atomic_writer to report
+            raise writer.error from None  # disk full (for atomic_writer to report) or Ctrl-C (the trainer's stop)
         f.write(_FOOTER_START + writer.sha256.hexdigest().encode() + b"\n")
 
 
