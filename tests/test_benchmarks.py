@@ -13,6 +13,8 @@ CASES = {
     "eval_speed.py": (["--quick", "--skip-1m", "--skip-slow-ref", "--runs", "1", "--ref-runs", "1"],
                       ["max |delta| CMC/mAP/mINP 0.0e+00", "ratio evaluation / GEMM"]),
     "eval_memory.py": (["--quick"], ["peak / budget", "largest peak / budget"]),
+    "cross_domain.py": (["--models", "baseline", "--quick", "--epochs", "1", "--conditions", "none", "random:0.3",
+                         "--root", "{tmp}/xd"], ["| baseline | day+dusk | ", "| day | day@random:0.3 | dusk |"]),
     "data_pipeline.py": (["--batches", "2", "--backbone", "resnet_tiny", "--height", "64", "--width", "32",
                           "--model-steps", "1", "--workers", "0"], ["ratio cache / JPEG"]),
     "image_check.py": (["--test-ids", "4", "--images-per-id", "6", "--runs", "1", "--root", "{tmp}/ic"],
