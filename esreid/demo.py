@@ -18,6 +18,7 @@ import torch
 from esreid.config import load_config
 from esreid.engine.trainer import Trainer
 from esreid.evaluation.metric_keys import reported
+from esreid.files import atomic_write
 
 # (train ids, test ids, images per id, epochs, milestones) for the full and the --quick demo
 SIZES = {
@@ -94,8 +95,7 @@ def run_demo(quick: bool = False, output_dir: str = "outputs/demo", progress: bo
     chance = results.pop("chance (random features)")
     results["chance (random features)"] = chance
     print("\n" + format_table(results))
-    with open(os.path.join(run_dir, "demo_results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
+    atomic_write(os.path.join(run_dir, "demo_results.json"), json.dumps(results, indent=2))
     print(f"\nresults: {os.path.join(run_dir, 'demo_results.json')}")
     print(f"comparison of the two models (metrics, CMC, explanations; links to each report): "
           f"{comparison_page(run_dir, trainers, results)}")
