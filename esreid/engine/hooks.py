@@ -361,9 +361,10 @@ class BestCheckpointHook(HookBase):
         t, key = self.trainer, self.metric.key
         best, value = None, self.metric.worst  # the first epoch reaching the best value: the one written
         for r in read_jsonl(self.records):
-            if (r.get("type") == "eval" and isinstance(r.get("epoch"), int) and r["epoch"] <= t.start_epoch
-                    and isinstance(self.value(r), (int, float)) and self.metric.improves(self.value(r), value)):
-                best, value = r, float(self.value(r))
+            seen = r.get("type") == "eval" and isinstance(r.get("epoch"), int) and r["epoch"] <= t.start_epoch
+            found = self.value(r) if seen else None
+            if isinstance(found, (int, float)) and self.metric.improves(found, value):
+                best, value = r, float(found)
         if best is None:
             saved = self.saved_state()
             found = None if saved is None else self.value(saved.get("metrics", {}))
